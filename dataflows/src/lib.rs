@@ -1,0 +1,19 @@
+//! conscope's pure dataflow: every stage is a function from stream to stream, with
+//! no IO, tested with in-memory inputs.
+//!
+//! ```text
+//! RawMessage ─► parse ─► ProcessorInput ─► exchange(event_id) ─► processor ─► SinkRecord
+//!                 └─► Rejected                       (dedup → listing_state → event_state
+//!                                                      → drops → rules, per message)
+//! ```
+
+pub mod ingest;
+pub mod model;
+pub mod parse;
+pub mod alert_id;
+pub mod dedup;
+pub mod drops;
+pub mod event_state;
+pub mod listing_state;
+pub mod processor;
+pub mod rules;

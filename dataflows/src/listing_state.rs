@@ -1,0 +1,268 @@
+//! Listing state stage: the current state of every listing of one event (its
+//! observation with the greatest `observed_at`), and ordered indexes of the
+//! *available* current listings that answer "lowest price in this scope" (per
+//! currency, and per section and currency) without scanning the event.
+//!
+//! Ties on price resolve to the smallest [`Seat`] (`section, row, seat, source`),
+//! which is what SPEC §2 asks of a rule that fires on being added.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::model::{Cents, Currency, ListingKey, ListingRow, Micros, Observation, Seat};
+
+/// The state of a listing, without its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quote {
+    pub price: Cents,
+    pub currency: Currency,
+    pub available: bool,
+    pub observed_at: Micros,
+}
+
+impl Quote {
+    pub fn of(observation: &Observation) -> Quote {
+        Quote {
+            price: observation.price,
+            currency: observation.currency,
+            available: observation.available,
+            observed_at: observation.observed_at,
+        }
+    }
+
+    pub fn of_row(row: &ListingRow) -> Quote {
+        Quote {
+            price: row.price,
+            currency: row.currency,
+            available: row.available,
+            observed_at: row.observed_at,
+        }
+    }
+
+    pub fn row(&self, event_id: &str, seat: &Seat) -> ListingRow {
+        ListingRow {
+            listing: ListingKey {
+                event_id: event_id.to_owned(),
+                seat: seat.clone(),
+            },
+            price: self.price,
+            currency: self.currency,
+            available: self.available,
+            observed_at: self.observed_at,
+        }
+    }
+}
+
+/// What applying an observation did to its listing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// Older than the current state: history only.
+    Stale,
+    /// It is the listing's current state now; `previous` is what it replaced.
+    Current { previous: Option<Quote> },
+}
+
+/// Available current listings of one scope, cheapest (then smallest seat) first.
+type PriceIndex = BTreeSet<(Cents, Seat)>;
+
+/// The listings of one event.
+#[derive(Clone, Debug, Default)]
+pub struct Listings {
+    current: HashMap<Seat, Quote>,
+    by_currency: HashMap<Currency, PriceIndex>,
+    by_section: HashMap<String, HashMap<Currency, PriceIndex>>,
+}
+
+impl Listings {
+    pub fn get(&self, seat: &Seat) -> Option<&Quote> {
+        self.current.get(seat)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.current.is_empty()
+    }
+
+    /// Applies a non-duplicate observation of `seat`. Equal times cannot both be
+    /// non-duplicates, so `>=` only matters for inconsistent restored state, where
+    /// the later message wins as everywhere else.
+    pub fn apply(&mut self, seat: &Seat, quote: Quote) -> Applied {
+        if let Some(current) = self.current.get(seat) {
+            if quote.observed_at < current.observed_at {
+                return Applied::Stale;
+            }
+        }
+        Applied::Current {
+            previous: self.set(seat, quote),
+        }
+    }
+
+    /// Sets restored state. Keeps whichever state is newer, so the order restore
+    /// records arrive in cannot matter.
+    pub fn restore(&mut self, seat: &Seat, quote: Quote) {
+        if self
+            .current
+            .get(seat)
+            .is_none_or(|current| current.observed_at <= quote.observed_at)
+        {
+            self.set(seat, quote);
+        }
+    }
+
+    /// The lowest available current price of a scope (`section: None` = the whole
+    /// event), with the smallest seat holding it.
+    pub fn lowest(&self, section: Option<&str>, currency: Currency) -> Option<(Cents, &Seat)> {
+        let index = match section {
+            None => self.by_currency.get(&currency),
+            Some(section) => self
+                .by_section
+                .get(section)
+                .and_then(|by_currency| by_currency.get(&currency)),
+        };
+        index
+            .and_then(BTreeSet::first)
+            .map(|(price, seat)| (*price, seat))
+    }
+
+    pub fn lowest_price(&self, section: Option<&str>, currency: Currency) -> Option<Cents> {
+        self.lowest(section, currency).map(|(price, _)| price)
+    }
+
+    /// Replaces the state of `seat`, keeping the indexes in step; returns the
+    /// previous state.
+    fn set(&mut self, seat: &Seat, quote: Quote) -> Option<Quote> {
+        let previous = self.current.insert(seat.clone(), quote);
+        if let Some(old) = previous {
+            if old.available {
+                self.unindex(seat, old);
+            }
+        }
+        if quote.available {
+            self.by_currency
+                .entry(quote.currency)
+                .or_default()
+                .insert((quote.price, seat.clone()));
+            self.by_section
+                .entry(seat.section.clone())
+                .or_default()
+                .entry(quote.currency)
+                .or_default()
+                .insert((quote.price, seat.clone()));
+        }
+        previous
+    }
+
+    /// Empty indexes are dropped so memory follows what is listed now.
+    fn unindex(&mut self, seat: &Seat, old: Quote) {
+        let entry = (old.price, seat.clone());
+        if let Some(index) = self.by_currency.get_mut(&old.currency) {
+            index.remove(&entry);
+            if index.is_empty() {
+                self.by_currency.remove(&old.currency);
+            }
+        }
+        if let Some(by_currency) = self.by_section.get_mut(&seat.section) {
+            if let Some(index) = by_currency.get_mut(&old.currency) {
+                index.remove(&entry);
+                if index.is_empty() {
+                    by_currency.remove(&old.currency);
+                }
+            }
+            if by_currency.is_empty() {
+                self.by_section.remove(&seat.section);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EUR: Currency = Currency(*b"EUR");
+
+    fn seat(section: &str, name: &str) -> Seat {
+        Seat {
+            section: section.into(),
+            row: "1".into(),
+            seat: name.into(),
+            source: "s".into(),
+        }
+    }
+
+    fn quote(price: i64, currency: Currency, available: bool, observed_at: Micros) -> Quote {
+        Quote {
+            price: Cents(price),
+            currency,
+            available,
+            observed_at,
+        }
+    }
+
+    #[test]
+    fn older_observation_is_stale() {
+        let mut listings = Listings::default();
+        let a = seat("A", "1");
+        assert_eq!(
+            listings.apply(&a, quote(100, Currency::USD, true, 10)),
+            Applied::Current { previous: None }
+        );
+        assert_eq!(
+            listings.apply(&a, quote(50, Currency::USD, true, 5)),
+            Applied::Stale
+        );
+        assert_eq!(listings.get(&a), Some(&quote(100, Currency::USD, true, 10)));
+        assert_eq!(listings.lowest_price(None, Currency::USD), Some(Cents(100)));
+    }
+
+    #[test]
+    fn lowest_per_scope_ignores_unavailable_and_other_scopes() {
+        let mut listings = Listings::default();
+        listings.apply(&seat("A", "1"), quote(300, Currency::USD, true, 1));
+        listings.apply(&seat("B", "1"), quote(200, Currency::USD, true, 1));
+        listings.apply(&seat("B", "2"), quote(100, Currency::USD, false, 1));
+        listings.apply(&seat("A", "2"), quote(50, EUR, true, 1));
+        assert_eq!(listings.lowest_price(None, Currency::USD), Some(Cents(200)));
+        assert_eq!(
+            listings.lowest_price(Some("A"), Currency::USD),
+            Some(Cents(300))
+        );
+        assert_eq!(listings.lowest_price(Some("A"), EUR), Some(Cents(50)));
+        assert_eq!(listings.lowest_price(Some("B"), EUR), None);
+        assert_eq!(listings.lowest_price(Some("C"), Currency::USD), None);
+    }
+
+    #[test]
+    fn ties_go_to_the_smallest_seat() {
+        let mut listings = Listings::default();
+        listings.apply(&seat("B", "1"), quote(100, Currency::USD, true, 1));
+        listings.apply(&seat("A", "9"), quote(100, Currency::USD, true, 2));
+        listings.apply(&seat("A", "2"), quote(100, Currency::USD, true, 3));
+        assert_eq!(
+            listings.lowest(None, Currency::USD),
+            Some((Cents(100), &seat("A", "2")))
+        );
+    }
+
+    #[test]
+    fn selling_and_switching_currency_leave_no_index_behind() {
+        let mut listings = Listings::default();
+        let a = seat("A", "1");
+        listings.apply(&a, quote(100, Currency::USD, true, 1));
+        listings.apply(&a, quote(100, Currency::USD, false, 2));
+        assert_eq!(listings.lowest_price(None, Currency::USD), None);
+        listings.apply(&a, quote(90, EUR, true, 3));
+        assert_eq!(listings.lowest_price(None, Currency::USD), None);
+        assert_eq!(listings.lowest_price(Some("A"), EUR), Some(Cents(90)));
+        listings.apply(&a, quote(90, EUR, false, 4));
+        assert!(listings.by_currency.is_empty());
+        assert!(listings.by_section.is_empty());
+    }
+
+    #[test]
+    fn restore_keeps_the_newer_state_whatever_the_order() {
+        let mut listings = Listings::default();
+        let a = seat("A", "1");
+        listings.restore(&a, quote(100, Currency::USD, true, 20));
+        listings.restore(&a, quote(200, Currency::USD, true, 10));
+        assert_eq!(listings.lowest_price(None, Currency::USD), Some(Cents(100)));
+    }
+}

@@ -1,0 +1,354 @@
+//! The records that flow through the dataflow: observations, their positions in
+//! the input, restored state, rule changes, and what the sink writes.
+//!
+//! Everything here is plain data (serde + bincode, as timely exchanges it). Money is
+//! [`Cents`] (an exact integer), times are [`Micros`] (microseconds since the UNIX
+//! epoch, UTC: PostgreSQL's `timestamptz` resolution). No IO.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Microseconds since 1970-01-01T00:00:00Z.
+pub type Micros = i64;
+
+/// An exact amount of money in hundredths of the currency unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Cents(pub i64);
+
+impl fmt::Display for Cents {
+    /// Decimal text with exactly two places, as `NUMERIC(12,2)` prints it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let abs = self.0.unsigned_abs();
+        write!(f, "{sign}{}.{:02}", abs / 100, abs % 100)
+    }
+}
+
+/// An ISO 4217-style code: three upper-case ASCII letters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Currency(pub [u8; 3]);
+
+impl Currency {
+    pub const USD: Currency = Currency(*b"USD");
+
+    /// Accepts exactly three upper-case ASCII letters.
+    pub fn parse(text: &str) -> Option<Currency> {
+        let bytes = text.as_bytes();
+        if bytes.len() == 3 && bytes.iter().all(u8::is_ascii_uppercase) {
+            Some(Currency([bytes[0], bytes[1], bytes[2]]))
+        } else {
+            None
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ever built from three ASCII upper-case letters.
+        std::str::from_utf8(&self.0).unwrap_or("???")
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The part of a listing's key below its event: `(section, row, seat, source)`.
+/// Ordered so that "the smallest `(section, row, seat, source)` among equals" is the
+/// first in a `BTreeSet`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Seat {
+    pub section: String,
+    pub row: String,
+    pub seat: String,
+    pub source: String,
+}
+
+/// A listing: `(event_id, section, row, seat, source)`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ListingKey {
+    pub event_id: String,
+    pub seat: Seat,
+}
+
+/// One valid price observation (SPEC §1), after defaults were applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observation {
+    pub listing: ListingKey,
+    pub event_name: Option<String>,
+    pub venue: Option<String>,
+    pub event_date: Option<Micros>,
+    pub price: Cents,
+    pub currency: Currency,
+    pub available: bool,
+    pub observed_at: Micros,
+}
+
+/// Where a message sits in its input: the order that decides "first wins" and the
+/// order alerts are evaluated in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Position {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A message as read from the input, before parsing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawMessage {
+    pub position: Position,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// What a source emits: messages, and how far each partition has been read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SourceEvent {
+    Message(RawMessage),
+    /// Every message of `partition` before `offset` has been emitted at or before
+    /// this epoch: the offset to resume from once the epoch is durable.
+    Progress(Position),
+}
+
+/// A message that breaks SPEC §1, bound for the dead-letter topic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejected {
+    pub position: Position,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    /// Short human-readable reason naming the field.
+    pub reason: String,
+}
+
+/// The current state of one listing (a row of `listings`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListingRow {
+    pub listing: ListingKey,
+    pub price: Cents,
+    pub currency: Currency,
+    pub available: bool,
+    pub observed_at: Micros,
+}
+
+/// A value of an event field together with the observation time that set it, so
+/// "taken from the most recent observation that carried it" survives restarts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamped<V> {
+    pub value: V,
+    pub observed_at: Micros,
+}
+
+/// One row of `events`, minus its wall-clock columns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRow {
+    pub event_id: String,
+    pub event_name: Option<Stamped<String>>,
+    pub venue: Option<Stamped<String>>,
+    pub event_date: Option<Stamped<Micros>>,
+    pub first_seen: Micros,
+    pub last_seen: Micros,
+}
+
+impl EventRow {
+    /// The display name: the most recent `event_name`, else the `event_id`.
+    pub fn display_name(&self) -> &str {
+        self.event_name
+            .as_ref()
+            .map(|name| name.value.as_str())
+            .unwrap_or(&self.event_id)
+    }
+}
+
+/// An alert rule (a row of `alert_rules`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rule {
+    pub rule_id: i64,
+    pub event_id: String,
+    /// `None`: the whole event.
+    pub section: Option<String>,
+    pub currency: Currency,
+    pub max_price: Cents,
+}
+
+/// A change to the set of active rules.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RuleChange {
+    /// A rule became active. `below` is its persisted state when restored after a
+    /// restart (`Some`), or `None` for a rule the job has not evaluated yet, which
+    /// fires at once if its scope is already at or below `max_price`.
+    Activate { rule: Rule, below: Option<bool> },
+    /// A rule was disabled or deleted.
+    Deactivate { rule_id: i64, event_id: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum AlertKind {
+    ListingDrop,
+    EventLow,
+    RuleMatch,
+}
+
+impl AlertKind {
+    pub const ALL: [AlertKind; 3] = [AlertKind::ListingDrop, AlertKind::EventLow, AlertKind::RuleMatch];
+
+    /// The `kind` column's text.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AlertKind::ListingDrop => "listing_drop",
+            AlertKind::EventLow => "event_low",
+            AlertKind::RuleMatch => "rule_match",
+        }
+    }
+}
+
+/// One row of `price_alerts`, plus the event's display name for notifiers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alert {
+    pub alert_id: String,
+    pub kind: AlertKind,
+    pub listing: ListingKey,
+    pub rule_id: Option<i64>,
+    pub old_price: Option<Cents>,
+    pub new_price: Cents,
+    pub currency: Currency,
+    pub observed_at: Micros,
+    pub event_name: String,
+}
+
+/// Counts of what a stage did with the messages of one epoch on one worker.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub processed: u64,
+    pub events_created: u64,
+    pub prices_stored: u64,
+    pub duplicates: u64,
+    pub stale: u64,
+    pub rejected: u64,
+    pub listing_drop: u64,
+    pub event_low: u64,
+    pub rule_match: u64,
+}
+
+impl Counters {
+    pub fn add(&mut self, other: &Counters) {
+        self.processed += other.processed;
+        self.events_created += other.events_created;
+        self.prices_stored += other.prices_stored;
+        self.duplicates += other.duplicates;
+        self.stale += other.stale;
+        self.rejected += other.rejected;
+        self.listing_drop += other.listing_drop;
+        self.event_low += other.event_low;
+        self.rule_match += other.rule_match;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Counters::default()
+    }
+
+    pub fn count_alert(&mut self, kind: AlertKind) {
+        match kind {
+            AlertKind::ListingDrop => self.listing_drop += 1,
+            AlertKind::EventLow => self.event_low += 1,
+            AlertKind::RuleMatch => self.rule_match += 1,
+        }
+    }
+}
+
+/// State read back from PostgreSQL at start, so a restarted job continues exactly
+/// where the last committed transaction left it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Restore {
+    Event(EventRow),
+    Listing(ListingRow),
+    /// An observation identity already stored in `price_history`.
+    Seen {
+        listing: ListingKey,
+        observed_at: Micros,
+    },
+}
+
+/// What the per-event processor consumes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProcessorInput {
+    Restore(Restore),
+    Rule(RuleChange),
+    Observation {
+        position: Position,
+        observation: Observation,
+    },
+}
+
+impl ProcessorInput {
+    /// The event whose worker owns this record.
+    pub fn event_id(&self) -> &str {
+        match self {
+            ProcessorInput::Restore(Restore::Event(row)) => &row.event_id,
+            ProcessorInput::Restore(Restore::Listing(row)) => &row.listing.event_id,
+            ProcessorInput::Restore(Restore::Seen { listing, .. }) => &listing.event_id,
+            ProcessorInput::Rule(RuleChange::Activate { rule, .. }) => &rule.event_id,
+            ProcessorInput::Rule(RuleChange::Deactivate { event_id, .. }) => event_id,
+            ProcessorInput::Observation { observation, .. } => &observation.listing.event_id,
+        }
+    }
+}
+
+/// Everything the Postgres sink writes for one epoch, in one transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SinkRecord {
+    /// A new row of `price_history`.
+    History(ListingRow),
+    /// The latest state of a listing at the end of the epoch.
+    Listing(ListingRow),
+    /// The latest state of an event at the end of the epoch.
+    Event(EventRow),
+    Alert(Alert),
+    /// The persisted arming state of a rule.
+    RuleState {
+        rule_id: i64,
+        below: bool,
+    },
+    Rejected(Rejected),
+    /// The next offset to read of an input partition, once this epoch is durable.
+    Offset(Position),
+    Counters(Counters),
+}
+
+/// A stable 64-bit FNV-1a hash: used to route an event to its worker, so routing
+/// is the same in every process and every run.
+pub fn stable_hash(text: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cents_print_as_numeric_12_2() {
+        assert_eq!(Cents(0).to_string(), "0.00");
+        assert_eq!(Cents(5).to_string(), "0.05");
+        assert_eq!(Cents(12345).to_string(), "123.45");
+        assert_eq!(Cents(100_000_000).to_string(), "1000000.00");
+        assert_eq!(Cents(-150).to_string(), "-1.50");
+    }
+
+    #[test]
+    fn currency_accepts_three_upper_case_letters_only() {
+        assert_eq!(Currency::parse("EUR"), Some(Currency(*b"EUR")));
+        for bad in ["eur", "EU", "EURO", "E1R", "", "ÉUR"] {
+            assert_eq!(Currency::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn stable_hash_is_fnv1a() {
+        assert_eq!(stable_hash(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(stable_hash("a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}

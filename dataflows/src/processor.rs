@@ -1,0 +1,604 @@
+//! The per-event processor: the timely operator that owns all state keyed by
+//! `event_id` and turns [`ProcessorInput`]s into [`SinkRecord`]s (SPEC §2).
+//!
+//! Records are routed to a worker by [`stable_hash`] of their event and stashed per
+//! epoch. Once the frontier passes an epoch, all of its records are applied in one
+//! deterministic order, whatever the batching, arrival order or number of workers:
+//! restores, then rule changes (by rule id, deactivations first), then observations
+//! in `Position` order. Each observation runs through the stages in turn: dedup,
+//! event state, listing state, drops, rules. [`Processor`] is that logic without
+//! timely, so it can be driven and tested directly.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::{Capability, Operator};
+use timely::dataflow::Stream;
+
+use crate::alert_id::alert_id;
+use crate::dedup::Seen;
+use crate::drops;
+use crate::event_state;
+use crate::listing_state::{Applied, Listings, Quote};
+use crate::model::{
+    stable_hash, Alert, AlertKind, Cents, Counters, Currency, EventRow, ListingKey, ListingRow,
+    Micros, Observation, Position, ProcessorInput, Restore, Rule, RuleChange, SinkRecord,
+};
+use crate::rules::{Activation, Rules, Transition};
+
+#[derive(Clone, Debug)]
+pub struct ProcessorConfig {
+    /// `--min-drop-pct` in hundredths of a percent: 5% = 500.
+    pub min_drop_basis_points: u32,
+}
+
+impl Default for ProcessorConfig {
+    fn default() -> Self {
+        ProcessorConfig {
+            min_drop_basis_points: 500,
+        }
+    }
+}
+
+/// The processor as a timely operator: exchanges by event, and emits each epoch's
+/// records at that epoch once the input frontier has passed it.
+pub fn process<'scope>(
+    input: Stream<'scope, u64, Vec<ProcessorInput>>,
+    config: ProcessorConfig,
+) -> Stream<'scope, u64, Vec<SinkRecord>> {
+    let exchange = Exchange::new(|record: &ProcessorInput| stable_hash(record.event_id()));
+    input.unary_frontier::<CapacityContainerBuilder<Vec<SinkRecord>>, _, _, _>(
+        exchange,
+        "EventProcessor",
+        move |_capability, _info| {
+            let mut processor = Processor::new(config);
+            // Ordered by time so ready epochs are applied oldest first.
+            let mut stash: BTreeMap<u64, (Capability<u64>, Vec<ProcessorInput>)> = BTreeMap::new();
+            move |(input, frontier), output| {
+                input.for_each_stamp(|cap, data| {
+                    if let Some(cap) = cap.retain_least(output.output_index()) {
+                        let time = *cap.time();
+                        let (_, records) = stash.entry(time).or_insert_with(|| (cap, Vec::new()));
+                        for batch in data {
+                            records.append(batch);
+                        }
+                    }
+                });
+                while let Some(entry) = stash.first_entry() {
+                    if frontier.less_equal(entry.key()) {
+                        break;
+                    }
+                    let (cap, records) = entry.remove();
+                    let mut produced = processor.process_time(records);
+                    if !produced.is_empty() {
+                        output.session(&cap).give_container(&mut produced);
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// Everything known about one event.
+#[derive(Clone, Debug, Default)]
+pub struct EventState {
+    /// `None` until the event is observed or restored (it may have rules before).
+    row: Option<EventRow>,
+    seen: Seen,
+    listings: Listings,
+    rules: Rules,
+}
+
+impl EventState {
+    fn is_empty(&self) -> bool {
+        self.row.is_none()
+            && self.seen.is_empty()
+            && self.listings.is_empty()
+            && self.rules.is_empty()
+    }
+}
+
+/// The processor's logic for the events of one worker, one epoch at a time.
+#[derive(Debug)]
+pub struct Processor {
+    config: ProcessorConfig,
+    events: HashMap<String, EventState>,
+}
+
+impl Processor {
+    pub fn new(config: ProcessorConfig) -> Processor {
+        Processor {
+            config,
+            events: HashMap::new(),
+        }
+    }
+
+    /// Number of events this processor holds state for.
+    pub fn event_count(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Applies all records of one epoch and returns what the sink must write for
+    /// it: history rows, alerts and rule states in the order they arose, then the
+    /// final state of every event and listing the epoch changed, then counters.
+    pub fn process_time(&mut self, records: Vec<ProcessorInput>) -> Vec<SinkRecord> {
+        let mut restores = Vec::new();
+        let mut rule_changes = Vec::new();
+        let mut observations = Vec::new();
+        for record in records {
+            match record {
+                ProcessorInput::Restore(restore) => restores.push(restore),
+                ProcessorInput::Rule(change) => rule_changes.push(change),
+                ProcessorInput::Observation {
+                    position,
+                    observation,
+                } => observations.push((position, observation)),
+            }
+        }
+        rule_changes.sort_by(rule_change_order);
+        observations.sort_by(observation_order);
+
+        let mut epoch = Epoch::default();
+        for restore in restores {
+            self.restore(restore);
+        }
+        for change in rule_changes {
+            match change {
+                RuleChange::Activate { rule, below } => self.activate(rule, below, &mut epoch),
+                RuleChange::Deactivate { rule_id, event_id } => self.deactivate(rule_id, &event_id),
+            }
+        }
+        for (_, observation) in observations {
+            self.observe(observation, &mut epoch);
+        }
+        self.finish(epoch)
+    }
+
+    fn restore(&mut self, restore: Restore) {
+        match restore {
+            Restore::Event(row) => {
+                let state = self.events.entry(row.event_id.clone()).or_default();
+                state.row = Some(row);
+            }
+            Restore::Listing(row) => {
+                let state = self.events.entry(row.listing.event_id.clone()).or_default();
+                // The current state is a stored observation, even if its `Seen`
+                // record is missing.
+                state.seen.insert(&row.listing.seat, row.observed_at);
+                state
+                    .listings
+                    .restore(&row.listing.seat, Quote::of_row(&row));
+            }
+            Restore::Seen {
+                listing,
+                observed_at,
+            } => {
+                let state = self.events.entry(listing.event_id).or_default();
+                state.seen.insert(&listing.seat, observed_at);
+            }
+        }
+    }
+
+    fn activate(&mut self, rule: Rule, below: Option<bool>, epoch: &mut Epoch) {
+        let state = self.events.entry(rule.event_id.clone()).or_default();
+        let lowest = state
+            .listings
+            .lowest(rule.section.as_deref(), rule.currency)
+            .map(|(price, seat)| (price, seat.clone()));
+        let (rule_id, currency, event_id) = (rule.rule_id, rule.currency, rule.event_id.clone());
+        let activation =
+            state
+                .rules
+                .activate(rule, below, lowest.as_ref().map(|(price, _)| *price));
+        let Activation::Evaluated { below } = activation else {
+            return;
+        };
+        epoch.out.push(SinkRecord::RuleState { rule_id, below });
+        if !below {
+            return;
+        }
+        // Below at once: the alert names the listing holding the scope's lowest
+        // price, as of that listing's own observation.
+        let Some((price, seat)) = lowest else {
+            return;
+        };
+        let Some(observed_at) = state.listings.get(&seat).map(|quote| quote.observed_at) else {
+            return;
+        };
+        let listing = ListingKey { event_id, seat };
+        let event_name = display_name(&state.row, &listing.event_id);
+        epoch.alert(new_alert(
+            AlertKind::RuleMatch,
+            &listing,
+            observed_at,
+            Some(rule_id),
+            None,
+            price,
+            currency,
+            event_name,
+        ));
+    }
+
+    fn deactivate(&mut self, rule_id: i64, event_id: &str) {
+        if let Some(state) = self.events.get_mut(event_id) {
+            state.rules.deactivate(rule_id);
+            if state.is_empty() {
+                self.events.remove(event_id);
+            }
+        }
+    }
+
+    fn observe(&mut self, observation: Observation, epoch: &mut Epoch) {
+        epoch.counters.processed += 1;
+        let min_drop = self.config.min_drop_basis_points;
+        let listing = &observation.listing;
+        let seat = &listing.seat;
+        let at = observation.observed_at;
+        let state = self.events.entry(listing.event_id.clone()).or_default();
+
+        if !state.seen.insert(seat, at) {
+            epoch.counters.duplicates += 1;
+            return;
+        }
+        let quote = Quote::of(&observation);
+        epoch.counters.prices_stored += 1;
+        epoch
+            .out
+            .push(SinkRecord::History(quote.row(&listing.event_id, seat)));
+
+        let event_changed = match &mut state.row {
+            Some(row) => event_state::apply(row, &observation),
+            None => {
+                state.row = Some(event_state::new_row(&observation));
+                epoch.counters.events_created += 1;
+                true
+            }
+        };
+        if event_changed && !epoch.events.contains(&listing.event_id) {
+            epoch.events.insert(listing.event_id.clone());
+        }
+
+        let previous = state.listings.get(seat).copied();
+        if previous.is_some_and(|previous| at < previous.observed_at) {
+            epoch.counters.stale += 1;
+            return;
+        }
+        // A listing only moves the scopes of its old and new currency.
+        let mut currencies = vec![quote.currency];
+        if let Some(previous) = previous {
+            if previous.currency != quote.currency {
+                currencies.push(previous.currency);
+            }
+        }
+        let lows_before: Vec<(Currency, Option<Cents>)> = currencies
+            .iter()
+            .map(|&currency| (currency, state.listings.lowest_price(None, currency)))
+            .collect();
+        let rules_before: Vec<(i64, Option<Cents>)> = state
+            .rules
+            .covering(&seat.section, &currencies)
+            .into_iter()
+            .map(|rule| {
+                let lowest = state
+                    .listings
+                    .lowest_price(rule.section.as_deref(), rule.currency);
+                (rule.rule_id, lowest)
+            })
+            .collect();
+
+        if state.listings.apply(seat, quote) == Applied::Stale {
+            // Ruled out above; kept so a change in `apply` cannot go unnoticed.
+            epoch.counters.stale += 1;
+            return;
+        }
+        if !epoch.listings.contains(listing) {
+            epoch.listings.insert(listing.clone());
+        }
+        let event_name = display_name(&state.row, &listing.event_id);
+
+        if let Some((old, new)) = drops::listing_drop(previous.as_ref(), &quote, min_drop) {
+            epoch.alert(new_alert(
+                AlertKind::ListingDrop,
+                listing,
+                at,
+                None,
+                Some(old),
+                new,
+                quote.currency,
+                event_name,
+            ));
+        }
+        for (currency, before) in lows_before {
+            let after = state.listings.lowest_price(None, currency);
+            if let Some((old, new)) = drops::event_low(before, after) {
+                epoch.alert(new_alert(
+                    AlertKind::EventLow,
+                    listing,
+                    at,
+                    None,
+                    Some(old),
+                    new,
+                    currency,
+                    event_name,
+                ));
+            }
+        }
+        for (rule_id, before) in rules_before {
+            let Some((section, currency)) = state
+                .rules
+                .get(rule_id)
+                .map(|armed| (armed.rule.section.clone(), armed.rule.currency))
+            else {
+                continue;
+            };
+            let after = state.listings.lowest_price(section.as_deref(), currency);
+            match state.rules.observe(rule_id, after) {
+                Some(Transition::Fired) => {
+                    epoch.out.push(SinkRecord::RuleState {
+                        rule_id,
+                        below: true,
+                    });
+                    if let Some(new) = after {
+                        epoch.alert(new_alert(
+                            AlertKind::RuleMatch,
+                            listing,
+                            at,
+                            Some(rule_id),
+                            before,
+                            new,
+                            currency,
+                            event_name,
+                        ));
+                    }
+                }
+                Some(Transition::Rearmed) => epoch.out.push(SinkRecord::RuleState {
+                    rule_id,
+                    below: false,
+                }),
+                None => {}
+            }
+        }
+    }
+
+    fn finish(&self, epoch: Epoch) -> Vec<SinkRecord> {
+        let Epoch {
+            mut out,
+            counters,
+            events,
+            listings,
+        } = epoch;
+        for event_id in events {
+            if let Some(row) = self
+                .events
+                .get(&event_id)
+                .and_then(|state| state.row.as_ref())
+            {
+                out.push(SinkRecord::Event(row.clone()));
+            }
+        }
+        for listing in listings {
+            let quote = self
+                .events
+                .get(&listing.event_id)
+                .and_then(|state| state.listings.get(&listing.seat))
+                .copied();
+            if let Some(quote) = quote {
+                out.push(SinkRecord::Listing(ListingRow {
+                    listing,
+                    price: quote.price,
+                    currency: quote.currency,
+                    available: quote.available,
+                    observed_at: quote.observed_at,
+                }));
+            }
+        }
+        if !counters.is_empty() {
+            out.push(SinkRecord::Counters(counters));
+        }
+        out
+    }
+}
+
+/// What one epoch has produced so far, and what it touched.
+#[derive(Default)]
+struct Epoch {
+    out: Vec<SinkRecord>,
+    counters: Counters,
+    /// Ordered so the final rows come out in the same order on every run.
+    events: BTreeSet<String>,
+    listings: BTreeSet<ListingKey>,
+}
+
+impl Epoch {
+    fn alert(&mut self, alert: Alert) {
+        self.counters.count_alert(alert.kind);
+        self.out.push(SinkRecord::Alert(alert));
+    }
+}
+
+fn display_name<'a>(row: &'a Option<EventRow>, event_id: &'a str) -> &'a str {
+    row.as_ref().map_or(event_id, EventRow::display_name)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn new_alert(
+    kind: AlertKind,
+    listing: &ListingKey,
+    observed_at: Micros,
+    rule_id: Option<i64>,
+    old_price: Option<Cents>,
+    new_price: Cents,
+    currency: Currency,
+    event_name: &str,
+) -> Alert {
+    Alert {
+        alert_id: alert_id(kind, listing, observed_at, rule_id, currency),
+        kind,
+        listing: listing.clone(),
+        rule_id,
+        old_price,
+        new_price,
+        currency,
+        observed_at,
+        event_name: event_name.to_owned(),
+    }
+}
+
+/// By rule id, a deactivation before an activation, so "disable then re-enable"
+/// within one epoch ends active. The rest only makes the order total.
+fn rule_change_order(a: &RuleChange, b: &RuleChange) -> Ordering {
+    fn key(change: &RuleChange) -> (i64, u8, &str) {
+        match change {
+            RuleChange::Deactivate { rule_id, event_id } => (*rule_id, 0, event_id),
+            RuleChange::Activate { rule, .. } => (rule.rule_id, 1, &rule.event_id),
+        }
+    }
+    key(a).cmp(&key(b)).then_with(|| match (a, b) {
+        (
+            RuleChange::Activate {
+                rule: ra,
+                below: ba,
+            },
+            RuleChange::Activate {
+                rule: rb,
+                below: bb,
+            },
+        ) => (&ra.section, ra.currency, ra.max_price, ba).cmp(&(
+            &rb.section,
+            rb.currency,
+            rb.max_price,
+            bb,
+        )),
+        _ => Ordering::Equal,
+    })
+}
+
+/// Partition order. Two records at one position are the same message delivered
+/// twice; comparing their content only makes the order total.
+fn observation_order(a: &(Position, Observation), b: &(Position, Observation)) -> Ordering {
+    let (pa, oa) = a;
+    let (pb, ob) = b;
+    pa.cmp(pb)
+        .then_with(|| oa.listing.cmp(&ob.listing))
+        .then_with(|| oa.observed_at.cmp(&ob.observed_at))
+        .then_with(|| {
+            (oa.price, oa.currency, oa.available).cmp(&(ob.price, ob.currency, ob.available))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Seat;
+
+    fn observation(seat: &str, price: i64, at: Micros) -> ProcessorInput {
+        ProcessorInput::Observation {
+            position: Position {
+                partition: 0,
+                offset: at,
+            },
+            observation: Observation {
+                listing: ListingKey {
+                    event_id: "ev".into(),
+                    seat: Seat {
+                        section: "A".into(),
+                        row: "1".into(),
+                        seat: seat.into(),
+                        source: "s".into(),
+                    },
+                },
+                event_name: None,
+                venue: None,
+                event_date: None,
+                price: Cents(price),
+                currency: Currency::USD,
+                available: true,
+                observed_at: at,
+            },
+        }
+    }
+
+    fn counters(out: &[SinkRecord]) -> Counters {
+        out.iter()
+            .find_map(|record| match record {
+                SinkRecord::Counters(counters) => Some(counters.clone()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn arrival_order_within_an_epoch_does_not_matter() {
+        let records = vec![
+            observation("1", 1000, 1),
+            observation("1", 900, 2),
+            observation("2", 800, 3),
+            observation("1", 700, 4),
+        ];
+        let mut reversed = records.clone();
+        reversed.reverse();
+        let forward = Processor::new(ProcessorConfig::default()).process_time(records);
+        let backward = Processor::new(ProcessorConfig::default()).process_time(reversed);
+        assert_eq!(forward, backward);
+        let counters = counters(&forward);
+        assert_eq!(counters.processed, 4);
+        assert_eq!(counters.listing_drop, 2);
+        assert_eq!(counters.event_low, 3);
+    }
+
+    #[test]
+    fn deactivating_the_last_rule_of_an_unseen_event_frees_it() {
+        let mut processor = Processor::new(ProcessorConfig::default());
+        let rule = Rule {
+            rule_id: 1,
+            event_id: "other".into(),
+            section: None,
+            currency: Currency::USD,
+            max_price: Cents(100),
+        };
+        let out = processor.process_time(vec![ProcessorInput::Rule(RuleChange::Activate {
+            rule,
+            below: None,
+        })]);
+        assert_eq!(
+            out,
+            vec![SinkRecord::RuleState {
+                rule_id: 1,
+                below: false
+            }]
+        );
+        assert_eq!(processor.event_count(), 1);
+        let out = processor.process_time(vec![ProcessorInput::Rule(RuleChange::Deactivate {
+            rule_id: 1,
+            event_id: "other".into(),
+        })]);
+        assert!(out.is_empty());
+        assert_eq!(processor.event_count(), 0);
+    }
+
+    #[test]
+    fn deactivate_then_activate_in_one_epoch_ends_active() {
+        let rule = Rule {
+            rule_id: 1,
+            event_id: "ev".into(),
+            section: None,
+            currency: Currency::USD,
+            max_price: Cents(100),
+        };
+        let mut processor = Processor::new(ProcessorConfig::default());
+        processor.process_time(vec![
+            ProcessorInput::Rule(RuleChange::Activate {
+                rule: rule.clone(),
+                below: None,
+            }),
+            ProcessorInput::Rule(RuleChange::Deactivate {
+                rule_id: 1,
+                event_id: "ev".into(),
+            }),
+        ]);
+        let out = processor.process_time(vec![observation("1", 50, 1)]);
+        assert_eq!(counters(&out).rule_match, 1);
+    }
+}

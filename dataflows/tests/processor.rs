@@ -1,0 +1,1057 @@
+//! The processor operator end to end: in-memory inputs through timely, outputs
+//! captured and compared exactly.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{mpsc, Arc, Mutex};
+
+use conscope_dataflows::alert_id::alert_id;
+use conscope_dataflows::model::{
+    Alert, AlertKind, Cents, Counters, Currency, EventRow, ListingKey, ListingRow, Micros,
+    Observation, Position, ProcessorInput, Restore, Rule, RuleChange, Seat, SinkRecord, Stamped,
+};
+use conscope_dataflows::processor::{process, ProcessorConfig};
+use timely::dataflow::operators::capture::Event;
+use timely::dataflow::operators::Capture;
+use timely::dataflow::InputHandleVec;
+
+const EUR: Currency = Currency(*b"EUR");
+
+// ---------------------------------------------------------------------------
+// Running the operator.
+
+/// What a run produced, from all workers, with the epoch of each record.
+#[derive(Debug)]
+struct Output {
+    records: Vec<(u64, SinkRecord)>,
+}
+
+/// Runs `epochs` (epoch `i` at time `i`) through `process` on `workers` threads.
+/// Each epoch's records are dealt round-robin to the workers, so they arrive at the
+/// processor from several places in no particular order.
+fn run_on(workers: usize, config: ProcessorConfig, epochs: Vec<Vec<ProcessorInput>>) -> Output {
+    let epochs = Arc::new(epochs);
+    let (send, recv) = mpsc::channel::<Event<u64, Vec<SinkRecord>>>();
+    let send = Arc::new(Mutex::new(send));
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let send = send.lock().unwrap().clone();
+        let (index, peers) = (worker.index(), worker.peers());
+        let mut input = InputHandleVec::<u64, ProcessorInput>::new();
+        let config = config.clone();
+        worker.dataflow::<u64, _, _>(|scope| {
+            process(input.to_stream(scope), config).capture_into(send);
+        });
+        for (time, records) in epochs.iter().enumerate() {
+            input.advance_to(time as u64);
+            for (i, record) in records.iter().enumerate() {
+                if i % peers == index {
+                    input.send(record.clone());
+                }
+            }
+        }
+        input.close();
+        while worker.step() {}
+    })
+    .unwrap();
+    for result in guards.join() {
+        result.unwrap();
+    }
+    let mut records = Vec::new();
+    for event in recv.try_iter() {
+        if let Event::Messages(stamp, data) = event {
+            let time = *stamp.expect_singleton();
+            records.extend(data.into_iter().map(|record| (time, record)));
+        }
+    }
+    Output { records }
+}
+
+fn run(epochs: Vec<Vec<ProcessorInput>>) -> Output {
+    run_on(1, ProcessorConfig::default(), epochs)
+}
+
+impl Output {
+    fn at(&self, time: u64) -> Vec<SinkRecord> {
+        self.records
+            .iter()
+            .filter(|(t, _)| *t == time)
+            .map(|(_, record)| record.clone())
+            .collect()
+    }
+
+    fn alerts(&self) -> Vec<Alert> {
+        self.records
+            .iter()
+            .filter_map(|(_, record)| match record {
+                SinkRecord::Alert(alert) => Some(alert.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Alerts in a run-independent order.
+    fn alert_set(&self) -> Vec<Alert> {
+        let mut alerts = self.alerts();
+        alerts.sort_by(|a, b| a.alert_id.cmp(&b.alert_id));
+        alerts
+    }
+
+    /// `(kind, "section/row/seat", old, new, rule)` in emission order.
+    fn alert_summary(&self) -> Vec<Brief> {
+        self.alerts().iter().map(brief).collect()
+    }
+
+    fn history(&self) -> Vec<ListingRow> {
+        self.records
+            .iter()
+            .filter_map(|(_, record)| match record {
+                SinkRecord::History(row) => Some(row.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn history_set(&self) -> Vec<ListingRow> {
+        let mut rows = self.history();
+        rows.sort_by(|a, b| (&a.listing, a.observed_at).cmp(&(&b.listing, b.observed_at)));
+        rows
+    }
+
+    fn counters(&self) -> Counters {
+        let mut total = Counters::default();
+        for (_, record) in &self.records {
+            if let SinkRecord::Counters(counters) = record {
+                total.add(counters);
+            }
+        }
+        total
+    }
+
+    /// The last state emitted for every listing.
+    fn final_listings(&self) -> BTreeMap<ListingKey, ListingRow> {
+        let mut last = BTreeMap::new();
+        for (time, record) in &self.records {
+            if let SinkRecord::Listing(row) = record {
+                let slot = last
+                    .entry(row.listing.clone())
+                    .or_insert((*time, row.clone()));
+                if *time >= slot.0 {
+                    *slot = (*time, row.clone());
+                }
+            }
+        }
+        last.into_iter().map(|(key, (_, row))| (key, row)).collect()
+    }
+
+    /// The last row emitted for every event.
+    fn final_events(&self) -> BTreeMap<String, EventRow> {
+        let mut last = BTreeMap::new();
+        for (time, record) in &self.records {
+            if let SinkRecord::Event(row) = record {
+                let slot = last
+                    .entry(row.event_id.clone())
+                    .or_insert((*time, row.clone()));
+                if *time >= slot.0 {
+                    *slot = (*time, row.clone());
+                }
+            }
+        }
+        last.into_iter().map(|(key, (_, row))| (key, row)).collect()
+    }
+
+    /// The last persisted state of every rule. Within one epoch a rule's states
+    /// come out in order from its one worker, so the last one wins.
+    fn final_rule_states(&self) -> BTreeMap<i64, bool> {
+        let mut states: BTreeMap<i64, (u64, bool)> = BTreeMap::new();
+        for (time, record) in &self.records {
+            if let SinkRecord::RuleState { rule_id, below } = record {
+                let slot = states.entry(*rule_id).or_insert((*time, *below));
+                if *time >= slot.0 {
+                    *slot = (*time, *below);
+                }
+            }
+        }
+        states
+            .into_iter()
+            .map(|(id, (_, below))| (id, below))
+            .collect()
+    }
+
+    fn rule_states(&self) -> Vec<(i64, bool)> {
+        self.records
+            .iter()
+            .filter_map(|(_, record)| match record {
+                SinkRecord::RuleState { rule_id, below } => Some((*rule_id, *below)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+type Brief = (&'static str, String, Option<i64>, i64, Option<i64>);
+
+fn brief(alert: &Alert) -> Brief {
+    let seat = &alert.listing.seat;
+    (
+        alert.kind.as_str(),
+        format!("{}/{}/{}", seat.section, seat.row, seat.seat),
+        alert.old_price.map(|c| c.0),
+        alert.new_price.0,
+        alert.rule_id,
+    )
+}
+
+fn of_kind(briefs: Vec<Brief>, kind: AlertKind) -> Vec<Brief> {
+    briefs
+        .into_iter()
+        .filter(|b| b.0 == kind.as_str())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Building inputs.
+
+/// An observation of event `ev`, section `A`, row `1`, source `s`, USD, available.
+#[derive(Clone)]
+struct Obs(Observation);
+
+fn obs(seat: &str, price: i64, observed_at: Micros) -> Obs {
+    Obs(Observation {
+        listing: ListingKey {
+            event_id: "ev".into(),
+            seat: Seat {
+                section: "A".into(),
+                row: "1".into(),
+                seat: seat.into(),
+                source: "s".into(),
+            },
+        },
+        event_name: None,
+        venue: None,
+        event_date: None,
+        price: Cents(price),
+        currency: Currency::USD,
+        available: true,
+        observed_at,
+    })
+}
+
+impl Obs {
+    fn event(mut self, event_id: &str) -> Obs {
+        self.0.listing.event_id = event_id.into();
+        self
+    }
+    fn section(mut self, section: &str) -> Obs {
+        self.0.listing.seat.section = section.into();
+        self
+    }
+    fn currency(mut self, currency: Currency) -> Obs {
+        self.0.currency = currency;
+        self
+    }
+    fn sold(mut self) -> Obs {
+        self.0.available = false;
+        self
+    }
+    fn named(mut self, name: &str) -> Obs {
+        self.0.event_name = Some(name.into());
+        self
+    }
+    fn key(&self) -> ListingKey {
+        self.0.listing.clone()
+    }
+    fn row(&self) -> ListingRow {
+        ListingRow {
+            listing: self.0.listing.clone(),
+            price: self.0.price,
+            currency: self.0.currency,
+            available: self.0.available,
+            observed_at: self.0.observed_at,
+        }
+    }
+}
+
+/// Hands out increasing offsets of partition 0, so the messages of a test are in
+/// partition order in the order they are written.
+#[derive(Default)]
+struct Feed {
+    offset: i64,
+}
+
+impl Feed {
+    fn msg(&mut self, obs: &Obs) -> ProcessorInput {
+        self.offset += 1;
+        ProcessorInput::Observation {
+            position: Position {
+                partition: 0,
+                offset: self.offset,
+            },
+            observation: obs.0.clone(),
+        }
+    }
+
+    fn epoch(&mut self, observations: &[Obs]) -> Vec<ProcessorInput> {
+        observations.iter().map(|obs| self.msg(obs)).collect()
+    }
+}
+
+fn rule(rule_id: i64, section: Option<&str>, max_price: i64) -> Rule {
+    Rule {
+        rule_id,
+        event_id: "ev".into(),
+        section: section.map(Into::into),
+        currency: Currency::USD,
+        max_price: Cents(max_price),
+    }
+}
+
+fn activate(rule: Rule) -> ProcessorInput {
+    ProcessorInput::Rule(RuleChange::Activate { rule, below: None })
+}
+
+fn deactivate(rule_id: i64) -> ProcessorInput {
+    ProcessorInput::Rule(RuleChange::Deactivate {
+        rule_id,
+        event_id: "ev".into(),
+    })
+}
+
+fn counters(processed: u64, f: impl FnOnce(&mut Counters)) -> Counters {
+    let mut counters = Counters {
+        processed,
+        ..Counters::default()
+    };
+    f(&mut counters);
+    counters
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios.
+
+#[test]
+fn first_observation_creates_event_and_listing_exactly() {
+    let mut feed = Feed::default();
+    let a1 = obs("1", 1000, 10).named("Show");
+    let out = run(vec![feed.epoch(std::slice::from_ref(&a1))]);
+    assert_eq!(
+        out.at(0),
+        vec![
+            SinkRecord::History(a1.row()),
+            SinkRecord::Event(EventRow {
+                event_id: "ev".into(),
+                event_name: Some(Stamped {
+                    value: "Show".into(),
+                    observed_at: 10
+                }),
+                venue: None,
+                event_date: None,
+                first_seen: 10,
+                last_seen: 10,
+            }),
+            SinkRecord::Listing(a1.row()),
+            SinkRecord::Counters(counters(1, |c| {
+                c.events_created = 1;
+                c.prices_stored = 1;
+            })),
+        ]
+    );
+    assert!(out.alerts().is_empty(), "a first listing is not a drop");
+}
+
+#[test]
+fn duplicates_are_counted_and_change_nothing_first_wins() {
+    let mut feed = Feed::default();
+    let first = obs("1", 1000, 10);
+    let retry = obs("1", 500, 10).named("Other");
+    let out = run(vec![
+        feed.epoch(&[first.clone(), retry.clone()]),
+        feed.epoch(std::slice::from_ref(&retry)),
+    ]);
+    assert_eq!(out.history(), vec![first.row()]);
+    assert_eq!(out.final_listings()[&first.key()], first.row());
+    assert_eq!(out.final_events()["ev"].event_name, None);
+    assert!(out.alerts().is_empty());
+    assert_eq!(
+        out.at(1),
+        vec![SinkRecord::Counters(counters(1, |c| c.duplicates = 1))],
+        "a duplicate-only epoch writes nothing but counters"
+    );
+    assert_eq!(
+        out.counters(),
+        counters(3, |c| {
+            c.duplicates = 2;
+            c.prices_stored = 1;
+            c.events_created = 1;
+        })
+    );
+}
+
+#[test]
+fn stale_observation_goes_to_history_and_event_only() {
+    let mut feed = Feed::default();
+    let current = obs("1", 1000, 10);
+    let stale = obs("1", 1, 5).named("Old name");
+    let out = run(vec![
+        feed.epoch(std::slice::from_ref(&current)),
+        feed.epoch(std::slice::from_ref(&stale)),
+    ]);
+    assert_eq!(
+        out.at(1),
+        vec![
+            SinkRecord::History(stale.row()),
+            SinkRecord::Event(EventRow {
+                event_id: "ev".into(),
+                // The most recent observation *carrying a name* is the stale one.
+                event_name: Some(Stamped {
+                    value: "Old name".into(),
+                    observed_at: 5
+                }),
+                venue: None,
+                event_date: None,
+                first_seen: 5,
+                last_seen: 10,
+            }),
+            SinkRecord::Counters(counters(1, |c| {
+                c.prices_stored = 1;
+                c.stale = 1;
+            })),
+        ]
+    );
+    assert_eq!(out.final_listings()[&current.key()], current.row());
+    assert!(out.alerts().is_empty());
+}
+
+#[test]
+fn sold_then_relisted_is_no_listing_drop() {
+    let mut feed = Feed::default();
+    let out = run(vec![feed.epoch(&[
+        obs("1", 1000, 1),
+        obs("2", 1200, 2),
+        obs("1", 1000, 3).sold(),
+        obs("1", 500, 4),
+        // An event whose only listing sells and comes back cheaper: the scope
+        // emptied in between, so that is no drop of its get-in price either.
+        obs("1", 1000, 1).event("solo"),
+        obs("1", 1000, 2).event("solo").sold(),
+        obs("1", 500, 3).event("solo"),
+    ])]);
+    assert_eq!(
+        out.alert_summary(),
+        vec![("event_low", "A/1/1".into(), Some(1200), 500, None)]
+    );
+    let solo = obs("1", 500, 3).event("solo");
+    assert_eq!(out.final_listings()[&solo.key()], solo.row());
+}
+
+#[test]
+fn currencies_have_separate_get_in_prices() {
+    let mut feed = Feed::default();
+    let out = run(vec![feed.epoch(&[
+        obs("1", 1000, 1),
+        obs("2", 900, 2).currency(EUR),
+        obs("3", 800, 3).currency(EUR),
+        obs("4", 950, 4),
+        // Moving to another currency: no listing_drop, USD get-in goes up (from
+        // 950 it stays 950), EUR goes down.
+        obs("1", 700, 5).currency(EUR),
+    ])]);
+    let alerts = out.alerts();
+    let got: Vec<(Brief, Currency)> = alerts.iter().map(|a| (brief(a), a.currency)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (("event_low", "A/1/3".into(), Some(900), 800, None), EUR),
+            (
+                ("event_low", "A/1/4".into(), Some(1000), 950, None),
+                Currency::USD
+            ),
+            (("event_low", "A/1/1".into(), Some(800), 700, None), EUR),
+        ]
+    );
+}
+
+#[test]
+fn equal_prices_are_no_drop() {
+    let mut feed = Feed::default();
+    let out = run(vec![feed.epoch(&[
+        obs("1", 1000, 1),
+        obs("2", 1000, 2),
+        obs("1", 1000, 3),
+    ])]);
+    assert!(out.alerts().is_empty());
+}
+
+#[test]
+fn listing_drop_threshold_is_inclusive() {
+    let mut feed = Feed::default();
+    let out = run(vec![feed.epoch(&[
+        obs("1", 10000, 1).event("exact"),
+        obs("1", 9500, 2).event("exact"),
+        obs("1", 10000, 1).event("under"),
+        obs("1", 9501, 2).event("under"),
+    ])]);
+    let drops: Vec<(String, i64)> = out
+        .alerts()
+        .iter()
+        .filter(|a| a.kind == AlertKind::ListingDrop)
+        .map(|a| (a.listing.event_id.clone(), a.new_price.0))
+        .collect();
+    assert_eq!(drops, vec![("exact".to_string(), 9500)]);
+
+    let mut feed = Feed::default();
+    let config = ProcessorConfig {
+        min_drop_basis_points: 250,
+    };
+    let out = run_on(
+        1,
+        config,
+        vec![feed.epoch(&[obs("1", 10000, 1), obs("1", 9750, 2), obs("1", 9600, 3)])],
+    );
+    assert_eq!(
+        of_kind(out.alert_summary(), AlertKind::ListingDrop),
+        vec![("listing_drop", "A/1/1".into(), Some(10000), 9750, None)],
+        "2.5%: 9750 is exactly 2.5% off, 9600 only 1.54% off 9750"
+    );
+}
+
+#[test]
+fn two_drops_in_one_epoch_are_two_alerts() {
+    let mut feed = Feed::default();
+    let out = run(vec![
+        feed.epoch(&[obs("1", 10000, 1)]),
+        feed.epoch(&[obs("1", 9000, 2), obs("1", 8000, 3)]),
+    ]);
+    assert_eq!(
+        out.alert_summary(),
+        vec![
+            ("listing_drop", "A/1/1".into(), Some(10000), 9000, None),
+            ("event_low", "A/1/1".into(), Some(10000), 9000, None),
+            ("listing_drop", "A/1/1".into(), Some(9000), 8000, None),
+            ("event_low", "A/1/1".into(), Some(9000), 8000, None),
+        ]
+    );
+    let listing_rows: Vec<SinkRecord> = out
+        .at(1)
+        .into_iter()
+        .filter(|r| matches!(r, SinkRecord::Listing(_)))
+        .collect();
+    assert_eq!(
+        listing_rows,
+        vec![SinkRecord::Listing(obs("1", 8000, 3).row())],
+        "one final listing row per epoch"
+    );
+    assert_eq!(out.counters().listing_drop, 2);
+    assert_eq!(out.counters().event_low, 2);
+}
+
+#[test]
+fn event_low_needs_a_previous_get_in_price() {
+    let mut feed = Feed::default();
+    let out = run(vec![feed.epoch(&[
+        obs("1", 1000, 1),
+        obs("2", 1100, 2),
+        obs("3", 999, 3),
+    ])]);
+    assert_eq!(
+        out.alert_summary(),
+        vec![("event_low", "A/1/3".into(), Some(1000), 999, None)]
+    );
+}
+
+#[test]
+fn rule_fires_rearms_and_fires_again() {
+    let mut feed = Feed::default();
+    let out = run(vec![
+        vec![activate(rule(7, None, 1000))],
+        feed.epoch(&[
+            obs("1", 1200, 1),
+            obs("1", 1000, 2),       // fires: 1200 -> 1000
+            obs("1", 900, 3),        // still below
+            obs("1", 1100, 4),       // re-arms
+            obs("1", 950, 5),        // fires again
+            obs("1", 950, 6).sold(), // scope empties: re-arms
+            obs("1", 800, 7),        // fires from an empty scope
+        ]),
+    ]);
+    assert_eq!(
+        of_kind(out.alert_summary(), AlertKind::RuleMatch),
+        vec![
+            ("rule_match", "A/1/1".into(), Some(1200), 1000, Some(7)),
+            ("rule_match", "A/1/1".into(), Some(1100), 950, Some(7)),
+            ("rule_match", "A/1/1".into(), None, 800, Some(7)),
+        ]
+    );
+    assert_eq!(
+        out.rule_states(),
+        vec![
+            (7, false),
+            (7, true),
+            (7, false),
+            (7, true),
+            (7, false),
+            (7, true)
+        ]
+    );
+    let fired = out
+        .alerts()
+        .into_iter()
+        .find(|a| a.kind == AlertKind::RuleMatch)
+        .unwrap();
+    assert_eq!(fired.observed_at, 2);
+    assert_eq!(fired.currency, Currency::USD);
+    assert_eq!(fired.event_name, "ev");
+}
+
+#[test]
+fn section_rule_ignores_other_sections() {
+    let mut feed = Feed::default();
+    let out = run(vec![
+        vec![activate(rule(1, Some("A"), 1000))],
+        feed.epoch(&[
+            obs("1", 500, 1).section("B"),
+            obs("1", 1500, 2),
+            obs("1", 900, 3),
+        ]),
+    ]);
+    assert_eq!(
+        of_kind(out.alert_summary(), AlertKind::RuleMatch),
+        vec![("rule_match", "A/1/1".into(), Some(1500), 900, Some(1))]
+    );
+}
+
+#[test]
+fn rule_added_while_below_fires_at_once_naming_the_lowest_listing() {
+    let mut feed = Feed::default();
+    let out = run(vec![
+        feed.epoch(&[
+            obs("3", 700, 1),
+            obs("1", 700, 2).section("B"),
+            obs("9", 700, 3),
+            obs("5", 900, 4),
+        ]),
+        vec![
+            activate(rule(1, None, 1000)),
+            activate(rule(2, Some("C"), 1000)),
+            activate(rule(3, None, 600)),
+        ],
+    ]);
+    let alerts = out.alerts();
+    let rule_alerts: Vec<&Alert> = alerts
+        .iter()
+        .filter(|a| a.kind == AlertKind::RuleMatch)
+        .collect();
+    assert_eq!(rule_alerts.len(), 1);
+    let alert = rule_alerts[0];
+    // Ties at 700: the smallest (section, row, seat, source) is A/1/3, observed at 1.
+    assert_eq!(
+        brief(alert),
+        ("rule_match", "A/1/3".into(), None, 700, Some(1))
+    );
+    assert_eq!(alert.observed_at, 1);
+    assert_eq!(
+        out.at(1)
+            .into_iter()
+            .filter(|r| matches!(r, SinkRecord::RuleState { .. }))
+            .collect::<Vec<_>>(),
+        vec![
+            SinkRecord::RuleState {
+                rule_id: 1,
+                below: true
+            },
+            SinkRecord::RuleState {
+                rule_id: 2,
+                below: false
+            },
+            SinkRecord::RuleState {
+                rule_id: 3,
+                below: false
+            },
+        ]
+    );
+    assert_eq!(out.counters().rule_match, 1);
+}
+
+#[test]
+fn deactivated_rule_does_not_fire() {
+    let mut feed = Feed::default();
+    let out = run(vec![
+        vec![activate(rule(1, None, 1000)), activate(rule(2, None, 1000))],
+        vec![deactivate(1), feed.msg(&obs("1", 1500, 1))],
+        // Deactivation and the would-be trigger in one epoch: rule changes apply
+        // first.
+        vec![feed.msg(&obs("1", 500, 2)), deactivate(2)],
+    ]);
+    assert!(of_kind(out.alert_summary(), AlertKind::RuleMatch).is_empty());
+}
+
+#[test]
+fn restored_rule_that_is_below_does_not_fire_again() {
+    let a1 = obs("1", 500, 1);
+    let mut feed = Feed::default();
+    let out = run(vec![
+        vec![
+            ProcessorInput::Restore(Restore::Listing(a1.row())),
+            ProcessorInput::Rule(RuleChange::Activate {
+                rule: rule(1, None, 1000),
+                below: Some(true),
+            }),
+        ],
+        feed.epoch(&[obs("1", 400, 2), obs("1", 1200, 3), obs("1", 900, 4)]),
+    ]);
+    assert!(out.at(0).is_empty(), "restoring writes nothing");
+    assert_eq!(
+        of_kind(out.alert_summary(), AlertKind::RuleMatch),
+        vec![("rule_match", "A/1/1".into(), Some(1200), 900, Some(1))]
+    );
+    assert_eq!(
+        out.counters().events_created,
+        1,
+        "no Restore::Event was given"
+    );
+}
+
+#[test]
+fn restored_event_is_not_created_again() {
+    let a1 = obs("1", 500, 1).named("Show");
+    let event = EventRow {
+        event_id: "ev".into(),
+        event_name: Some(Stamped {
+            value: "Show".into(),
+            observed_at: 1,
+        }),
+        venue: None,
+        event_date: None,
+        first_seen: 1,
+        last_seen: 1,
+    };
+    let mut feed = Feed::default();
+    let out = run(vec![
+        vec![
+            ProcessorInput::Restore(Restore::Event(event)),
+            ProcessorInput::Restore(Restore::Listing(a1.row())),
+        ],
+        feed.epoch(&[a1.clone(), obs("1", 400, 2)]),
+    ]);
+    assert_eq!(
+        out.counters(),
+        counters(2, |c| {
+            c.duplicates = 1;
+            c.prices_stored = 1;
+            c.listing_drop = 1;
+            c.event_low = 1;
+        })
+    );
+    assert_eq!(out.alerts()[0].event_name, "Show");
+}
+
+#[test]
+fn alert_ids_are_stable_and_depend_on_the_rule() {
+    let inputs = || {
+        let mut feed = Feed::default();
+        vec![
+            vec![activate(rule(1, None, 1000)), activate(rule(2, None, 1000))],
+            feed.epoch(&[obs("1", 1500, 1), obs("1", 900, 2)]),
+        ]
+    };
+    let first = run(inputs()).alerts();
+    let second = run(inputs()).alerts();
+    assert_eq!(first, second);
+    let rule_ids: Vec<&str> = first
+        .iter()
+        .filter(|a| a.kind == AlertKind::RuleMatch)
+        .map(|a| a.alert_id.as_str())
+        .collect();
+    assert_eq!(rule_ids.len(), 2);
+    assert_ne!(rule_ids[0], rule_ids[1]);
+    for alert in &first {
+        assert_eq!(
+            alert.alert_id,
+            alert_id(
+                alert.kind,
+                &alert.listing,
+                alert.observed_at,
+                alert.rule_id,
+                alert.currency
+            )
+        );
+    }
+    // Another partition and offsets: the same ids.
+    let moved = inputs()
+        .into_iter()
+        .map(|epoch| {
+            epoch
+                .into_iter()
+                .map(|record| match record {
+                    ProcessorInput::Observation {
+                        position,
+                        observation,
+                    } => ProcessorInput::Observation {
+                        position: Position {
+                            partition: 5,
+                            offset: position.offset + 1000,
+                        },
+                        observation,
+                    },
+                    other => other,
+                })
+                .collect()
+        })
+        .collect();
+    assert_eq!(run(moved).alerts(), first);
+}
+
+// ---------------------------------------------------------------------------
+// Generated workloads: determinism and restore.
+
+/// A small deterministic PRNG (SplitMix64), so the workload is the same on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+const EVENTS: usize = 6;
+const PARTITIONS: i32 = 3;
+
+/// Rules present at start, over the generated events.
+fn generated_rules() -> Vec<Rule> {
+    let mut rules = Vec::new();
+    for event in 0..EVENTS {
+        let event_id = format!("e{event}");
+        rules.push(Rule {
+            rule_id: event as i64 * 10 + 1,
+            event_id: event_id.clone(),
+            section: None,
+            currency: Currency::USD,
+            max_price: Cents(9000),
+        });
+        rules.push(Rule {
+            rule_id: event as i64 * 10 + 2,
+            event_id: event_id.clone(),
+            section: Some("B".into()),
+            currency: Currency::USD,
+            max_price: Cents(9500),
+        });
+        rules.push(Rule {
+            rule_id: event as i64 * 10 + 3,
+            event_id,
+            section: None,
+            currency: EUR,
+            max_price: Cents(8500),
+        });
+    }
+    rules
+}
+
+/// A messy stream in partition order: each event lives in one partition (producers
+/// key by event), with random-walk prices, sales, currency changes, retries
+/// (duplicates) and late (stale) observations.
+fn generated_messages(seed: u64, count: usize) -> Vec<ProcessorInput> {
+    let mut rng = Rng(seed);
+    let mut offsets = [0i64; PARTITIONS as usize];
+    let mut prices: HashMap<(usize, u64), i64> = HashMap::new();
+    let mut clock = [0i64; EVENTS];
+    let mut sent: Vec<(Position, Observation)> = Vec::new();
+    let mut messages = Vec::new();
+    for _ in 0..count {
+        let event = rng.below(EVENTS as u64) as usize;
+        let partition = event as i32 % PARTITIONS;
+        let offset = offsets[partition as usize];
+        offsets[partition as usize] += 1;
+        let position = Position { partition, offset };
+
+        if rng.below(100) < 8 {
+            // A retry of an earlier message of this partition, possibly with
+            // another price: same identity, so a duplicate.
+            let earlier: Vec<&(Position, Observation)> = sent
+                .iter()
+                .filter(|(p, _)| p.partition == partition)
+                .collect();
+            if !earlier.is_empty() {
+                let mut observation = earlier[rng.below(earlier.len() as u64) as usize].1.clone();
+                observation.price = Cents(observation.price.0 + 1);
+                messages.push(ProcessorInput::Observation {
+                    position,
+                    observation,
+                });
+                continue;
+            }
+        }
+
+        let listing = rng.below(8);
+        clock[event] += 1 + rng.below(1000) as i64;
+        let mut observed_at = clock[event];
+        if rng.below(100) < 7 {
+            observed_at -= 1 + rng.below(3000) as i64; // late: often stale
+        }
+        let price = prices.entry((event, listing)).or_insert(10_000);
+        let step = rng.below(21) as i64 - 12; // drifts down, -12%..+8%
+        *price = (*price + *price * step / 100).clamp(100, 50_000);
+        let observation = Observation {
+            listing: ListingKey {
+                event_id: format!("e{event}"),
+                seat: Seat {
+                    section: if listing.is_multiple_of(2) { "A" } else { "B" }.into(),
+                    row: format!("{}", listing / 4),
+                    seat: format!("{}", listing % 4),
+                    source: if listing.is_multiple_of(3) { "x" } else { "y" }.into(),
+                },
+            },
+            event_name: (rng.below(4) == 0).then(|| format!("Event {event} v{}", rng.below(5))),
+            venue: (rng.below(6) == 0).then(|| format!("Venue {}", rng.below(3))),
+            event_date: (rng.below(8) == 0).then(|| rng.below(1000) as i64),
+            price: Cents(*price),
+            currency: if rng.below(10) == 0 {
+                EUR
+            } else {
+                Currency::USD
+            },
+            available: rng.below(10) != 0,
+            observed_at: 1_000_000 + observed_at,
+        };
+        sent.push((position, observation.clone()));
+        messages.push(ProcessorInput::Observation {
+            position,
+            observation,
+        });
+    }
+    messages
+}
+
+/// Epoch 0 activates the rules; the messages follow in chunks of `chunk`.
+fn epochs_of(
+    rules: &[ProcessorInput],
+    messages: &[ProcessorInput],
+    chunk: usize,
+) -> Vec<Vec<ProcessorInput>> {
+    let mut epochs = vec![rules.to_vec()];
+    epochs.extend(messages.chunks(chunk).map(<[ProcessorInput]>::to_vec));
+    epochs
+}
+
+fn rule_inputs() -> Vec<ProcessorInput> {
+    generated_rules().into_iter().map(activate).collect()
+}
+
+#[test]
+fn same_results_for_any_batching_and_worker_count() {
+    let messages = generated_messages(42, 1500);
+    let rules = rule_inputs();
+    let reference = run_on(
+        1,
+        ProcessorConfig::default(),
+        epochs_of(&rules, &messages, messages.len()),
+    );
+    let kinds = reference.counters();
+    assert!(
+        kinds.listing_drop > 0 && kinds.event_low > 0 && kinds.rule_match > 0,
+        "{kinds:?}"
+    );
+    assert!(kinds.duplicates > 0 && kinds.stale > 0, "{kinds:?}");
+    assert_eq!(kinds.events_created, EVENTS as u64);
+
+    for (workers, chunk) in [(1, 1), (1, 37), (4, 1), (4, 250), (4, messages.len())] {
+        let other = run_on(
+            workers,
+            ProcessorConfig::default(),
+            epochs_of(&rules, &messages, chunk),
+        );
+        let what = format!("{workers} workers, chunks of {chunk}");
+        assert_eq!(other.alert_set(), reference.alert_set(), "{what}");
+        assert_eq!(other.history_set(), reference.history_set(), "{what}");
+        assert_eq!(other.final_listings(), reference.final_listings(), "{what}");
+        assert_eq!(other.final_events(), reference.final_events(), "{what}");
+        assert_eq!(
+            other.final_rule_states(),
+            reference.final_rule_states(),
+            "{what}"
+        );
+        assert_eq!(other.counters(), reference.counters(), "{what}");
+    }
+}
+
+/// What the sink would have stored after `out`, read back as restore records.
+fn restore_from(out: &Output) -> Vec<ProcessorInput> {
+    let mut records = Vec::new();
+    for row in out.final_events().into_values() {
+        records.push(ProcessorInput::Restore(Restore::Event(row)));
+    }
+    for row in out.final_listings().into_values() {
+        records.push(ProcessorInput::Restore(Restore::Listing(row)));
+    }
+    for row in out.history() {
+        records.push(ProcessorInput::Restore(Restore::Seen {
+            listing: row.listing,
+            observed_at: row.observed_at,
+        }));
+    }
+    let states = out.final_rule_states();
+    for rule in generated_rules() {
+        let below = states.get(&rule.rule_id).copied();
+        assert!(
+            below.is_some(),
+            "every evaluated rule has a persisted state"
+        );
+        records.push(ProcessorInput::Rule(RuleChange::Activate { rule, below }));
+    }
+    records
+}
+
+#[test]
+fn restore_then_continue_equals_an_uninterrupted_run() {
+    let messages = generated_messages(7, 1200);
+    let rules = rule_inputs();
+    let whole = run_on(
+        2,
+        ProcessorConfig::default(),
+        epochs_of(&rules, &messages, 100),
+    );
+
+    for split in [1, 555, 1100] {
+        let (before, after) = messages.split_at(split);
+        let first = run_on(
+            2,
+            ProcessorConfig::default(),
+            epochs_of(&rules, before, 100),
+        );
+        let second = run_on(
+            2,
+            ProcessorConfig::default(),
+            epochs_of(&restore_from(&first), after, 100),
+        );
+
+        let mut alerts = first.alert_set();
+        alerts.extend(second.alert_set());
+        alerts.sort_by(|a, b| a.alert_id.cmp(&b.alert_id));
+        assert_eq!(alerts, whole.alert_set(), "split at {split}");
+
+        let mut history = first.history();
+        history.extend(second.history());
+        history.sort_by(|a, b| (&a.listing, a.observed_at).cmp(&(&b.listing, b.observed_at)));
+        assert_eq!(history, whole.history_set(), "split at {split}");
+
+        let mut listings = first.final_listings();
+        listings.extend(second.final_listings());
+        assert_eq!(listings, whole.final_listings(), "split at {split}");
+
+        let mut events = first.final_events();
+        events.extend(second.final_events());
+        assert_eq!(events, whole.final_events(), "split at {split}");
+
+        let mut rule_states = first.final_rule_states();
+        rule_states.extend(second.final_rule_states());
+        assert_eq!(rule_states, whole.final_rule_states(), "split at {split}");
+
+        let mut counters = first.counters();
+        counters.add(&second.counters());
+        assert_eq!(counters, whole.counters(), "split at {split}");
+    }
+}

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# THE test command (CI runs it through .ci/run): brings up the dev stack, then
+# checks formatting and lints, builds everything, and runs every test.
+#
+#   scripts/test.sh [extra nextest / cargo test filter args...]
+#
+# Phases, each timed: stack-up, fmt, clippy, build, tests (+ doctests). A
+# failing phase does not hide the others: every phase runs, except the tests
+# when the stack or the build failed. Exits non-zero when any phase failed.
+#
+# Tests run with cargo-nextest when it is installed (`cargo test` otherwise),
+# two at a time: integration tests each run the job binary, and CI has 2 cores.
+# They find the stack through CONSCOPE_BROKERS (exported here) and the default
+# database URL, and create their own topics and databases.
+#
+# Environment:
+#   CONSCOPE_BROKER_PORT   broker port (default 9092)
+#   CONSCOPE_TEST_THREADS  tests at once (default 2)
+#   CONSCOPE_TEST_TIMEOUT  limit for the test phase, timeout(1) syntax (default 40m)
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$CONSCOPE_ROOT"
+
+export CONSCOPE_BROKERS="127.0.0.1:$CONSCOPE_BROKER_PORT"
+threads="${CONSCOPE_TEST_THREADS:-2}"
+test_timeout="${CONSCOPE_TEST_TIMEOUT:-40m}"
+filters=("$@")
+
+results=()
+failed=0
+# run_phase NAME COMMAND...: runs a phase, records its result and duration.
+run_phase() {
+    local name="$1" started=$SECONDS status=0
+    shift
+    phase "$name" "$@" || status=$?
+    local result=ok
+    if ((status != 0)); then
+        result="FAILED ($status)"
+        failed=1
+    fi
+    results+=("$(printf '%-10s %-12s %5ss' "$name" "$result" $((SECONDS - started)))")
+    return "$status"
+}
+skip_phase() {
+    log "--- $1: skipped ($2)"
+    results+=("$(printf '%-10s %-12s' "$1" "skipped")")
+    failed=1
+}
+
+run_tests() {
+    if cargo nextest --version >/dev/null 2>&1; then
+        timeout -k 60 "$test_timeout" cargo nextest run --release --workspace \
+            --no-fail-fast --test-threads "$threads" ${filters[@]+"${filters[@]}"}
+    else
+        log "cargo-nextest not installed; using cargo test"
+        timeout -k 60 "$test_timeout" cargo test --release --workspace --no-fail-fast \
+            ${filters[@]+"${filters[@]}"} -- --test-threads "$threads"
+    fi
+}
+
+# nextest does not run doctests; `cargo test` above already did.
+run_doctests() {
+    if cargo nextest --version >/dev/null 2>&1; then
+        cargo test --release --doc -p conscope-dataflows
+    fi
+}
+
+total_started=$SECONDS
+stack_ok=true
+build_ok=true
+run_phase stack-up bash scripts/stack-up.sh || stack_ok=false
+run_phase fmt cargo fmt --all -- --check || true
+run_phase clippy cargo clippy --release --workspace --all-targets -- -D warnings || true
+run_phase build cargo build --release --workspace --all-targets || build_ok=false
+if [[ "$build_ok" != true ]]; then
+    skip_phase tests "the build failed"
+elif [[ "$stack_ok" != true ]]; then
+    skip_phase tests "the stack is not up"
+else
+    run_phase tests run_tests || true
+    run_phase doctests run_doctests || true
+fi
+
+echo
+echo "== scripts/test.sh summary (brokers $CONSCOPE_BROKERS)"
+printf '  %s\n' "${results[@]}"
+echo "  total: $((SECONDS - total_started))s"
+if ((failed)); then
+    echo "  RESULT: FAILED"
+    exit 1
+fi
+echo "  RESULT: ok"

@@ -1,0 +1,407 @@
+//! `conscope run`: builds and drives the timely dataflow.
+//!
+//! ```text
+//! KafkaSource/FileSource ─► ingest ─┬─► EventProcessor ◄── RestoreAndRules
+//!                                   │        │
+//!                                   └────────┴─► PostgresSink (worker 0) ─► probe
+//! ```
+//!
+//! Startup (each process): migrate, read stored offsets, create the output
+//! topics (process 0), start the writer and the outbox publisher (process 0), then
+//! one timely worker per thread. Each worker restores its slice of the state,
+//! opens its partitions and steps the dataflow until the probe says everything is
+//! committed (`--exit-at-end`) or forever.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use conscope_dataflows::ingest::ingest;
+use conscope_dataflows::processor::{process, ProcessorConfig};
+use rdkafka::consumer::BaseConsumer;
+use timely::dataflow::operators::{Concat, Probe};
+use timely::dataflow::ProbeHandle;
+use timely::{CommunicationConfig, WorkerConfig};
+
+use crate::config::{DbArgs, KafkaArgs, TopicArgs};
+use crate::metrics::Metrics;
+use crate::sink::encode::OutboxTarget;
+use crate::sink::postgres::{run_writer, WriterConfig};
+use crate::sink::publisher::{run_publisher, PublisherConfig, PublisherControl};
+use crate::sink::{postgres_sink, WriterStarter};
+use crate::source::file::{file_source, OpenFile};
+use crate::source::kafka::{kafka_source, OwnedPartitions, StartFrom};
+use crate::source::state::{initial_rules, load_slice, state_source, stored_offsets, LiveRules, RuleFeed};
+use crate::source::SourceSettings;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(flatten)]
+    topics: TopicArgs,
+    /// Worker threads per process.
+    #[arg(short = 'w', long, env = "CONSCOPE_WORKERS", default_value_t = 1)]
+    workers: usize,
+    /// Processes in the timely cluster.
+    #[arg(long, env = "CONSCOPE_PROCESSES", default_value_t = 1)]
+    processes: usize,
+    /// This process's index in the cluster (0-based).
+    #[arg(long, env = "CONSCOPE_PROCESS", default_value_t = 0)]
+    process: usize,
+    /// File with one `host:port` per line, one line per process.
+    #[arg(long, env = "CONSCOPE_HOSTS")]
+    hosts: Option<PathBuf>,
+    /// Stop once everything below the high watermarks seen at start is committed
+    /// and published, and print a summary.
+    #[arg(long, env = "CONSCOPE_EXIT_AT_END")]
+    exit_at_end: bool,
+    /// Where to start partitions that have no stored offset yet.
+    #[arg(long, env = "CONSCOPE_FROM", value_enum, default_value = "earliest")]
+    from: StartFrom,
+    /// Read JSON lines from this file instead of the input topic.
+    #[arg(long, env = "CONSCOPE_INPUT_FILE")]
+    input_file: Option<PathBuf>,
+    /// Smallest listing drop, in percent, that raises a listing_drop alert.
+    #[arg(long, env = "CONSCOPE_MIN_DROP_PCT", default_value = "5")]
+    min_drop_pct: String,
+    /// Epoch length: how often offsets and rows are committed.
+    #[arg(long, env = "CONSCOPE_EPOCH_MS", default_value_t = 100)]
+    epoch_ms: u64,
+    /// Messages a source reads per activation at most.
+    #[arg(long, env = "CONSCOPE_MAX_BATCH", default_value_t = 5_000)]
+    max_batch: usize,
+    /// Messages per worker read but not yet committed at most (bounds memory).
+    #[arg(long, env = "CONSCOPE_MAX_IN_FLIGHT", default_value_t = 200_000)]
+    max_in_flight: usize,
+    /// Records merged into one transaction at most when the writer falls behind.
+    #[arg(long, env = "CONSCOPE_MAX_COMMIT_RECORDS", default_value_t = 500_000)]
+    max_commit_records: usize,
+    /// Seconds between metrics log lines.
+    #[arg(long, env = "CONSCOPE_METRICS_INTERVAL", default_value_t = 5)]
+    metrics_interval: u64,
+    /// How often a running job looks for rule changes.
+    #[arg(long, env = "CONSCOPE_RULES_POLL_MS", default_value_t = 500)]
+    rules_poll_ms: u64,
+    /// Consumer group the job reports its progress to (monitoring only).
+    #[arg(long, env = "CONSCOPE_GROUP_ID", default_value = "conscope")]
+    group_id: String,
+}
+
+/// `5`, `2.5` or `12.25` percent as basis points, exactly.
+fn basis_points(percent: &str) -> anyhow::Result<u32> {
+    let text = percent.trim();
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let valid = !whole.is_empty()
+        && whole.len() <= 3
+        && fraction.len() <= 2
+        && whole
+            .bytes()
+            .chain(fraction.bytes())
+            .all(|byte| byte.is_ascii_digit());
+    if !valid {
+        bail!("--min-drop-pct: expected a percentage like 5 or 2.5, got {percent:?}");
+    }
+    let whole: u32 = whole.parse()?;
+    let fraction: u32 = format!("{fraction:0<2}").parse()?;
+    let points = whole * 100 + fraction;
+    if points == 0 || points > 10_000 {
+        bail!("--min-drop-pct: must be above 0 and at most 100, got {percent:?}");
+    }
+    Ok(points)
+}
+
+fn timely_config(args: &RunArgs) -> anyhow::Result<timely::Config> {
+    if args.workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    let communication = if args.processes > 1 {
+        let path = args
+            .hosts
+            .as_ref()
+            .context("--processes > 1 needs --hosts FILE")?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --hosts {}", path.display()))?;
+        let addresses: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .map(str::to_owned)
+            .collect();
+        if addresses.len() < args.processes {
+            bail!(
+                "--hosts {} lists {} addresses for {} processes",
+                path.display(),
+                addresses.len(),
+                args.processes
+            );
+        }
+        if args.process >= args.processes {
+            bail!(
+                "--process {} is not below --processes {}",
+                args.process,
+                args.processes
+            );
+        }
+        CommunicationConfig::Cluster {
+            threads: args.workers,
+            process: args.process,
+            addresses: addresses.into_iter().take(args.processes).collect(),
+            report: false,
+            zerocopy: false,
+        }
+    } else if args.workers > 1 {
+        CommunicationConfig::Process(args.workers)
+    } else {
+        CommunicationConfig::Thread
+    };
+    Ok(timely::Config {
+        communication,
+        worker: WorkerConfig::default(),
+    })
+}
+
+/// Ends the process with `error`: a worker that cannot go on must not leave the
+/// others waiting for it forever.
+fn fatal(error: anyhow::Error) -> ! {
+    tracing::error!("{error:#}");
+    eprintln!("conscope: error: {error:#}");
+    std::process::exit(1);
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let min_drop_basis_points = basis_points(&args.min_drop_pct)?;
+    let config = timely_config(&args)?;
+    let leader = args.process == 0;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(crate::db::migrate(&args.db.database_url))?;
+    let client = runtime.block_on(crate::db::connect(&args.db.database_url))?;
+    let input_name = match &args.input_file {
+        Some(path) => format!("file:{}", path.display()),
+        None => args.topics.input_topic.clone(),
+    };
+    let stored = runtime.block_on(stored_offsets(&client, &input_name))?;
+    let job_id: String = runtime
+        .block_on(client.query_one("SELECT job_id::text FROM job_progress WHERE id = 1", &[]))
+        .context("cannot read job_progress")?
+        .get(0);
+    drop(client);
+
+    let input_partitions = match &args.input_file {
+        Some(_) => 1,
+        None => {
+            let consumer: BaseConsumer = args
+                .kafka
+                .client_config()
+                .create()
+                .context("cannot create Kafka client")?;
+            crate::kafka::partition_count(&consumer, &args.topics.input_topic)?
+                .with_context(|| format!("input topic {:?} does not exist", args.topics.input_topic))?
+        }
+    };
+    let metrics = Metrics::new(&args.topics.alerts_topic);
+    metrics.spawn_reporter(Duration::from_secs(args.metrics_interval.max(1)));
+    if leader && args.input_file.is_none() {
+        metrics.spawn_lag_monitor(
+            args.kafka.clone(),
+            args.topics.input_topic.clone(),
+            input_partitions,
+            Duration::from_secs(args.metrics_interval.max(1)),
+        );
+    }
+
+    let mut leader_parts = None;
+    if leader {
+        let alerts_partitions =
+            crate::kafka::ensure_topic(&args.kafka, &args.topics.alerts_topic, input_partitions)?;
+        let dlq_partitions =
+            crate::kafka::ensure_topic(&args.kafka, &args.topics.dlq_topic, input_partitions)?;
+        let control = Arc::new(PublisherControl::default());
+        let publisher = {
+            let config = PublisherConfig {
+                kafka: args.kafka.clone(),
+                database_url: args.db.database_url.clone(),
+                job_id,
+            };
+            let (control, metrics) = (Arc::clone(&control), Arc::clone(&metrics));
+            std::thread::Builder::new()
+                .name("publisher".into())
+                .spawn(move || run_publisher(config, control, metrics))?
+        };
+        let writer_config = WriterConfig {
+            database_url: args.db.database_url.clone(),
+            input_name: input_name.clone(),
+            alerts: OutboxTarget {
+                topic: args.topics.alerts_topic.clone(),
+                partitions: alerts_partitions,
+            },
+            dlq: OutboxTarget {
+                topic: args.topics.dlq_topic.clone(),
+                partitions: dlq_partitions,
+            },
+            max_records_per_commit: args.max_commit_records,
+            monitor: match &args.input_file {
+                Some(_) => None,
+                None => Some((args.kafka.clone(), args.group_id.clone())),
+            },
+        };
+        leader_parts = Some((writer_config, control, publisher));
+    }
+    let writer_parts = leader_parts
+        .as_ref()
+        .map(|(config, control, _)| (config.clone(), Arc::clone(control)));
+
+    let settings = SourceSettings {
+        epoch_ms: args.epoch_ms.max(1),
+        max_batch: args.max_batch.max(1),
+        max_in_flight: args.max_in_flight.max(1),
+        idle_poll_ms: (args.epoch_ms / 4).clamp(1, 20),
+    };
+    let worker_args = args.clone();
+    let worker_metrics = Arc::clone(&metrics);
+    let writer_slot = std::sync::Mutex::new(writer_parts);
+    let guards = timely::execute(config, move |worker| {
+        let args = &worker_args;
+        let (index, peers) = (worker.index(), worker.peers());
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(error) => fatal(error.into()),
+        };
+        let startup = runtime.block_on(async {
+            let client = crate::db::connect(&args.db.database_url).await?;
+            let restored = load_slice(&client, peers, index).await?;
+            let rules = if index == 0 {
+                let (initial, known) = initial_rules(&client).await?;
+                let live = (!args.exit_at_end).then(|| LiveRules {
+                    database_url: args.db.database_url.clone(),
+                    known,
+                    interval: Duration::from_millis(args.rules_poll_ms.max(50)),
+                });
+                Some(RuleFeed { initial, live })
+            } else {
+                None
+            };
+            anyhow::Ok((restored, rules))
+        });
+        let (restored, rules) = startup.unwrap_or_else(|error| fatal(error.context("cannot restore state")));
+        tracing::info!(worker = index, records = restored.len(), "restored state");
+
+        let owned = match &args.input_file {
+            Some(_) => None,
+            None => OwnedPartitions::open(
+                &args.kafka,
+                &args.group_id,
+                &args.topics.input_topic,
+                input_partitions,
+                index,
+                peers,
+                &stored,
+                args.from,
+                args.exit_at_end,
+            )
+            .unwrap_or_else(|error| fatal(error)),
+        };
+        let file = match (&args.input_file, index) {
+            (Some(path), 0) => Some(
+                OpenFile::open(path, stored.get(&0).copied().unwrap_or(0))
+                    .unwrap_or_else(|error| fatal(error)),
+            ),
+            _ => None,
+        };
+
+        let writer: Option<WriterStarter> = if index == 0 {
+            let parts = writer_slot.lock().ok().and_then(|mut slot| slot.take());
+            parts.map(|(config, control)| -> WriterStarter {
+                let metrics = Arc::clone(&worker_metrics);
+                Box::new(move |activator| {
+                    let (batches, batches_in) = mpsc::channel();
+                    let (committed_out, committed) = mpsc::channel();
+                    let spawned = std::thread::Builder::new()
+                        .name("pg-writer".into())
+                        .spawn(move || {
+                            let wake = move || {
+                                let _ = activator.activate();
+                            };
+                            if let Err(error) =
+                                run_writer(config, batches_in, committed_out, wake, metrics, control)
+                            {
+                                fatal(error.context("the Postgres writer stopped"));
+                            }
+                        });
+                    if let Err(error) = spawned {
+                        fatal(anyhow::Error::from(error).context("cannot start the Postgres writer"));
+                    }
+                    (batches, committed)
+                })
+            })
+        } else {
+            None
+        };
+
+        let committed = ProbeHandle::new();
+        let processor_config = ProcessorConfig {
+            min_drop_basis_points,
+        };
+        worker.dataflow::<u64, _, _>(|scope| {
+            let events = match &args.input_file {
+                Some(_) => file_source(scope, file, settings, committed.clone()),
+                None => kafka_source(scope, owned, settings, committed.clone()),
+            };
+            let (observations, source_records) = ingest(events);
+            let state = state_source(scope, restored, rules, settings.epoch_ms);
+            let outputs = process(observations.concat(state), processor_config);
+            postgres_sink(outputs.concat(source_records), writer).probe_with(&committed);
+        });
+        while !committed.done() {
+            worker.step_or_park(None);
+        }
+    })
+    .map_err(|error| anyhow::anyhow!("cannot start timely workers: {error}"))?;
+    for result in guards.join() {
+        result.map_err(|error| anyhow::anyhow!("a worker failed: {error}"))?;
+    }
+
+    if let Some((_, control, publisher)) = leader_parts {
+        control.finishing.store(true, Ordering::SeqCst);
+        control.wake.notify_one();
+        match publisher.join() {
+            Ok(result) => result?,
+            Err(_) => bail!("the alert publisher panicked"),
+        }
+        println!(
+            "summary: {} total_elapsed={:.1}s",
+            metrics.summary(),
+            started.elapsed().as_secs_f64()
+        );
+    } else {
+        println!(
+            "process {} finished: peak_rss={}",
+            args.process,
+            crate::metrics::peak_rss()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::basis_points;
+
+    #[test]
+    fn drop_percentages_convert_exactly() {
+        assert_eq!(basis_points("5").unwrap(), 500);
+        assert_eq!(basis_points("2.5").unwrap(), 250);
+        assert_eq!(basis_points("12.25").unwrap(), 1225);
+        assert_eq!(basis_points("100").unwrap(), 10_000);
+        for bad in ["0", "", "-5", "5.555", "abc", "101", "1e2"] {
+            assert!(basis_points(bad).is_err(), "{bad:?}");
+        }
+    }
+}

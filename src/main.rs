@@ -1,0 +1,93 @@
+//! conscope: watches ticket prices, exactly once.
+//!
+//! ```text
+//!  Kafka raw_prices ──► source (static partition ownership, offsets from Postgres)
+//!        │                   │
+//!        │              parse/validate ──rejects──────────────┐
+//!        │                   │                                │
+//!        │        exchange by event_id                        │
+//!        │                   ▼                                │
+//!        │       per-event processor: dedup → listing state   │
+//!        │       → event state → drops / get-in / rules       │
+//!        │                   │                                ▼
+//!        │       exchange to worker 0 ─► Postgres sink: rows + alerts + DLQ outbox
+//!        │                               + next offsets, ONE transaction per epoch
+//!        │                                        │
+//!        └─◄ resume from stored offsets           ▼
+//!                                 outbox publisher ─► price_alerts, raw_prices.dlq
+//! ```
+//!
+//! # Layout
+//! - `config`: shared flags. `db`: connections and migrations.
+//! - `source/`: Kafka and file sources (partition ownership, offsets, polling).
+//! - `sink/`: restore state at start, the Postgres writer, the outbox publisher.
+//! - `job`: `conscope run`, wiring the timely dataflow of `conscope_dataflows`.
+//! - `produce`, `alerts`, `rules`: the other subcommands.
+
+mod alerts;
+mod config;
+mod db;
+mod fail;
+mod job;
+mod kafka;
+mod metrics;
+mod produce;
+mod rules;
+mod sink;
+mod source;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "conscope",
+    version,
+    about = "Exactly-once ticket-price stream processor"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the job: Kafka -> timely dataflow -> PostgreSQL + alerts topic.
+    Run(job::RunArgs),
+    /// Mock producer: realistic events, listings and price walks.
+    Produce(produce::ProduceArgs),
+    /// Downstream alert consumer: prints notifications, optionally posts to a webhook.
+    Alerts(alerts::AlertsArgs),
+    /// Manage alert rules.
+    Rules(rules::RulesArgs),
+    /// Apply database migrations.
+    Migrate {
+        #[command(flatten)]
+        db: config::DbArgs,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CONSCOPE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,librdkafka=warn,rdkafka=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => job::run(args),
+        Command::Produce(args) => produce::run(args),
+        Command::Alerts(args) => alerts::run(args),
+        Command::Rules(args) => rules::run(args),
+        Command::Migrate { db } => db::migrate_blocking(&db),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("conscope: error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! `conscope rules add|list|disable`: manage the alert rules of SPEC §2
+//! (`alert_rules`, SPEC §3).
+//!
+//! Touches the database named by `--database-url`: applies the migrations first
+//! (idempotent, so it works on a fresh database), then inserts, lists or
+//! deactivates rules. Every value reaches SQL as a parameter. Input is validated
+//! before the database is touched, with errors that name the offending flag.
+//!
+//! A running job picks up rule changes by itself (the `alert_rules` trigger
+//! notifies it); nothing here talks to the job.
+
+use std::fmt::Write as _;
+
+use anyhow::{bail, Context};
+use chrono::{DateTime, Utc};
+use clap::{Args, Subcommand};
+use rust_decimal::Decimal;
+
+use crate::config::{redact_url, DbArgs};
+use crate::db;
+
+/// Largest accepted `--max-price` (SPEC §1: prices are ≤ 1000000).
+const MAX_PRICE_LIMIT: i64 = 1_000_000;
+/// Longest event id, in characters (SPEC §1).
+const MAX_EVENT_CHARS: usize = 128;
+/// Longest section, in characters (SPEC §1).
+const MAX_SECTION_CHARS: usize = 64;
+
+#[derive(Args, Debug)]
+pub struct RulesArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(subcommand)]
+    command: RulesCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum RulesCommand {
+    /// Add a rule: alert when the lowest available price in its scope drops to
+    /// or below --max-price. Prints the new rule id.
+    Add {
+        /// The event_id the rule watches (1-128 characters).
+        #[arg(long, env = "CONSCOPE_RULE_EVENT")]
+        event: String,
+        /// Only this section (1-64 characters); omit to watch the whole event.
+        #[arg(long, env = "CONSCOPE_RULE_SECTION")]
+        section: Option<String>,
+        /// Currency of the prices watched: 3 upper-case letters.
+        #[arg(long, env = "CONSCOPE_RULE_CURRENCY", default_value = "USD")]
+        currency: String,
+        /// Fire at or below this price: a decimal > 0 and ≤ 1000000, at most 2 decimal places.
+        #[arg(long, env = "CONSCOPE_RULE_MAX_PRICE", allow_negative_numbers = true)]
+        max_price: String,
+    },
+    /// List the active rules (all rules with --all).
+    List {
+        /// Include disabled rules.
+        #[arg(long, env = "CONSCOPE_RULES_ALL")]
+        all: bool,
+    },
+    /// Deactivate a rule (it stays listed with --all).
+    Disable {
+        /// The rule id printed by `rules add`.
+        id: i64,
+    },
+}
+
+/// A rule as validated from the command line, not yet stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NewRule {
+    event_id: String,
+    section: Option<String>,
+    currency: String,
+    max_price: Decimal,
+}
+
+pub fn run(args: RulesArgs) -> anyhow::Result<()> {
+    // Validate everything before connecting: a bad rule never touches the database.
+    let new_rule = match &args.command {
+        RulesCommand::Add {
+            event,
+            section,
+            currency,
+            max_price,
+        } => Some(validate(event, section.as_deref(), currency, max_price)?),
+        _ => None,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    runtime.block_on(async {
+        let url = &args.db.database_url;
+        db::migrate(url).await?;
+        let mut client = db::connect(url).await?;
+        match args.command {
+            RulesCommand::Add { .. } => {
+                let Some(rule) = new_rule else {
+                    bail!("internal error: add without a validated rule");
+                };
+                add(&client, &rule, url).await
+            }
+            RulesCommand::List { all } => list(&client, all).await,
+            RulesCommand::Disable { id } => disable(&mut client, id).await,
+        }
+    })
+}
+
+async fn add(client: &tokio_postgres::Client, rule: &NewRule, url: &str) -> anyhow::Result<()> {
+    let row = client
+        .query_one(
+            "INSERT INTO alert_rules (event_id, section, currency, max_price)
+             VALUES ($1, $2, $3, $4)
+             RETURNING rule_id",
+            &[&rule.event_id, &rule.section, &rule.currency, &rule.max_price],
+        )
+        .await
+        .with_context(|| format!("cannot insert the rule into {}", redact_url(url)))?;
+    let rule_id: i64 = row.try_get(0)?;
+    // Bare id on stdout for scripts; the description on stderr for people.
+    println!("{rule_id}");
+    eprintln!(
+        "added rule #{rule_id}: {} · {} · {} ≤ {}",
+        rule.event_id,
+        rule.section.as_deref().unwrap_or("all sections"),
+        rule.currency,
+        rule.max_price
+    );
+    Ok(())
+}
+
+async fn list(client: &tokio_postgres::Client, all: bool) -> anyhow::Result<()> {
+    let rows = client
+        .query(
+            "SELECT rule_id, event_id, section, currency, max_price, active, created_at
+             FROM alert_rules
+             WHERE active OR $1
+             ORDER BY rule_id",
+            &[&all],
+        )
+        .await
+        .context("cannot read alert_rules")?;
+    let mut table = vec![[
+        "ID".to_owned(),
+        "EVENT".to_owned(),
+        "SECTION".to_owned(),
+        "CURRENCY".to_owned(),
+        "MAX PRICE".to_owned(),
+        "ACTIVE".to_owned(),
+        "CREATED".to_owned(),
+    ]];
+    for row in &rows {
+        let rule_id: i64 = row.try_get("rule_id")?;
+        let event_id: String = row.try_get("event_id")?;
+        let section: Option<String> = row.try_get("section")?;
+        let currency: String = row.try_get("currency")?;
+        let max_price: Decimal = row.try_get("max_price")?;
+        let active: bool = row.try_get("active")?;
+        let created_at: DateTime<Utc> = row.try_get("created_at")?;
+        table.push([
+            rule_id.to_string(),
+            printable(&event_id),
+            section.as_deref().map_or_else(|| "*".to_owned(), printable),
+            currency,
+            format_price(max_price),
+            if active { "yes" } else { "no" }.to_owned(),
+            created_at.format("%Y-%m-%d %H:%M:%SZ").to_string(),
+        ]);
+    }
+    if rows.is_empty() {
+        println!(
+            "{}",
+            if all {
+                "no rules"
+            } else {
+                "no active rules (see --all)"
+            }
+        );
+        return Ok(());
+    }
+    print!("{}", render_table(&table));
+    Ok(())
+}
+
+async fn disable(client: &mut tokio_postgres::Client, id: i64) -> anyhow::Result<()> {
+    let transaction = client.transaction().await?;
+    let row = transaction
+        .query_opt(
+            "SELECT active FROM alert_rules WHERE rule_id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await
+        .context("cannot read alert_rules")?;
+    let Some(row) = row else {
+        bail!("no rule with id {id} (see `conscope rules list --all`)");
+    };
+    let active: bool = row.try_get(0)?;
+    if active {
+        transaction
+            .execute("UPDATE alert_rules SET active = false WHERE rule_id = $1", &[&id])
+            .await
+            .context("cannot disable the rule")?;
+        transaction.commit().await?;
+        println!("disabled rule #{id}");
+    } else {
+        // Idempotent: disabling twice is not an error, and does not wake the job.
+        transaction.commit().await?;
+        println!("rule #{id} was already disabled");
+    }
+    Ok(())
+}
+
+/// Checks every field of `rules add`; the error names the flag at fault.
+fn validate(event: &str, section: Option<&str>, currency: &str, max_price: &str) -> anyhow::Result<NewRule> {
+    let event_chars = event.chars().count();
+    if event_chars == 0 {
+        bail!("--event must not be empty");
+    }
+    if event_chars > MAX_EVENT_CHARS {
+        bail!("--event must be at most {MAX_EVENT_CHARS} characters, got {event_chars}");
+    }
+    if let Some(section) = section {
+        let section_chars = section.chars().count();
+        if section_chars == 0 {
+            bail!("--section must not be empty (omit it to watch the whole event)");
+        }
+        if section_chars > MAX_SECTION_CHARS {
+            bail!("--section must be at most {MAX_SECTION_CHARS} characters, got {section_chars}");
+        }
+    }
+    if !(currency.len() == 3 && currency.bytes().all(|b| b.is_ascii_uppercase())) {
+        bail!("--currency must be 3 upper-case letters such as USD, got {currency:?}");
+    }
+    let max_price = parse_max_price(max_price).map_err(anyhow::Error::msg)?;
+    Ok(NewRule {
+        event_id: event.to_owned(),
+        section: section.map(str::to_owned),
+        currency: currency.to_owned(),
+        max_price,
+    })
+}
+
+/// Parses `--max-price` exactly: a plain decimal (`199`, `199.5`, `199.99`)
+/// greater than 0 and ≤ 1000000, at most 2 decimal places (trailing zeros do not count:
+/// `10.500` is 10.50). Returns it with scale 2.
+fn parse_max_price(text: &str) -> Result<Decimal, String> {
+    let trimmed = text.trim();
+    let unsigned = trimmed.strip_prefix('-').unwrap_or(trimmed);
+    let (whole, fraction) = match unsigned.split_once('.') {
+        Some((whole, fraction)) => (whole, Some(fraction)),
+        None => (unsigned, None),
+    };
+    let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+    if !(digits(whole) && fraction.is_none_or(digits)) {
+        return Err(format!(
+            "--max-price must be a decimal number such as 199.99, got {text:?}"
+        ));
+    }
+    let value = Decimal::from_str_exact(trimmed).map_err(|_| {
+        format!("--max-price {text:?} is out of range: it must be > 0 and ≤ {MAX_PRICE_LIMIT}")
+    })?;
+    if value <= Decimal::ZERO {
+        return Err(format!("--max-price must be greater than 0, got {text}"));
+    }
+    if value > Decimal::from(MAX_PRICE_LIMIT) {
+        return Err(format!(
+            "--max-price must be at most {MAX_PRICE_LIMIT}, got {text}"
+        ));
+    }
+    let mut value = value.normalize();
+    if value.scale() > 2 {
+        return Err(format!(
+            "--max-price must have at most 2 decimal places, got {text}"
+        ));
+    }
+    value.rescale(2);
+    Ok(value)
+}
+
+/// A price with at least 2 decimals, as stored in NUMERIC(12,2).
+fn format_price(price: Decimal) -> String {
+    let mut price = price;
+    if price.scale() < 2 {
+        price.rescale(2);
+    }
+    price.to_string()
+}
+
+/// Replaces control characters, so a stored value cannot garble the terminal.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect()
+}
+
+/// Left-aligned columns separated by two spaces; the price column right-aligned.
+fn render_table<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (column, (cell, width)) in row.iter().zip(widths).enumerate() {
+            if column > 0 {
+                line.push_str("  ");
+            }
+            // Column 4 is MAX PRICE: numbers read best right-aligned.
+            if column == 4 {
+                let _ = write!(line, "{cell:>width$}");
+            } else {
+                let _ = write!(line, "{cell:<width$}");
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn price(text: &str) -> Result<String, String> {
+        parse_max_price(text).map(|d| d.to_string())
+    }
+
+    #[test]
+    fn max_price_is_exact_and_bounded() {
+        assert_eq!(price("200").as_deref(), Ok("200.00"));
+        assert_eq!(price("199.9").as_deref(), Ok("199.90"));
+        assert_eq!(price("0.01").as_deref(), Ok("0.01"));
+        assert_eq!(price("10.500").as_deref(), Ok("10.50"));
+        assert_eq!(price("1000000").as_deref(), Ok("1000000.00"));
+        assert_eq!(price("1000000.00").as_deref(), Ok("1000000.00"));
+        for (bad, word) in [
+            ("0", "greater than 0"),
+            ("0.00", "greater than 0"),
+            ("-5", "greater than 0"),
+            ("12.345", "2 decimal places"),
+            ("1000000.01", "at most 1000000"),
+            ("99999999999999999999999999999999", "out of range"),
+            ("abc", "decimal number"),
+            ("1e3", "decimal number"),
+            ("", "decimal number"),
+            (".5", "decimal number"),
+            ("5.", "decimal number"),
+            ("1_000", "decimal number"),
+            ("NaN", "decimal number"),
+        ] {
+            let error = price(bad).expect_err(bad);
+            assert!(error.contains(word), "{bad:?}: {error}");
+            assert!(error.contains("--max-price"), "{bad:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn rule_fields_are_validated() {
+        let rule = validate("taylor-2026", Some("Floor A"), "USD", "199.99").unwrap();
+        assert_eq!(rule.event_id, "taylor-2026");
+        assert_eq!(rule.section.as_deref(), Some("Floor A"));
+        assert_eq!(rule.max_price.to_string(), "199.99");
+        let rule = validate("e", None, "EUR", "5").unwrap();
+        assert_eq!(rule.section, None);
+        assert_eq!(rule.max_price.to_string(), "5.00");
+        for (event, section, currency, word) in [
+            ("", None, "USD", "--event"),
+            ("e", Some(""), "USD", "--section"),
+            ("e", None, "usd", "--currency"),
+            ("e", None, "US", "--currency"),
+            ("e", None, "USDX", "--currency"),
+            ("e", None, "U1D", "--currency"),
+        ] {
+            let error = validate(event, section, currency, "5")
+                .expect_err(word)
+                .to_string();
+            assert!(
+                error.contains(word),
+                "{event:?} {section:?} {currency:?}: {error}"
+            );
+        }
+        assert!(validate(&"x".repeat(129), None, "USD", "5").is_err());
+        assert!(validate(&"x".repeat(128), None, "USD", "5").is_ok());
+        assert!(validate("e", Some(&"s".repeat(65)), "USD", "5").is_err());
+        assert!(validate("e", Some(&"é".repeat(64)), "USD", "5").is_ok());
+    }
+
+    #[test]
+    fn table_is_aligned() {
+        let rows = [
+            ["ID".to_owned(), "EVENT".to_owned(), "X".to_owned()],
+            ["7".to_owned(), "taylör".to_owned(), "y".to_owned()],
+        ];
+        assert_eq!(render_table(&rows), "ID  EVENT   X\n7   taylör  y\n");
+    }
+}

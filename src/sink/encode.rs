@@ -1,0 +1,153 @@
+//! How outbox messages look on the wire: the alert JSON of SPEC §3, the
+//! dead-letter headers of SPEC §5, and the partition each message goes to.
+//!
+//! The partition is chosen here, at commit time, with the Java client's murmur2
+//! of the key, so the publisher can tell after a crash which messages a
+//! partition already holds.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use conscope_dataflows::model::{Alert, Micros, Rejected};
+use serde_json::json;
+
+use crate::kafka::partition_for_key;
+
+/// A topic the outbox publishes to.
+#[derive(Clone, Debug)]
+pub struct OutboxTarget {
+    pub topic: String,
+    pub partitions: i32,
+}
+
+impl OutboxTarget {
+    /// The key's murmur2 partition; unkeyed messages keep their input partition
+    /// (modulo), so a dead-letter topic mirrors the input's spread.
+    pub fn partition_for(&self, key: Option<&[u8]>, unkeyed: i32) -> i32 {
+        match key {
+            Some(key) => partition_for_key(key, self.partitions),
+            None => unkeyed.rem_euclid(self.partitions.max(1)),
+        }
+    }
+}
+
+pub fn rfc3339(micros: Micros) -> String {
+    DateTime::<Utc>::from_timestamp_micros(micros)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// The alert as SPEC §3 prints it: prices as decimal strings, times RFC 3339.
+pub fn alert_json(alert: &Alert) -> Vec<u8> {
+    let value = json!({
+        "alert_id": alert.alert_id,
+        "kind": alert.kind.as_str(),
+        "event_id": alert.listing.event_id,
+        "event_name": alert.event_name,
+        "section": alert.listing.seat.section,
+        "row": alert.listing.seat.row,
+        "seat": alert.listing.seat.seat,
+        "source": alert.listing.seat.source,
+        "rule_id": alert.rule_id,
+        "old_price": alert.old_price.map(|price| price.to_string()),
+        "new_price": alert.new_price.to_string(),
+        "currency": alert.currency.as_str(),
+        "observed_at": rfc3339(alert.observed_at),
+    });
+    value.to_string().into_bytes()
+}
+
+/// Header pairs, flattened `[name, value, name, value, …]` as the outbox stores them.
+pub fn alert_headers(alert: &Alert) -> Vec<String> {
+    vec![
+        "conscope.alert_id".into(),
+        alert.alert_id.clone(),
+        "conscope.kind".into(),
+        alert.kind.as_str().into(),
+    ]
+}
+
+/// SPEC §5: the reason, and where the message came from.
+pub fn dlq_headers(rejected: &Rejected, input_name: &str) -> Vec<String> {
+    vec![
+        "conscope.error".into(),
+        rejected.reason.clone(),
+        "conscope.topic".into(),
+        input_name.to_owned(),
+        "conscope.partition".into(),
+        rejected.position.partition.to_string(),
+        "conscope.offset".into(),
+        rejected.position.offset.to_string(),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use conscope_dataflows::model::{AlertKind, Cents, Currency, ListingKey, Position, Seat};
+
+    use super::*;
+
+    #[test]
+    fn alert_json_has_spec_fields_with_decimal_strings() {
+        let alert = Alert {
+            alert_id: "abc".into(),
+            kind: AlertKind::ListingDrop,
+            listing: ListingKey {
+                event_id: "e1".into(),
+                seat: Seat {
+                    section: "101".into(),
+                    row: "A".into(),
+                    seat: "7".into(),
+                    source: "stubhub".into(),
+                },
+            },
+            rule_id: None,
+            old_price: Some(Cents(25000)),
+            new_price: Cents(19950),
+            currency: Currency::USD,
+            observed_at: 1_767_225_600_000_000,
+            event_name: "Lakers vs Celtics".into(),
+        };
+        let value: serde_json::Value = serde_json::from_slice(&alert_json(&alert)).unwrap();
+        assert_eq!(value["kind"], "listing_drop");
+        assert_eq!(value["old_price"], "250.00");
+        assert_eq!(value["new_price"], "199.50");
+        assert_eq!(value["observed_at"], "2026-01-01T00:00:00Z");
+        assert_eq!(value["rule_id"], serde_json::Value::Null);
+        assert_eq!(value["row"], "A");
+    }
+
+    #[test]
+    fn dlq_headers_name_the_origin_in_decimal() {
+        let rejected = Rejected {
+            position: Position {
+                partition: 3,
+                offset: 1234,
+            },
+            key: None,
+            payload: Some(b"{}".to_vec()),
+            reason: "section: missing".into(),
+        };
+        assert_eq!(
+            dlq_headers(&rejected, "raw_prices"),
+            [
+                "conscope.error",
+                "section: missing",
+                "conscope.topic",
+                "raw_prices",
+                "conscope.partition",
+                "3",
+                "conscope.offset",
+                "1234"
+            ]
+        );
+    }
+
+    #[test]
+    fn unkeyed_messages_keep_their_partition_modulo() {
+        let target = OutboxTarget {
+            topic: "t".into(),
+            partitions: 2,
+        };
+        assert_eq!(target.partition_for(None, 3), 1);
+        assert_eq!(target.partition_for(Some(b"21"), 0), partition_for_key(b"21", 2));
+    }
+}

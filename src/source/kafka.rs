@@ -1,0 +1,242 @@
+//! The Kafka source: one timely operator per worker, each owning a fixed set of
+//! input partitions (partition `p` belongs to worker `p % peers`, across all
+//! processes). No consumer-group rebalancing: ownership never moves while the job
+//! runs, so a partition's messages always reach the dataflow in offset order.
+//!
+//! Touches the input topic only (reads, `assign` with explicit offsets). Offsets
+//! are never committed here: they travel through the dataflow as
+//! [`SourceEvent::Progress`] and are stored by the Postgres sink in the same
+//! transaction as the rows derived from the messages before them.
+//!
+//! # Epochs
+//! The timely time is an epoch number, `wall-clock ms / epoch_ms`, the same
+//! clock in every process, so workers advance together without talking. Within an
+//! epoch the processor orders messages by `(partition, offset)`, so the results do
+//! not depend on how messages were batched into epochs as long as an event's
+//! messages come from one partition.
+//!
+//! # Never blocking a worker
+//! `poll` is called with a zero timeout (librdkafka prefetches in its own
+//! threads), at most `max_batch` messages per activation; the operator re-activates
+//! itself. It stops reading while more than `max_in_flight` of its messages are
+//! not yet committed (read from the sink's probe), which bounds memory when
+//! PostgreSQL is slow or away.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use anyhow::Context;
+use conscope_dataflows::model::{Position, RawMessage, SourceEvent};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::{ProbeHandle, Scope, Stream};
+
+use super::{current_epoch, SourceSettings};
+use crate::config::KafkaArgs;
+
+/// Where to start a partition that has no stored offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StartFrom {
+    Earliest,
+    Latest,
+}
+
+/// One worker's consumer with its partitions already assigned at their start
+/// offsets, and (for bounded replays) the offsets to stop at.
+pub struct OwnedPartitions {
+    consumer: BaseConsumer,
+    /// partition -> next offset to read.
+    next: BTreeMap<i32, i64>,
+    /// partition -> stop before this offset (`--exit-at-end`).
+    end: Option<BTreeMap<i32, i64>>,
+}
+
+impl OwnedPartitions {
+    /// Creates the consumer for the partitions `worker` owns, starting each at its
+    /// stored offset, else at `from`. Blocks (startup only) on watermark requests.
+    #[allow(clippy::too_many_arguments)]
+    pub fn open(
+        kafka: &KafkaArgs,
+        group_id: &str,
+        topic: &str,
+        partition_count: i32,
+        worker: usize,
+        peers: usize,
+        stored: &BTreeMap<i32, i64>,
+        from: StartFrom,
+        exit_at_end: bool,
+    ) -> anyhow::Result<Option<OwnedPartitions>> {
+        let mine: Vec<i32> = (0..partition_count)
+            .filter(|partition| *partition as usize % peers == worker)
+            .collect();
+        if mine.is_empty() {
+            return Ok(None);
+        }
+        let consumer: BaseConsumer = kafka
+            .client_config()
+            // Only used to publish progress for monitoring tools; the job's own
+            // offsets live in PostgreSQL.
+            .set("group.id", group_id)
+            // Offsets are stored by the sink with the rows: never auto-commit.
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            // A stored offset that retention has already deleted: resume from
+            // the oldest message still there rather than stall forever.
+            .set("auto.offset.reset", "earliest")
+            // Bounds librdkafka's prefetch per partition (default 64 MiB).
+            .set("queued.max.messages.kbytes", "16384")
+            .create()
+            .context("cannot create Kafka consumer")?;
+        let mut next = BTreeMap::new();
+        let mut end = exit_at_end.then(BTreeMap::new);
+        let mut assignment = TopicPartitionList::new();
+        for partition in mine {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, partition, crate::kafka::METADATA_TIMEOUT)
+                .with_context(|| format!("cannot read watermarks of {topic}[{partition}]"))?;
+            let start = match (stored.get(&partition), from) {
+                (Some(offset), _) => (*offset).max(low),
+                (None, StartFrom::Earliest) => low,
+                (None, StartFrom::Latest) => high,
+            };
+            if let Some(end) = end.as_mut() {
+                end.insert(partition, high);
+            }
+            next.insert(partition, start);
+            assignment
+                .add_partition_offset(topic, partition, Offset::Offset(start))
+                .context("bad partition assignment")?;
+            tracing::info!(topic, partition, start, low, high, worker, "assigned partition");
+        }
+        consumer.assign(&assignment).context("cannot assign partitions")?;
+        Ok(Some(OwnedPartitions { consumer, next, end }))
+    }
+
+    fn finished(&self) -> bool {
+        match &self.end {
+            Some(end) => self
+                .next
+                .iter()
+                .all(|(partition, next)| end.get(partition).is_none_or(|end| next >= end)),
+            None => false,
+        }
+    }
+
+    fn past_end(&self, partition: i32, offset: i64) -> bool {
+        self.end
+            .as_ref()
+            .and_then(|end| end.get(&partition))
+            .is_some_and(|end| offset >= *end)
+    }
+}
+
+/// Builds the source operator. `partitions` is `None` for a worker that owns no
+/// partition (it drops its capability at once).
+pub fn kafka_source<'scope>(
+    scope: Scope<'scope, u64>,
+    partitions: Option<OwnedPartitions>,
+    settings: SourceSettings,
+    committed: ProbeHandle<u64>,
+) -> Stream<'scope, u64, Vec<SourceEvent>> {
+    let worker = scope.index();
+    source(scope, "KafkaSource", move |capability, info| {
+        let activator = scope.activator_for(info.address);
+        let mut capability = partitions.as_ref().map(|_| capability);
+        let mut partitions = partitions;
+        // Offsets reported so far, to send Progress only for partitions that moved.
+        let mut reported: BTreeMap<i32, i64> = BTreeMap::new();
+        // (epoch, messages) emitted but not yet committed.
+        let mut in_flight: VecDeque<(u64, usize)> = VecDeque::new();
+        let mut error_log = crate::metrics::RateLimited::new(Duration::from_secs(10));
+        let mut read_this_epoch = 0usize;
+
+        move |output| {
+            let (Some(cap), Some(owned)) = (capability.as_mut(), partitions.as_mut()) else {
+                return;
+            };
+            let epoch = current_epoch(settings.epoch_ms).max(*cap.time());
+            let closing = epoch > *cap.time();
+            if closing || owned.finished() {
+                // Progress is emitted at the epoch its messages were emitted at.
+                let mut session = output.session(&*cap);
+                for (partition, next) in &owned.next {
+                    if reported.get(partition) != Some(next) {
+                        session.give(SourceEvent::Progress(Position {
+                            partition: *partition,
+                            offset: *next,
+                        }));
+                        reported.insert(*partition, *next);
+                    }
+                }
+                drop(session);
+                if read_this_epoch > 0 {
+                    in_flight.push_back((*cap.time(), read_this_epoch));
+                    read_this_epoch = 0;
+                }
+                if owned.finished() {
+                    tracing::info!(worker, "source reached the end offsets seen at start");
+                    capability = None;
+                    partitions = None;
+                    return;
+                }
+                cap.downgrade(&epoch);
+            }
+
+            // Backpressure: stop reading while too much is waiting for PostgreSQL.
+            while in_flight
+                .front()
+                .is_some_and(|(epoch, _)| !committed.less_equal(epoch))
+            {
+                in_flight.pop_front();
+            }
+            let pending: usize = in_flight.iter().map(|(_, count)| count).sum::<usize>() + read_this_epoch;
+            if pending >= settings.max_in_flight {
+                activator.activate_after(Duration::from_millis(5));
+                return;
+            }
+
+            let mut read = 0;
+            let mut session = output.session(&*cap);
+            while read < settings.max_batch {
+                match owned.consumer.poll(Duration::ZERO) {
+                    None => break,
+                    Some(Err(error)) => {
+                        // Transient (broker away, rebalance of a shared cluster):
+                        // librdkafka reconnects by itself; we keep polling.
+                        if error_log.allow() {
+                            tracing::warn!(%error, "Kafka consumer error; retrying");
+                        }
+                        break;
+                    }
+                    Some(Ok(message)) => {
+                        let partition = message.partition();
+                        let offset = message.offset();
+                        if owned.past_end(partition, offset) {
+                            continue;
+                        }
+                        // A message below our position was already emitted (can
+                        // happen right after a reset); never emit it twice.
+                        if owned.next.get(&partition).is_some_and(|next| offset < *next) {
+                            continue;
+                        }
+                        session.give(SourceEvent::Message(RawMessage {
+                            position: Position { partition, offset },
+                            key: message.key().map(<[u8]>::to_vec),
+                            payload: message.payload().map(<[u8]>::to_vec),
+                        }));
+                        owned.next.insert(partition, offset + 1);
+                        read += 1;
+                    }
+                }
+            }
+            drop(session);
+            read_this_epoch += read;
+            if read == settings.max_batch || owned.finished() {
+                activator.activate();
+            } else {
+                activator.activate_after(Duration::from_millis(settings.idle_poll_ms));
+            }
+        }
+    })
+}

@@ -1,0 +1,404 @@
+//! Shared harness for integration tests against the real local services: the
+//! Kafka broker at `CONSCOPE_BROKERS` (default 127.0.0.1:9092, tansu in CI) and
+//! PostgreSQL at `CONSCOPE_TEST_PG` (default postgres://postgres@127.0.0.1:5432).
+//! Every test uses its own topics and its own database, and never deletes a topic.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use tokio_postgres::NoTls;
+
+pub fn brokers() -> String {
+    std::env::var("CONSCOPE_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+}
+
+pub fn pg_base() -> String {
+    std::env::var("CONSCOPE_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+}
+
+/// A name no other test run uses.
+pub fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{prefix}_{}_{}", std::process::id(), nanos % 1_000_000_000_000)
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+pub fn client_config() -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers());
+    config
+}
+
+/// Fails the test with a clear message when no broker answers.
+pub fn require_broker() {
+    let consumer: BaseConsumer = client_config().create().expect("Kafka client");
+    if let Err(error) = consumer.fetch_metadata(None, Duration::from_secs(10)) {
+        panic!(
+            "no Kafka broker answers at {} ({error}); start one with scripts/stack-up.sh",
+            brokers()
+        );
+    }
+}
+
+pub fn create_topic(topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = client_config().create().expect("admin client");
+    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let results = runtime()
+        .block_on(admin.create_topics([&new_topic], &AdminOptions::new()))
+        .expect("create topic");
+    for result in results {
+        result.expect("topic created");
+    }
+    let consumer: BaseConsumer = client_config().create().expect("Kafka client");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .expect("metadata");
+        if metadata
+            .topics()
+            .iter()
+            .any(|t| t.name() == topic && t.partitions().len() == partitions as usize)
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "topic {topic} never showed up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Produces `(partition, key, value)` messages in order, waiting for each batch.
+pub fn produce(topic: &str, messages: &[(i32, Option<&str>, Vec<u8>)]) {
+    let producer: FutureProducer = client_config()
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    runtime().block_on(async {
+        let mut pending = Vec::new();
+        for (partition, key, value) in messages {
+            let mut record = FutureRecord::to(topic)
+                .partition(*partition)
+                .payload(value.as_slice());
+            if let Some(key) = key {
+                record = record.key(key.as_bytes());
+            }
+            pending.push(producer.send(record, Duration::from_secs(30)));
+        }
+        for delivery in pending {
+            delivery.await.expect("delivered");
+        }
+    });
+}
+
+/// A message read back from a topic.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Read {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Every message of `topic` (all partitions, up to the high watermarks now).
+pub fn read_all(topic: &str) -> Vec<Read> {
+    let consumer: BaseConsumer = client_config()
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
+        return Vec::new();
+    };
+    let mut ends = BTreeMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for partition in found.partitions() {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
+            .expect("watermarks");
+        if high > low {
+            ends.insert(partition.id(), high);
+            assignment
+                .add_partition_offset(topic, partition.id(), Offset::Offset(low))
+                .expect("assign");
+        }
+    }
+    if ends.is_empty() {
+        return Vec::new();
+    }
+    consumer.assign(&assignment).expect("assign");
+    let mut out = Vec::new();
+    let mut done: BTreeMap<i32, bool> = ends.keys().map(|p| (*p, false)).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while done.values().any(|d| !d) {
+        assert!(Instant::now() < deadline, "timed out reading {topic}");
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message.expect("message");
+        let mut headers = BTreeMap::new();
+        if let Some(list) = message.headers() {
+            for header in list.iter() {
+                headers.insert(
+                    header.key.to_owned(),
+                    header
+                        .value
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                        .unwrap_or_default(),
+                );
+            }
+        }
+        if message.offset() + 1 >= ends[&message.partition()] {
+            done.insert(message.partition(), true);
+        }
+        out.push(Read {
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            value: message.payload().map(<[u8]>::to_vec),
+            headers,
+        });
+    }
+    out
+}
+
+/// A fresh database for one job; its URL.
+pub fn fresh_database(name: &str) -> String {
+    let base = pg_base();
+    runtime().block_on(async {
+        let (client, connection) = tokio_postgres::connect(&format!("{base}/postgres"), NoTls)
+            .await
+            .expect("postgres");
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\""))
+            .await
+            .expect("drop db");
+        client
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .expect("create db");
+    });
+    format!("{base}/{name}")
+}
+
+pub fn query_strings(url: &str, sql: &str) -> Vec<String> {
+    runtime().block_on(async {
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("postgres");
+        tokio::spawn(connection);
+        client
+            .batch_execute("SET TIME ZONE 'UTC'")
+            .await
+            .expect("set time zone");
+        client
+            .query(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .into_iter()
+            .map(|row| row.get::<_, String>(0))
+            .collect()
+    })
+}
+
+pub fn execute(url: &str, sql: &str) {
+    runtime().block_on(async {
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("postgres");
+        tokio::spawn(connection);
+        client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    })
+}
+
+pub fn query_i64(url: &str, sql: &str) -> i64 {
+    runtime().block_on(async {
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("postgres");
+        tokio::spawn(connection);
+        client
+            .query_one(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .get(0)
+    })
+}
+
+/// The deterministic contents of every output table, one string per row,
+/// ordered (wall-clock columns left out).
+pub fn dump(url: &str) -> BTreeMap<&'static str, Vec<String>> {
+    let mut tables = BTreeMap::new();
+    tables.insert(
+        "events",
+        query_strings(
+            url,
+            "SELECT concat_ws('|', event_id, event_name, venue, event_date, first_seen, last_seen)
+             FROM events ORDER BY event_id",
+        ),
+    );
+    tables.insert(
+        "price_history",
+        query_strings(
+            url,
+            "SELECT concat_ws('|', event_id, section, \"row\", seat, source, price, currency, available, observed_at)
+             FROM price_history ORDER BY event_id, section, \"row\", seat, source, observed_at",
+        ),
+    );
+    tables.insert(
+        "listings",
+        query_strings(
+            url,
+            "SELECT concat_ws('|', event_id, section, \"row\", seat, source, price, currency, available, observed_at)
+             FROM listings ORDER BY event_id, section, \"row\", seat, source",
+        ),
+    );
+    tables.insert(
+        "price_alerts",
+        query_strings(
+            url,
+            "SELECT concat_ws('|', alert_id, kind, event_id, section, \"row\", seat, source, rule_id,
+                              coalesce(old_price::text, 'null'), new_price, currency, observed_at)
+             FROM price_alerts ORDER BY alert_id",
+        ),
+    );
+    tables
+}
+
+pub fn conscope() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_conscope"));
+    command
+        .env("CONSCOPE_BROKERS", brokers())
+        .env(
+            "CONSCOPE_LOG",
+            std::env::var("CONSCOPE_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        )
+        .env_remove("DATABASE_URL");
+    command
+}
+
+/// Topics and database of one job.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub input: String,
+    pub alerts: String,
+    pub dlq: String,
+    pub database_url: String,
+}
+
+impl Job {
+    /// New output topics and database, reading `input`.
+    pub fn new(name: &str, input: &str) -> Job {
+        let id = unique(name);
+        Job {
+            input: input.to_owned(),
+            alerts: format!("{id}.alerts"),
+            dlq: format!("{id}.dlq"),
+            database_url: fresh_database(&id),
+        }
+    }
+
+    pub fn command(&self, extra: &[&str]) -> Command {
+        let mut command = conscope();
+        command.args([
+            "run",
+            "--input-topic",
+            &self.input,
+            "--alerts-topic",
+            &self.alerts,
+            "--dlq-topic",
+            &self.dlq,
+            "--database-url",
+            &self.database_url,
+        ]);
+        command.args(extra);
+        command
+    }
+
+    /// Runs `conscope run --exit-at-end` to completion and checks it succeeded.
+    pub fn run_to_end(&self, extra: &[&str]) -> Output {
+        let mut args = vec!["--exit-at-end"];
+        args.extend_from_slice(extra);
+        let output = self.command(&args).output().expect("run conscope");
+        assert!(
+            output.status.success(),
+            "conscope run failed: {}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+
+    pub fn spawn(&self, extra: &[&str]) -> Child {
+        self.command(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn conscope")
+    }
+}
+
+/// Waits until `condition` holds, or panics after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The alert ids on an alerts topic, with how often each occurs.
+pub fn alert_ids_on_topic(topic: &str) -> BTreeMap<String, usize> {
+    let mut ids = BTreeMap::new();
+    for message in read_all(topic) {
+        let value: serde_json::Value =
+            serde_json::from_slice(message.value.as_deref().unwrap_or_default()).expect("alert JSON");
+        let id = value["alert_id"].as_str().expect("alert_id").to_owned();
+        *ids.entry(id).or_insert(0) += 1;
+    }
+    ids
+}
+
+/// Runs `conscope produce` into `topic` (created with `partitions`).
+pub fn produce_generated(topic: &str, partitions: i32, count: u64, seed: u64, extra: &[&str]) {
+    let output = conscope()
+        .args([
+            "produce",
+            "--topic",
+            topic,
+            "--partitions",
+            &partitions.to_string(),
+            "--count",
+            &count.to_string(),
+            "--seed",
+            &seed.to_string(),
+        ])
+        .args(extra)
+        .output()
+        .expect("run conscope produce");
+    assert!(
+        output.status.success(),
+        "conscope produce failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -1,0 +1,159 @@
+//! SPEC §2 Determinism: the same topic gives the same tables and the same alerts
+//! for 1 worker, 4 workers with other batch sizes and epochs, and a cluster of two
+//! processes of two workers each.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::process::Stdio;
+
+use common::*;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Event ids of the first messages of `topic`, for rules present at start.
+fn some_event_ids(topic: &str, how_many: usize) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::new();
+    for message in read_all(topic) {
+        let Ok(value) =
+            serde_json::from_slice::<serde_json::Value>(message.value.as_deref().unwrap_or_default())
+        else {
+            continue;
+        };
+        if let Some(id) = value["event_id"].as_str() {
+            if !ids.iter().any(|known| known == id) {
+                ids.push(id.to_owned());
+            }
+        }
+        if ids.len() == how_many {
+            break;
+        }
+    }
+    ids
+}
+
+fn add_rules(job: &Job, events: &[String]) {
+    let migrate = conscope()
+        .args(["migrate", "--database-url", &job.database_url])
+        .output()
+        .expect("migrate");
+    assert!(
+        migrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
+    for (index, event) in events.iter().enumerate() {
+        let max_price = 100 + 80 * index;
+        execute(
+            &job.database_url,
+            &format!(
+                "INSERT INTO alert_rules (event_id, currency, max_price) VALUES ('{}', 'USD', {max_price})",
+                event.replace('\'', "''")
+            ),
+        );
+    }
+}
+
+#[test]
+fn same_tables_and_alerts_for_any_workers_batches_and_processes() {
+    require_broker();
+    let input = unique("determinism");
+    produce_generated(&input, 4, 20_000, 11, &[]);
+    let events = some_event_ids(&input, 4);
+    assert_eq!(events.len(), 4);
+
+    let one = Job::new("det_w1", &input);
+    add_rules(&one, &events);
+    one.run_to_end(&["-w", "1"]);
+    let reference = dump(&one.database_url);
+    assert!(
+        reference["price_history"].len() > 15_000,
+        "{}",
+        reference["price_history"].len()
+    );
+    for kind in ["listing_drop", "event_low", "rule_match"] {
+        assert!(
+            reference["price_alerts"]
+                .iter()
+                .any(|row| row.contains(&format!("|{kind}|"))),
+            "the replay raised no {kind} alert"
+        );
+    }
+
+    let four = Job::new("det_w4", &input);
+    add_rules(&four, &events);
+    four.run_to_end(&["-w", "4", "--epoch-ms", "7", "--max-batch", "97"]);
+    assert!(dump(&four.database_url) == reference, "-w 4 differs from -w 1");
+
+    let cluster = Job::new("det_p2", &input);
+    add_rules(&cluster, &events);
+    let hosts = tempfile::NamedTempFile::new().expect("hosts file");
+    writeln!(
+        hosts.as_file(),
+        "127.0.0.1:{}\n127.0.0.1:{}",
+        free_port(),
+        free_port()
+    )
+    .expect("write hosts");
+    let hosts_path = hosts.path().to_str().expect("path").to_owned();
+    let processes: Vec<_> = (0..2)
+        .map(|process| {
+            cluster
+                .command(&[
+                    "--exit-at-end",
+                    "-w",
+                    "2",
+                    "--processes",
+                    "2",
+                    "--process",
+                    &process.to_string(),
+                    "--hosts",
+                    &hosts_path,
+                    "--epoch-ms",
+                    "23",
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn process")
+        })
+        .collect();
+    for child in processes {
+        let output = child.wait_with_output().expect("process output");
+        assert!(
+            output.status.success(),
+            "cluster process failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    assert!(
+        dump(&cluster.database_url) == reference,
+        "2 processes x 2 workers differ from -w 1"
+    );
+
+    let expected_ids: Vec<String> = reference["price_alerts"]
+        .iter()
+        .map(|row| row.split('|').next().unwrap_or_default().to_owned())
+        .collect();
+    for job in [&one, &four, &cluster] {
+        let on_topic = alert_ids_on_topic(&job.alerts);
+        assert!(
+            on_topic.values().all(|count| *count == 1),
+            "an alert was published twice on {}",
+            job.alerts
+        );
+        assert_eq!(
+            on_topic.into_keys().collect::<Vec<_>>(),
+            expected_ids,
+            "alerts topic {}",
+            job.alerts
+        );
+    }
+}

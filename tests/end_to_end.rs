@@ -1,0 +1,228 @@
+//! The job end to end on the real broker and PostgreSQL: a known mix of input
+//! lands exactly as SPEC §2 says; rejects reach the dead-letter topic with their
+//! headers; and the tables are the same for any number of workers or processes.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::*;
+
+fn obs(event: &str, section: &str, seat: &str, price: &str, at: &str, extra: &str) -> Vec<u8> {
+    format!(
+        r#"{{"event_id":"{event}","section":"{section}","row":"1","seat":"{seat}","source":"s1","price":{price},"timestamp":"{at}"{extra}}}"#
+    )
+    .into_bytes()
+}
+
+/// Partition 0 carries event e1, partition 1 event e2 (keyed by event, as SPEC
+/// §1 asks of producers).
+fn known_mix() -> Vec<(i32, Option<&'static str>, Vec<u8>)> {
+    let named = r#","event_name":"Show One","venue":"Hall","event_date":"2026-06-01T20:00:00Z""#;
+    vec![
+        // e1 L1 first sight.
+        (0, Some("e1"), obs("e1", "A", "1", r#""100.00""#, "2026-01-01T00:00:00Z", named)),
+        // L1 100 -> 90: listing_drop (10%) and event_low (100 -> 90).
+        (0, Some("e1"), obs("e1", "A", "1", "90", "2026-01-01T00:01:00Z", "")),
+        // The same observation again: a duplicate.
+        (0, Some("e1"), obs("e1", "A", "1", "90", "2026-01-01T00:01:00Z", "")),
+        // Older than L1's current: stale, history only.
+        (0, Some("e1"), obs("e1", "A", "1", "80", "2026-01-01T00:00:30Z", "")),
+        // L2 at 95: get-in stays 90.
+        (0, Some("e1"), obs("e1", "A", "2", "95", "2026-01-01T00:02:00Z", "")),
+        // L1 sold: get-in rises to 95, no alert.
+        (0, Some("e1"), obs("e1", "A", "1", "90", "2026-01-01T00:03:00Z", r#","available":false"#)),
+        // L1 re-listed at 85: no listing_drop (was unavailable); event_low 95 -> 85;
+        // the rule (<= 88) fires 95 -> 85.
+        (0, Some("e1"), obs("e1", "A", "1", "85", "2026-01-01T00:04:00Z", "")),
+        // Three decimals: rejected.
+        (0, Some("e1"), obs("e1", "A", "1", r#""12.345""#, "2026-01-01T00:04:30Z", "")),
+        // L2 95 -> 94: 1.05% < 5%, no alert; renames the event.
+        (0, Some("e1"), obs("e1", "A", "2", "94", "2026-01-01T00:05:00Z", r#","event_name":"Show One (Late)""#)),
+        // Stale L2 carrying an older name: history only, the name stays.
+        (0, Some("e1"), obs("e1", "A", "2", "99", "2026-01-01T00:01:30Z", r#","event_name":"Stale Name""#)),
+        // e2: defaults, epoch-millisecond timestamps, EUR.
+        (
+            1,
+            Some("e2"),
+            br#"{"event_id":"e2","section":"B","price":50,"currency":"EUR","timestamp":1767225600000}"#.to_vec(),
+        ),
+        (1, None, b"garbage".to_vec()),
+        // 50 -> 40: listing_drop and event_low in EUR.
+        (
+            1,
+            Some("e2"),
+            br#"{"event_id":"e2","section":"B","price":"40","currency":"EUR","timestamp":1767225660000,"unknown":1}"#
+                .to_vec(),
+        ),
+        (1, Some("e2"), br#"{"event_id":"e2","price":"40","timestamp":1767225660000}"#.to_vec()),
+    ]
+}
+
+#[test]
+fn known_mix_lands_exactly_and_rejects_reach_the_dlq() {
+    require_broker();
+    let input = unique("e2e_mix");
+    create_topic(&input, 2);
+    produce(&input, &known_mix());
+    let job = Job::new("e2e_mix", &input);
+    let migrate = conscope()
+        .args(["migrate", "--database-url", &job.database_url])
+        .output()
+        .expect("migrate");
+    assert!(migrate.status.success());
+    execute(
+        &job.database_url,
+        "INSERT INTO alert_rules (event_id, currency, max_price) VALUES ('e1', 'USD', 88)",
+    );
+
+    let output = job.run_to_end(&["-w", "2"]);
+    let summary = String::from_utf8_lossy(&output.stdout).into_owned();
+    for expected in [
+        "duplicates=1",
+        "stale=2",
+        "rejected=3",
+        "events_created=2",
+        "prices_stored=10",
+    ] {
+        assert!(summary.contains(expected), "summary lacks {expected}: {summary}");
+    }
+
+    let url = &job.database_url;
+    assert_eq!(
+        query_strings(
+            url,
+            "SELECT concat_ws('|', event_id, event_name, coalesce(venue, '-'), coalesce(event_date::text, '-'),
+                              first_seen, last_seen) FROM events ORDER BY event_id"
+        ),
+        [
+            "e1|Show One (Late)|Hall|2026-06-01 20:00:00+00|2026-01-01 00:00:00+00|2026-01-01 00:05:00+00",
+            "e2|e2|-|-|2026-01-01 00:00:00+00|2026-01-01 00:01:00+00",
+        ]
+    );
+    assert_eq!(
+        query_strings(
+            url,
+            "SELECT concat_ws('|', event_id, section, \"row\", seat, source, price, currency, available, observed_at)
+             FROM price_history ORDER BY event_id, seat, observed_at"
+        ),
+        [
+            "e1|A|1|1|s1|100.00|USD|t|2026-01-01 00:00:00+00",
+            "e1|A|1|1|s1|80.00|USD|t|2026-01-01 00:00:30+00",
+            "e1|A|1|1|s1|90.00|USD|t|2026-01-01 00:01:00+00",
+            "e1|A|1|1|s1|90.00|USD|f|2026-01-01 00:03:00+00",
+            "e1|A|1|1|s1|85.00|USD|t|2026-01-01 00:04:00+00",
+            "e1|A|1|2|s1|99.00|USD|t|2026-01-01 00:01:30+00",
+            "e1|A|1|2|s1|95.00|USD|t|2026-01-01 00:02:00+00",
+            "e1|A|1|2|s1|94.00|USD|t|2026-01-01 00:05:00+00",
+            "e2|B|||unknown|50.00|EUR|t|2026-01-01 00:00:00+00",
+            "e2|B|||unknown|40.00|EUR|t|2026-01-01 00:01:00+00",
+        ]
+    );
+    assert_eq!(
+        query_strings(
+            url,
+            "SELECT concat_ws('|', event_id, section, \"row\", seat, source, price, currency, available, observed_at)
+             FROM listings ORDER BY event_id, seat"
+        ),
+        [
+            "e1|A|1|1|s1|85.00|USD|t|2026-01-01 00:04:00+00",
+            "e1|A|1|2|s1|94.00|USD|t|2026-01-01 00:05:00+00",
+            "e2|B|||unknown|40.00|EUR|t|2026-01-01 00:01:00+00",
+        ]
+    );
+    assert_eq!(
+        query_strings(
+            url,
+            "SELECT concat_ws('|', kind, event_id, seat, coalesce(rule_id::text, '-'),
+                              coalesce(old_price::text, 'null'), new_price, currency, observed_at)
+             FROM price_alerts ORDER BY event_id, observed_at, kind"
+        ),
+        [
+            "event_low|e1|1|-|100.00|90.00|USD|2026-01-01 00:01:00+00",
+            "listing_drop|e1|1|-|100.00|90.00|USD|2026-01-01 00:01:00+00",
+            "event_low|e1|1|-|95.00|85.00|USD|2026-01-01 00:04:00+00",
+            "rule_match|e1|1|1|95.00|85.00|USD|2026-01-01 00:04:00+00",
+            "event_low|e2||-|50.00|40.00|EUR|2026-01-01 00:01:00+00",
+            "listing_drop|e2||-|50.00|40.00|EUR|2026-01-01 00:01:00+00",
+        ]
+    );
+
+    // Every alert row is on the alerts topic exactly once, with SPEC §3 fields.
+    let on_topic = read_all(&job.alerts);
+    assert_eq!(on_topic.len(), 6);
+    let ids: BTreeMap<String, usize> = alert_ids_on_topic(&job.alerts);
+    let table_ids = query_strings(url, "SELECT alert_id FROM price_alerts ORDER BY alert_id");
+    assert_eq!(ids.keys().cloned().collect::<Vec<_>>(), table_ids);
+    assert!(ids.values().all(|count| *count == 1));
+    for message in &on_topic {
+        let value: serde_json::Value = serde_json::from_slice(message.value.as_deref().unwrap()).unwrap();
+        let event = value["event_id"].as_str().unwrap();
+        assert_eq!(
+            message.key.as_deref(),
+            Some(event.as_bytes()),
+            "alerts are keyed by event_id"
+        );
+        for field in [
+            "alert_id",
+            "kind",
+            "section",
+            "row",
+            "seat",
+            "source",
+            "new_price",
+            "currency",
+            "observed_at",
+        ] {
+            assert!(value.get(field).is_some(), "alert JSON lacks {field}: {value}");
+        }
+        assert!(value["new_price"].is_string(), "prices are decimal strings");
+    }
+
+    // Dead letters: original key and value, and where they came from.
+    let mut dead = read_all(&job.dlq);
+    dead.sort_by_key(|message| {
+        (
+            message.headers["conscope.partition"].clone(),
+            message.headers["conscope.offset"].clone(),
+        )
+    });
+    assert_eq!(dead.len(), 3);
+    let summary: Vec<(String, String, String, Option<Vec<u8>>)> = dead
+        .iter()
+        .map(|message| {
+            assert_eq!(message.headers["conscope.topic"], input);
+            (
+                message.headers["conscope.partition"].clone(),
+                message.headers["conscope.offset"].clone(),
+                message.headers["conscope.error"]
+                    .split(':')
+                    .next()
+                    .unwrap_or("")
+                    .to_owned(),
+                message.key.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("0".into(), "7".into(), "price".into(), Some(b"e1".to_vec())),
+            ("1".into(), "1".into(), "message".into(), None),
+            ("1".into(), "3".into(), "section".into(), Some(b"e2".to_vec())),
+        ]
+    );
+    assert_eq!(dead[1].value.as_deref(), Some(&b"garbage"[..]));
+
+    // Offsets stored with the rows: a second run finds nothing new to do.
+    assert_eq!(
+        query_strings(
+            url,
+            "SELECT partition || ':' || next_offset FROM kafka_offsets ORDER BY partition"
+        ),
+        ["0:10", "1:4"]
+    );
+    let again = job.run_to_end(&[]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("processed=0"));
+    assert_eq!(read_all(&job.alerts).len(), 6, "a rerun publishes nothing twice");
+}
