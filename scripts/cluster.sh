@@ -27,7 +27,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 (($# >= 1)) || die "usage: $0 HOSTS_FILE [conscope run args...]"
-[[ "$1" == -h || "$1" == --help ]] && sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//' && exit 0
+[[ "$1" == -h || "$1" == --help ]] && usage && exit 0
 hosts_file="$(realpath "$1")"
 shift
 [[ -r "$hosts_file" ]] || die "cannot read hosts file $hosts_file"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The end-to-end demo, on a Debian machine with the Rust toolchain and
 # PostgreSQL: brings up the dev stack (installs the tansu broker the first
-# time, 13-20 minutes), builds conscope, produces mock price observations to a
+# time, 13-25 minutes), builds conscope, produces mock price observations to a
 # fresh topic, runs the job over them until it has consumed the topic to its
 # end, and shows what landed in Postgres and on the output topics.
 #
@@ -37,7 +37,7 @@ while (($#)); do
     --workers | -w) workers="$2" && shift 2 ;;
     --seed) seed="$2" && shift 2 ;;
     --) shift && run_args=("$@") && break ;;
-    -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' && exit 0 ;;
+    -h | --help) usage && exit 0 ;;
     *) die "unknown argument $1 (see $0 --help)" ;;
     esac
 done

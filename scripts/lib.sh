@@ -10,6 +10,7 @@
 CONSCOPE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CONSCOPE_STACK_DIR="${CONSCOPE_STACK_DIR:-$CONSCOPE_ROOT/.stack}"
 CONSCOPE_BROKER_PORT="${CONSCOPE_BROKER_PORT:-9092}"
+# shellcheck disable=SC2034 # used by the scripts that source this file
 TANSU_VERSION="0.6.0"
 
 # Postgres of the dev stack (trust auth on localhost).
@@ -20,6 +21,11 @@ PGUSER_DEFAULT="postgres"
 # log MESSAGE...: a timestamped line on stderr, tagged with the script's name.
 log() {
     printf '%s [%s] %s\n' "$(date +%H:%M:%S)" "$(basename "$0" .sh)" "$*" >&2
+}
+
+# usage: prints the calling script's header comment (its documentation).
+usage() {
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
 }
 
 # die MESSAGE...: log and exit 1.
@@ -66,6 +72,14 @@ stack_file() {
     fi
 }
 
+# is_tansu PID: succeeds when PID is a live (not zombie) tansu process.
+is_tansu() {
+    local stat
+    [[ "$1" =~ ^[0-9]+$ ]] && stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+    # /proc/PID/stat: "PID (COMM) STATE ..."
+    [[ "$stat" =~ ^[0-9]+\ \((tansu[^\)]*)\)\ ([A-Z]) ]] && [[ "${BASH_REMATCH[2]}" != Z ]]
+}
+
 # kafka_ping HOST:PORT: succeeds when a Kafka broker answers ApiVersions there
 # (scripts/kafka_ping.py; a bash version of the same check when there is no python3).
 kafka_ping() {
@@ -87,11 +101,11 @@ kafka_ping_bash() (
         timeout 3 dd bs=1 count="$1" status=none <&3 | od -An -v -tu1
     }
     local size_bytes size reply
-    size_bytes=($(read_u 4))
+    read -r -a size_bytes <<<"$(read_u 4)"
     ((${#size_bytes[@]} == 4)) || exit 1
     size=$(((size_bytes[0] << 24) | (size_bytes[1] << 16) | (size_bytes[2] << 8) | size_bytes[3]))
     ((size >= 10 && size <= 65536)) || exit 1
-    reply=($(read_u "$size"))
+    read -r -a reply <<<"$(read_u "$size" | tr -s " \n" " ")"
     ((${#reply[@]} == size)) || exit 1
     # correlation id "cons" = 99 111 110 115, then error code 0 0.
     [[ "${reply[*]:0:6}" == "99 111 110 115 0 0" ]] || exit 1

@@ -17,23 +17,24 @@ case "${1:-}" in
 "") ;;
 --wipe) wipe=true ;;
 -h | --help)
-    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+    usage
     exit 0
     ;;
 *) die "unknown argument $1 (usage: $0 [--wipe])" ;;
 esac
 
+not_running() { ! is_tansu "$1"; }
+
 pid_file="$(stack_file pid)"
 if [[ -f "$pid_file" ]]; then
     pid="$(cat "$pid_file")"
-    if [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null &&
-        [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == tansu* ]]; then
+    if is_tansu "$pid"; then
         log "tansu: stopping pid $pid"
         kill -TERM "$pid"
-        if ! wait_for 20 "tansu pid $pid to exit" bash -c "! kill -0 $pid"; then
+        if ! wait_for 20 "tansu pid $pid to exit" not_running "$pid"; then
             log "tansu: pid $pid ignored SIGTERM for 20s; sending SIGKILL"
             kill -KILL "$pid" 2>/dev/null || true
-            wait_for 10 "tansu pid $pid to die" bash -c "! kill -0 $pid" ||
+            wait_for 10 "tansu pid $pid to die" not_running "$pid" ||
                 die "tansu: pid $pid survives SIGKILL"
         fi
         log "tansu: stopped"

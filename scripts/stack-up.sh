@@ -27,6 +27,7 @@ set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+[[ "${1:-}" == -h || "${1:-}" == --help ]] && usage && exit 0
 BROKER="127.0.0.1:$CONSCOPE_BROKER_PORT"
 
 # --- PostgreSQL -------------------------------------------------------------
@@ -39,7 +40,7 @@ postgres_up() {
             die "postgres: nothing answers on $PGHOST_DEFAULT:$PGPORT_DEFAULT and no Debian cluster in /etc/postgresql to start"
         local version
         # The newest installed major version, e.g. 15.
-        version="$(ls /etc/postgresql | sort -n | tail -n 1)"
+        version="$(find /etc/postgresql -mindepth 1 -maxdepth 1 -printf "%f\n" | sort -n | tail -n 1)"
         log "postgres: not ready; starting cluster $version/main"
         local pg_ctl=(pg_ctlcluster --skip-systemctl-redirect "$version" main start)
         if [[ $EUID -ne 0 ]] && command -v sudo >/dev/null 2>&1; then
@@ -127,8 +128,7 @@ running_pid() {
     pid_file="$(stack_file pid)"
     [[ -f "$pid_file" ]] || return 1
     pid="$(cat "$pid_file")"
-    [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null &&
-        [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == tansu* ]] || return 1
+    is_tansu "$pid" || return 1
     echo "$pid"
 }
 
@@ -169,14 +169,23 @@ tansu_up() {
         # setsid + nohup: its own session, so neither the end of this script nor
         # a closed terminal takes the broker down. Neither forks here, so $! is
         # the broker's pid.
-        (cd "$CONSCOPE_STACK_DIR" && exec setsid nohup "${cmd[@]}" >>"$log_file" 2>&1 </dev/null) &
+        # Every other inherited descriptor is closed: a CI runner waits for its
+        # pipes to close, and a broker holding one would hang the step.
+        (
+            cd "$CONSCOPE_STACK_DIR"
+            for fd in "/proc/$BASHPID/fd/"*; do
+                fd="${fd##*/}"
+                ((fd > 2)) && eval "exec $fd>&-" 2>/dev/null
+            done
+            exec setsid nohup "${cmd[@]}" >>"$log_file" 2>&1 </dev/null
+        ) &
         pid=$!
         echo "$pid" >"$pid_file"
         log "tansu: pid $pid, store $db, log $log_file"
     fi
     local deadline=$((SECONDS + 60))
     until kafka_ping "$BROKER"; do
-        if ! kill -0 "$pid" 2>/dev/null; then
+        if ! is_tansu "$pid"; then
             tail -n 30 "$log_file" >&2 || true
             rm -f "$pid_file"
             die "tansu: exited before answering on $BROKER (log: $log_file)"

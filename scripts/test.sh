@@ -20,6 +20,7 @@
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+[[ "${1:-}" == -h || "${1:-}" == --help ]] && usage && exit 0
 cd "$CONSCOPE_ROOT"
 
 export CONSCOPE_BROKERS="127.0.0.1:$CONSCOPE_BROKER_PORT"

@@ -85,7 +85,8 @@ pub async fn migrate(url: &str) -> anyhow::Result<()> {
     let mut client = connect(url).await?;
     client
         .batch_execute(
-            "SELECT pg_advisory_lock(7263001);
+            "SET client_min_messages = warning;
+             SELECT pg_advisory_lock(7263001);
              CREATE TABLE IF NOT EXISTS schema_migrations (
                  name TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
         )

@@ -11,18 +11,40 @@ use anyhow::{bail, Context};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaResult, RDKafkaErrorCode};
 
 use crate::config::KafkaArgs;
 
 /// How long a metadata or admin request may take before we call the broker unreachable.
 pub const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long startup requests keep retrying while the broker is away or busy.
+pub const STARTUP_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Retries a blocking metadata request with backoff until it succeeds or
+/// `STARTUP_PATIENCE` ran out: a broker that is restarting or overloaded is a
+/// reason to wait, not to fail.
+pub fn retrying<T>(what: &str, mut request: impl FnMut() -> KafkaResult<T>) -> anyhow::Result<T> {
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match request() {
+            Ok(value) => return Ok(value),
+            Err(error) if started.elapsed() < STARTUP_PATIENCE => {
+                tracing::warn!(%error, "{what} failed; retrying in {delay:?}");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => return Err(error).with_context(|| format!("{what} failed (is the broker up?)")),
+        }
+    }
+}
+
 /// The number of partitions of `topic`, or `None` when it does not exist.
 pub fn partition_count(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<Option<i32>> {
-    let metadata = consumer
-        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-        .with_context(|| format!("cannot read metadata of topic {topic:?} (is the broker up?)"))?;
+    let metadata = retrying(&format!("reading metadata of topic {topic:?}"), || {
+        consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)
+    })?;
     let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
         return Ok(None);
     };

@@ -1410,8 +1410,10 @@ fn producer_config(kafka: &KafkaArgs) -> rdkafka::ClientConfig {
         // Large batches (by count and bytes) for throughput at high rates.
         ("batch.num.messages", "10000"),
         ("batch.size", "1000000"),
-        // librdkafka always builds its bundled LZ4; JSON compresses ~4x.
-        ("compression.type", "lz4"),
+        // No compression by default: librdkafka's bundled LZ4 works, but against the
+        // local dev broker (tansu) it halved throughput (8k vs 15k msgs/s, measured);
+        // on a real cluster pass --kafka compression.type=lz4.
+        ("compression.type", "none"),
         // The Java client's partitioner (murmur2 of the key; random when keyless),
         // so keyed messages land where kafka::partition_for_key says and where any
         // other Kafka client would put them.
@@ -1990,12 +1992,12 @@ mod tests {
     fn passthrough_settings_override_ours() {
         let kafka = KafkaArgs {
             brokers: "b:9092".into(),
-            kafka: vec!["compression.type=none"
+            kafka: vec!["compression.type=lz4"
                 .parse()
                 .unwrap_or_else(|error| panic!("{error}"))],
         };
         let config = producer_config(&kafka);
-        assert_eq!(config.get("compression.type"), Some("none"));
+        assert_eq!(config.get("compression.type"), Some("lz4"));
         assert_eq!(config.get("enable.idempotence"), Some("true"));
         assert_eq!(config.get("bootstrap.servers"), Some("b:9092"));
     }

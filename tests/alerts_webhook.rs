@@ -164,9 +164,9 @@ impl Request {
     }
 }
 
-/// An HTTP receiver on 127.0.0.1:0: 503 to the first [`FAIL_FIRST`] requests,
+/// An HTTP receiver on 127.0.0.1:0: 503 to the first `fail_first` requests,
 /// 400 to the [`REFUSED`] alert, 200 otherwise; records every request.
-fn start_receiver() -> (u16, Arc<Mutex<Vec<Request>>>) {
+fn start_receiver(fail_first: usize) -> (u16, Arc<Mutex<Vec<Request>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind the receiver");
     let port = listener.local_addr().expect("receiver address").port();
     let requests = Arc::new(Mutex::new(Vec::new()));
@@ -210,7 +210,7 @@ fn start_receiver() -> (u16, Arc<Mutex<Vec<Request>>>) {
             }
             let body = String::from_utf8_lossy(&body).into_owned();
             let mut requests = recorded.lock().expect("receiver lock");
-            let status = if requests.len() < FAIL_FIRST {
+            let status = if requests.len() < fail_first {
                 503
             } else if body.contains(&format!("\"{REFUSED}\"")) {
                 400
@@ -248,6 +248,11 @@ struct Run {
 
 /// Runs `conscope alerts ARGS`, killing it (and failing) after `limit`.
 fn run_alerts(args: &[String], limit: Duration) -> Run {
+    run_alerts_with(args, limit, |_| {})
+}
+
+/// Like [`run_alerts`]; `meanwhile` gets the child's pid while it runs.
+fn run_alerts_with(args: &[String], limit: Duration, meanwhile: impl FnOnce(u32)) -> Run {
     let mut child = Command::new(env!("CARGO_BIN_EXE_conscope"))
         .arg("alerts")
         .args(args)
@@ -271,6 +276,7 @@ fn run_alerts(args: &[String], limit: Duration) -> Run {
         text
     });
     let started = Instant::now();
+    meanwhile(child.id());
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait for conscope") {
             break Some(status);
@@ -285,9 +291,7 @@ fn run_alerts(args: &[String], limit: Duration) -> Run {
     let stdout = out.join().unwrap_or_default();
     let stderr = err.join().unwrap_or_default();
     let Some(status) = status else {
-        panic!(
-            "conscope alerts did not exit within {limit:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
-        );
+        panic!("conscope alerts did not exit within {limit:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
     };
     Run {
         success: status.success(),
@@ -311,20 +315,13 @@ fn every_alert_reaches_the_webhook_once() {
     messages.extend((11..=20).map(alert));
     produce(&topic, &messages);
 
-    let (port, requests) = start_receiver();
+    let (port, requests) = start_receiver(FAIL_FIRST);
     let webhook = format!("http://127.0.0.1:{port}/hook/{SECRET}");
     let args = |extra: &[&str]| -> Vec<String> {
-        let mut args: Vec<String> = [
-            "--alerts-topic",
-            &topic,
-            "--group",
-            &group,
-            "--webhook",
-            &webhook,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args: Vec<String> = ["--alerts-topic", &topic, "--group", &group, "--webhook", &webhook]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
         args
     };
@@ -416,10 +413,7 @@ fn every_alert_reaches_the_webhook_once() {
     // A second run of the same group resumes after the committed offsets:
     // only the new alerts are handled.
     produce(&topic, &[alert(21), alert(22)]);
-    let run = run_alerts(
-        &args(&["--idle-exit-ms", "10000"]),
-        Duration::from_secs(120),
-    );
+    let run = run_alerts(&args(&["--idle-exit-ms", "10000"]), Duration::from_secs(120));
     let context = format!("stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
     assert!(run.success, "second run failed\n{context}");
     let seen = requests.lock().expect("receiver lock").clone();
@@ -433,4 +427,81 @@ fn every_alert_reaches_the_webhook_once() {
         "\n{context}"
     );
     assert_eq!(run.stdout.lines().count(), 2, "\n{context}");
+}
+
+/// Waits until `requests` holds at least `count` requests.
+fn wait_for_requests(requests: &Mutex<Vec<Request>>, count: usize) {
+    let started = Instant::now();
+    while requests.lock().expect("receiver lock").len() < count {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the webhook never got {count} requests"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn an_alert_interrupted_before_delivery_is_delivered_by_the_next_run() {
+    require_broker();
+    let topic = unique("alerts_stop");
+    let group = format!("{topic}_group");
+    create_topic(&topic);
+    produce(&topic, &[alert(1), alert(2)]);
+
+    // The receiver is down for good: the consumer retries until it is stopped.
+    let (down_port, down) = start_receiver(usize::MAX);
+    let args = |port: u16, extra: &[&str]| -> Vec<String> {
+        let webhook = format!("http://127.0.0.1:{port}/hook");
+        let mut args: Vec<String> = [
+            "--alerts-topic",
+            &topic,
+            "--group",
+            &group,
+            "--from-beginning",
+            "--webhook",
+            &webhook,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let run = run_alerts_with(&args(down_port, &[]), Duration::from_secs(120), |pid| {
+        wait_for_requests(&down, 3);
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "cannot signal conscope");
+    });
+    let context = format!("stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
+    assert!(run.success, "SIGTERM is a clean stop\n{context}");
+    assert_eq!(run.stdout.lines().count(), 1, "\n{context}");
+    assert!(down
+        .lock()
+        .expect("receiver lock")
+        .iter()
+        .all(|r| r.alert_id() == "alert-01" && r.status == 503));
+
+    // The undelivered alert was not committed: the next run delivers it first.
+    let (up_port, up) = start_receiver(0);
+    let run = run_alerts(
+        &args(up_port, &["--max-alerts", "2", "--idle-exit-ms", "30000"]),
+        Duration::from_secs(120),
+    );
+    let context = format!("stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
+    assert!(run.success, "second run failed\n{context}");
+    let delivered: Vec<(String, u16)> = up
+        .lock()
+        .expect("receiver lock")
+        .iter()
+        .map(|r| (r.alert_id(), r.status))
+        .collect();
+    assert_eq!(
+        delivered,
+        vec![("alert-01".to_owned(), 200), ("alert-02".to_owned(), 200)],
+        "\n{context}"
+    );
 }

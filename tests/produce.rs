@@ -22,10 +22,7 @@ fn same_flags_give_identical_output() {
     let (second, _) = produce(&["--count", "2000", "--seed", "7"]);
     assert_eq!(first, second);
     assert_eq!(first.iter().filter(|&&b| b == b'\n').count(), 2000);
-    assert!(
-        summary.contains("produced 2000 messages"),
-        "summary: {summary}"
-    );
+    assert!(summary.contains("produced 2000 messages"), "summary: {summary}");
 
     let (other_seed, _) = produce(&["--count", "2000", "--seed", "8"]);
     assert_ne!(first, other_seed);
@@ -46,15 +43,11 @@ fn lines_are_json_and_start_moves_timestamps() {
         let value: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|error| panic!("{error}: {line}"));
         let timestamp = &value["timestamp"];
-        let year_2030 = timestamp
-            .as_str()
-            .is_some_and(|t| t.starts_with("2030-03-01T"))
+        let year_2030 = timestamp.as_str().is_some_and(|t| t.starts_with("2030-03-01T"))
             || timestamp
                 .as_i64()
                 .is_some_and(|ms| (1_898_553_600_000..1_898_640_000_000).contains(&ms))
-            || timestamp
-                .as_str()
-                .is_some_and(|t| t.starts_with("2030-02-28T"));
+            || timestamp.as_str().is_some_and(|t| t.starts_with("2030-02-28T"));
         assert!(year_2030, "timestamp {timestamp} not from --start");
     }
 }
@@ -68,4 +61,113 @@ fn rate_limits_the_output() {
         elapsed >= std::time::Duration::from_millis(250),
         "too fast: {elapsed:?}"
     );
+}
+
+/// Against a real broker when `CONSCOPE_TEST_BROKERS` is set (skipped otherwise):
+/// everything is delivered, byte-identical to `--output` with the same flags,
+/// keyed by event_id, each key on one partition, in generation order per partition.
+#[test]
+fn kafka_round_trip() {
+    use std::collections::HashMap;
+    use std::time::{Duration, Instant};
+
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+    let Ok(brokers) = std::env::var("CONSCOPE_TEST_BROKERS") else {
+        eprintln!("kafka_round_trip skipped: set CONSCOPE_TEST_BROKERS to run it");
+        return;
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let topic = format!("produce-test-{}-{nanos}", std::process::id());
+    let flags = ["--count", "3000", "--seed", "9", "--duplicate-rate", "0.05"];
+
+    let output = Command::new(env!("CARGO_BIN_EXE_conscope"))
+        .args([
+            "produce",
+            "--brokers",
+            &brokers,
+            "--topic",
+            &topic,
+            "--partitions",
+            "3",
+        ])
+        .args(flags)
+        .env("CONSCOPE_LOG", "warn")
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run conscope: {error}"));
+    let summary = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "produce failed: {summary} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(summary.contains("3000 delivered, 0 failed"), "{summary}");
+
+    let (expected, _) = produce(&flags);
+    let expected: Vec<&[u8]> = expected
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(expected.len(), 3000);
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", format!("{topic}-check"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap_or_else(|error| panic!("{error}"));
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..3 {
+        assignment
+            .add_partition_offset(&topic, partition, Offset::Beginning)
+            .unwrap_or_else(|error| panic!("{error}"));
+    }
+    consumer
+        .assign(&assignment)
+        .unwrap_or_else(|error| panic!("{error}"));
+    let mut by_partition: HashMap<i32, Vec<(Vec<u8>, Vec<u8>)>> = HashMap::new();
+    let mut received = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while received < expected.len() && Instant::now() < deadline {
+        if let Some(result) = consumer.poll(Duration::from_millis(200)) {
+            let message = result.unwrap_or_else(|error| panic!("{error}"));
+            let key = message
+                .key()
+                .unwrap_or_else(|| panic!("message without key"))
+                .to_vec();
+            let value = message.payload().unwrap_or_default().to_vec();
+            by_partition
+                .entry(message.partition())
+                .or_default()
+                .push((key, value));
+            received += 1;
+        }
+    }
+    assert_eq!(received, expected.len(), "not everything arrived");
+
+    let mut partition_of_key: HashMap<Vec<u8>, i32> = HashMap::new();
+    for (partition, messages) in &by_partition {
+        // Each partition's messages appear in the generated order.
+        let mut cursor = expected.iter();
+        for (key, value) in messages {
+            assert!(
+                cursor.any(|line| *line == value.as_slice()),
+                "partition {partition} out of order"
+            );
+            let owner = partition_of_key.entry(key.clone()).or_insert(*partition);
+            assert_eq!(owner, partition, "a key on two partitions");
+            if let Ok(json) = serde_json::from_slice::<serde_json::Value>(value) {
+                if let Some(id) = json.get("event_id").and_then(|id| id.as_str()) {
+                    if json.get("timestamp").is_some() && id.len() <= 128 {
+                        assert_eq!(id.as_bytes(), key.as_slice(), "key is not the event_id");
+                    }
+                }
+            }
+        }
+    }
+    assert!(by_partition.len() > 1, "everything on one partition");
 }

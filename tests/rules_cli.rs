@@ -8,8 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio_postgres::NoTls;
 
 fn server() -> String {
-    std::env::var("CONSCOPE_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+    std::env::var("CONSCOPE_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
 }
 
 fn unique_database(tag: &str) -> String {
@@ -89,9 +88,7 @@ fn drop_database(database: &str) {
     runtime().block_on(async {
         let client = connect("postgres").await;
         client
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
-            ))
+            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"))
             .await
             .expect("drop the test database");
     });
@@ -169,11 +166,7 @@ fn add_list_disable() {
     }
 
     let output = rules(&database, &["disable", &first]);
-    assert!(
-        output.status.success(),
-        "disable failed: {}",
-        stderr(&output)
-    );
+    assert!(output.status.success(), "disable failed: {}", stderr(&output));
     // Disabling twice is fine.
     let output = rules(&database, &["disable", &first]);
     assert!(
@@ -193,21 +186,14 @@ fn add_list_disable() {
     table_row(&listing, &second);
 
     let output = rules(&database, &["list", "--all"]);
-    assert!(
-        output.status.success(),
-        "list --all failed: {}",
-        stderr(&output)
-    );
+    assert!(output.status.success(), "list --all failed: {}", stderr(&output));
     let listing = stdout(&output);
     let row = table_row(&listing, &first);
     assert!(row.contains(" no "), "rule {first} shows inactive: {row}");
     assert!(table_row(&listing, &second).contains(" yes "));
 
     let output = rules(&database, &["disable", "999999"]);
-    assert!(
-        !output.status.success(),
-        "disabling a missing rule must fail"
-    );
+    assert!(!output.status.success(), "disabling a missing rule must fail");
     assert!(
         stderr(&output).contains("999999"),
         "the error names the id: {}",
@@ -241,37 +227,15 @@ fn bad_input_is_refused_before_the_database() {
     let database = unique_database("rules_bad");
     let cases: &[(&[&str], &str)] = &[
         (
-            &[
-                "add",
-                "--event",
-                "e",
-                "--currency",
-                "usd",
-                "--max-price",
-                "10",
-            ],
+            &["add", "--event", "e", "--currency", "usd", "--max-price", "10"],
             "--currency",
         ),
         (
-            &[
-                "add",
-                "--event",
-                "e",
-                "--currency",
-                "US",
-                "--max-price",
-                "10",
-            ],
+            &["add", "--event", "e", "--currency", "US", "--max-price", "10"],
             "--currency",
         ),
-        (
-            &["add", "--event", "e", "--max-price", "-5"],
-            "greater than 0",
-        ),
-        (
-            &["add", "--event", "e", "--max-price", "0"],
-            "greater than 0",
-        ),
+        (&["add", "--event", "e", "--max-price", "-5"], "greater than 0"),
+        (&["add", "--event", "e", "--max-price", "0"], "greater than 0"),
         (
             &["add", "--event", "e", "--max-price", "12.345"],
             "2 decimal places",
@@ -280,10 +244,7 @@ fn bad_input_is_refused_before_the_database() {
             &["add", "--event", "e", "--max-price", "1000000.01"],
             "at most 1000000",
         ),
-        (
-            &["add", "--event", "e", "--max-price", "abc"],
-            "--max-price",
-        ),
+        (&["add", "--event", "e", "--max-price", "abc"], "--max-price"),
         (&["add", "--max-price", "10"], "--event"),
         (&["add", "--event", "", "--max-price", "10"], "--event"),
         (
@@ -317,22 +278,11 @@ fn bad_input_is_refused_before_the_database() {
     let output = rules(&database, &["add", "--event", "e", "--max-price", "10"]);
     assert!(output.status.success(), "add failed: {}", stderr(&output));
     for args in [
-        &[
-            "add",
-            "--event",
-            "e",
-            "--currency",
-            "usd",
-            "--max-price",
-            "10",
-        ][..],
+        &["add", "--event", "e", "--currency", "usd", "--max-price", "10"][..],
         &["add", "--event", "e", "--max-price", "12.345"],
         &["add", "--event", &long_event, "--max-price", "10"],
     ] {
-        assert!(
-            !rules(&database, args).status.success(),
-            "{args:?} must fail"
-        );
+        assert!(!rules(&database, args).status.success(), "{args:?} must fail");
     }
     assert_eq!(stored_rules(&database).len(), 1);
     drop_database(&database);

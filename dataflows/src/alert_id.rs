@@ -74,20 +74,8 @@ mod tests {
 
     #[test]
     fn is_32_hex_chars_and_stable() {
-        let a = alert_id(
-            AlertKind::EventLow,
-            &listing("A", "1"),
-            7,
-            None,
-            Currency::USD,
-        );
-        let b = alert_id(
-            AlertKind::EventLow,
-            &listing("A", "1"),
-            7,
-            None,
-            Currency::USD,
-        );
+        let a = alert_id(AlertKind::EventLow, &listing("A", "1"), 7, None, Currency::USD);
+        let b = alert_id(AlertKind::EventLow, &listing("A", "1"), 7, None, Currency::USD);
         assert_eq!(a, b);
         assert_eq!(a.len(), 32);
         assert!(a
@@ -105,13 +93,7 @@ mod tests {
             Currency::USD,
         );
         let others = [
-            alert_id(
-                AlertKind::EventLow,
-                &listing("A", "1"),
-                7,
-                Some(1),
-                Currency::USD,
-            ),
+            alert_id(AlertKind::EventLow, &listing("A", "1"), 7, Some(1), Currency::USD),
             alert_id(
                 AlertKind::RuleMatch,
                 &listing("A", "2"),
@@ -133,13 +115,7 @@ mod tests {
                 Some(2),
                 Currency::USD,
             ),
-            alert_id(
-                AlertKind::RuleMatch,
-                &listing("A", "1"),
-                7,
-                None,
-                Currency::USD,
-            ),
+            alert_id(AlertKind::RuleMatch, &listing("A", "1"), 7, None, Currency::USD),
             alert_id(
                 AlertKind::RuleMatch,
                 &listing("A", "1"),
@@ -155,20 +131,8 @@ mod tests {
 
     #[test]
     fn field_boundaries_are_unambiguous() {
-        let a = alert_id(
-            AlertKind::EventLow,
-            &listing("AB", "C"),
-            7,
-            None,
-            Currency::USD,
-        );
-        let b = alert_id(
-            AlertKind::EventLow,
-            &listing("A", "BC"),
-            7,
-            None,
-            Currency::USD,
-        );
+        let a = alert_id(AlertKind::EventLow, &listing("AB", "C"), 7, None, Currency::USD);
+        let b = alert_id(AlertKind::EventLow, &listing("A", "BC"), 7, None, Currency::USD);
         assert_ne!(a, b);
     }
 }

@@ -91,19 +91,12 @@ mod tests {
     fn fields_come_from_the_most_recent_carrier() {
         let mut row = new_row(&observation(20, Some("Late"), None));
         assert_eq!(row.display_name(), "Late");
-        assert!(apply(
-            &mut row,
-            &observation(10, Some("Early"), Some("Hall"))
-        ));
+        assert!(apply(&mut row, &observation(10, Some("Early"), Some("Hall"))));
         assert_eq!(row.display_name(), "Late", "older name loses");
         assert_eq!(row.venue.as_ref().map(|v| v.value.as_str()), Some("Hall"));
         assert_eq!((row.first_seen, row.last_seen), (10, 20));
         assert!(apply(&mut row, &observation(30, None, None)));
-        assert_eq!(
-            row.display_name(),
-            "Late",
-            "absent field keeps the stored one"
-        );
+        assert_eq!(row.display_name(), "Late", "absent field keeps the stored one");
         assert_eq!(row.last_seen, 30);
     }
 

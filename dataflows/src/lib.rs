@@ -7,13 +7,13 @@
 //!                                                      → drops → rules, per message)
 //! ```
 
-pub mod ingest;
-pub mod model;
-pub mod parse;
 pub mod alert_id;
 pub mod dedup;
 pub mod drops;
 pub mod event_state;
+pub mod ingest;
 pub mod listing_state;
+pub mod model;
+pub mod parse;
 pub mod processor;
 pub mod rules;

@@ -221,10 +221,7 @@ mod tests {
         listings.apply(&seat("B", "2"), quote(100, Currency::USD, false, 1));
         listings.apply(&seat("A", "2"), quote(50, EUR, true, 1));
         assert_eq!(listings.lowest_price(None, Currency::USD), Some(Cents(200)));
-        assert_eq!(
-            listings.lowest_price(Some("A"), Currency::USD),
-            Some(Cents(300))
-        );
+        assert_eq!(listings.lowest_price(Some("A"), Currency::USD), Some(Cents(300)));
         assert_eq!(listings.lowest_price(Some("A"), EUR), Some(Cents(50)));
         assert_eq!(listings.lowest_price(Some("B"), EUR), None);
         assert_eq!(listings.lowest_price(Some("C"), Currency::USD), None);

@@ -197,10 +197,7 @@ pub enum ParseError {
     #[error("{0}: appears more than once")]
     Duplicate(Field),
     #[error("{field}: expected {expected}")]
-    WrongType {
-        field: Field,
-        expected: &'static str,
-    },
+    WrongType { field: Field, expected: &'static str },
     /// A string with an escape that does not decode (a lone surrogate).
     #[error("{0}: invalid escape in string")]
     BadEscape(Field),
@@ -210,11 +207,7 @@ pub enum ParseError {
     #[error("{0}: empty")]
     Empty(Field),
     #[error("{field}: {chars} chars exceeds the {max}-char limit")]
-    TooLong {
-        field: Field,
-        chars: usize,
-        max: usize,
-    },
+    TooLong { field: Field, chars: usize, max: usize },
     #[error("price: {0}")]
     Price(PriceError),
     #[error("currency: must be 3 upper-case letters ({0:?})")]
@@ -251,9 +244,9 @@ impl ParseError {
             | ParseError::NotRfc3339 { field, .. } => Some(*field),
             ParseError::Price(_) => Some(Field::Price),
             ParseError::Currency(_) => Some(Field::Currency),
-            ParseError::NotInteger(_)
-            | ParseError::EpochOutOfRange(_)
-            | ParseError::YearOutOfRange(_) => Some(Field::Timestamp),
+            ParseError::NotInteger(_) | ParseError::EpochOutOfRange(_) | ParseError::YearOutOfRange(_) => {
+                Some(Field::Timestamp)
+            }
         }
     }
 }
@@ -270,9 +263,7 @@ pub fn parse_raw(raw: &RawMessage) -> Result<Observation, ParseError> {
 /// Parses and validates one message value (SPEC §1), applying the defaults.
 pub fn parse_observation(payload: &[u8]) -> Result<Observation, ParseError> {
     if payload.len() > MAX_MESSAGE_BYTES {
-        return Err(ParseError::TooLarge {
-            bytes: payload.len(),
-        });
+        return Err(ParseError::TooLarge { bytes: payload.len() });
     }
     if payload.is_empty() {
         return Err(ParseError::EmptyPayload);
@@ -530,9 +521,7 @@ enum Json<'a> {
 
 /// The kind of a raw JSON value; `None` for an absent field or null.
 fn kind_of(raw: Option<&RawValue>) -> Option<Json<'_>> {
-    let text = raw?
-        .get()
-        .trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r'));
+    let text = raw?.get().trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r'));
     Some(match text.as_bytes().first()? {
         b'n' => return None,
         b't' => Json::Bool(true),
@@ -845,10 +834,7 @@ mod tests {
                 message(&[("event_id", Some(r#""\ud800""#))]),
                 "event_id: invalid escape",
             ),
-            (
-                message(&[("event_name", Some(r#""""#))]),
-                "event_name: empty",
-            ),
+            (message(&[("event_name", Some(r#""""#))]), "event_name: empty"),
             (
                 message(&[("event_name", Some(&long(513)))]),
                 "event_name: 513 chars",
@@ -858,10 +844,7 @@ mod tests {
                 "event_name: expected a string",
             ),
             (message(&[("venue", Some(&long(513)))]), "venue: 513 chars"),
-            (
-                message(&[("venue", Some("{}"))]),
-                "venue: expected a string",
-            ),
+            (message(&[("venue", Some("{}"))]), "venue: expected a string"),
             (
                 message(&[("event_date", Some(r#""tomorrow""#))]),
                 "event_date: not an RFC 3339 date-time (\"tomorrow\")",
@@ -887,15 +870,9 @@ mod tests {
             (message(&[("row", Some(&long(65)))]), "row: 65 chars"),
             (message(&[("row", Some("7"))]), "row: expected a string"),
             (message(&[("seat", Some(&long(65)))]), "seat: 65 chars"),
-            (
-                message(&[("seat", Some("false"))]),
-                "seat: expected a string",
-            ),
+            (message(&[("seat", Some("false"))]), "seat: expected a string"),
             (message(&[("source", Some(&long(65)))]), "source: 65 chars"),
-            (
-                message(&[("source", Some("1"))]),
-                "source: expected a string",
-            ),
+            (message(&[("source", Some("1"))]), "source: expected a string"),
             (message(&[("price", None)]), "price: missing"),
             (message(&[("price", Some("null"))]), "price: missing"),
             (
@@ -906,10 +883,7 @@ mod tests {
                 message(&[("price", Some("0"))]),
                 "price: must be greater than 0 (\"0\")",
             ),
-            (
-                message(&[("price", Some("-1"))]),
-                "price: must be greater than 0",
-            ),
+            (message(&[("price", Some("-1"))]), "price: must be greater than 0"),
             (
                 message(&[("price", Some("1000000.01"))]),
                 "price: more than 1000000 (\"1000000.01\")",
@@ -950,10 +924,7 @@ mod tests {
                 message(&[("currency", Some(r#""""#))]),
                 "currency: must be 3 upper-case letters (\"\")",
             ),
-            (
-                message(&[("currency", Some(r#""EURO""#))]),
-                "currency: must be 3",
-            ),
+            (message(&[("currency", Some(r#""EURO""#))]), "currency: must be 3"),
             (
                 message(&[("currency", Some("840"))]),
                 "currency: expected a string",
@@ -967,10 +938,7 @@ mod tests {
                 "available: expected a boolean",
             ),
             (message(&[("timestamp", None)]), "timestamp: missing"),
-            (
-                message(&[("timestamp", Some("null"))]),
-                "timestamp: missing",
-            ),
+            (message(&[("timestamp", Some("null"))]), "timestamp: missing"),
             (
                 message(&[("timestamp", Some(r#""2024-05-01 12:00""#))]),
                 "timestamp: not an RFC 3339",
@@ -1008,8 +976,7 @@ mod tests {
                 "timestamp: expected an RFC 3339 string or integer epoch milliseconds",
             ),
             (
-                message(&[("price", Some("1"))])
-                    .replace("\"timestamp\"", "\"price\":2,\"timestamp\""),
+                message(&[("price", Some("1"))]).replace("\"timestamp\"", "\"price\":2,\"timestamp\""),
                 "price: appears more than once",
             ),
             ("".to_owned(), "message: empty"),
@@ -1022,19 +989,13 @@ mod tests {
             ("\"text\"".to_owned(), "message: not a JSON object"),
             ("12".to_owned(), "message: not a JSON object"),
             // Raw control characters are not JSON.
-            (
-                message(&[("row", Some("\"a\u{0}b\""))]),
-                "message: invalid JSON",
-            ),
+            (message(&[("row", Some("\"a\u{0}b\""))]), "message: invalid JSON"),
         ];
         assert!(cases.len() >= 30);
         for (text, want) in &cases {
             let err = parse_observation(text.as_bytes()).expect_err(text);
             let got = err.to_string();
-            assert!(
-                got.starts_with(want),
-                "{text}\n  got:  {got}\n  want: {want}…"
-            );
+            assert!(got.starts_with(want), "{text}\n  got:  {got}\n  want: {want}…");
             let field = got.split(':').next().unwrap_or_default();
             assert_eq!(err.field().map_or("message", Field::name), field, "{text}");
         }
@@ -1178,10 +1139,7 @@ mod tests {
             assert_eq!(err, format!("{want} ({:?})", snippet(text)), "{text}");
             let quoted = format!("\"{text}\"");
             let err = parse(&[("price", Some(&quoted))]).expect_err(&quoted);
-            assert_eq!(
-                err.to_string(),
-                format!("price: {want} ({:?})", snippet(text))
-            );
+            assert_eq!(err.to_string(), format!("price: {want} ({:?})", snippet(text)));
         }
         // A long offending value is cut short in the message.
         let long = "9".repeat(100);
@@ -1223,10 +1181,7 @@ mod tests {
                 r#""2100-12-31T23:30:00-01:00""#,
                 Err(ParseError::YearOutOfRange(2101)),
             ),
-            (
-                r#""2101-01-01T00:00:00Z""#,
-                Err(ParseError::YearOutOfRange(2101)),
-            ),
+            (r#""2101-01-01T00:00:00Z""#, Err(ParseError::YearOutOfRange(2101))),
             ("4133980800000", Err(ParseError::YearOutOfRange(2101))),
             (
                 r#""2024-02-30T00:00:00Z""#,
@@ -1249,10 +1204,7 @@ mod tests {
                     value: "2024-05-01T12:00:00Z ".into(),
                 }),
             ),
-            (
-                "17145648e5",
-                Err(ParseError::NotInteger("17145648e5".into())),
-            ),
+            ("17145648e5", Err(ParseError::NotInteger("17145648e5".into()))),
         ];
         for (value, want) in cases {
             assert_eq!(observed(value), want, "{value}");
@@ -1268,10 +1220,7 @@ mod tests {
 
         // event_date: any RFC 3339, converted to UTC, truncated the same way.
         let date = |value: &str| parse(&[("event_date", Some(value))]).map(|o| o.event_date);
-        assert_eq!(
-            date(r#""2024-05-01T14:00:00.0000019+02:00""#),
-            Ok(Some(T0 + 1))
-        );
+        assert_eq!(date(r#""2024-05-01T14:00:00.0000019+02:00""#), Ok(Some(T0 + 1)));
         assert_eq!(date(r#""1969-12-31T23:59:59.9999999Z""#), Ok(Some(-1)));
         assert_eq!(
             date(r#""1900-01-01T00:00:00Z""#),
@@ -1306,10 +1255,7 @@ mod tests {
                 let over = format!("\"{}\"", ch.repeat(max + 1));
                 assert_eq!(
                     parse(&[(field, Some(&over))]).map_err(|e| e.to_string()),
-                    Err(format!(
-                        "{field}: {} chars exceeds the {max}-char limit",
-                        max + 1
-                    ))
+                    Err(format!("{field}: {} chars exceeds the {max}-char limit", max + 1))
                 );
             }
         }
@@ -1324,10 +1270,7 @@ mod tests {
         let err = parse(&[("currency", Some(&long))]).expect_err("currency");
         assert_eq!(
             err.to_string(),
-            format!(
-                "currency: must be 3 upper-case letters (\"{}…\")",
-                "ü".repeat(40)
-            )
+            format!("currency: must be 3 upper-case letters (\"{}…\")", "ü".repeat(40))
         );
     }
 }

@@ -23,8 +23,8 @@ use crate::drops;
 use crate::event_state;
 use crate::listing_state::{Applied, Listings, Quote};
 use crate::model::{
-    stable_hash, Alert, AlertKind, Cents, Counters, Currency, EventRow, ListingKey, ListingRow,
-    Micros, Observation, Position, ProcessorInput, Restore, Rule, RuleChange, SinkRecord,
+    stable_hash, Alert, AlertKind, Cents, Counters, Currency, EventRow, ListingKey, ListingRow, Micros,
+    Observation, Position, ProcessorInput, Restore, Rule, RuleChange, SinkRecord,
 };
 use crate::rules::{Activation, Rules, Transition};
 
@@ -93,10 +93,7 @@ pub struct EventState {
 
 impl EventState {
     fn is_empty(&self) -> bool {
-        self.row.is_none()
-            && self.seen.is_empty()
-            && self.listings.is_empty()
-            && self.rules.is_empty()
+        self.row.is_none() && self.seen.is_empty() && self.listings.is_empty() && self.rules.is_empty()
     }
 }
 
@@ -167,14 +164,9 @@ impl Processor {
                 // The current state is a stored observation, even if its `Seen`
                 // record is missing.
                 state.seen.insert(&row.listing.seat, row.observed_at);
-                state
-                    .listings
-                    .restore(&row.listing.seat, Quote::of_row(&row));
+                state.listings.restore(&row.listing.seat, Quote::of_row(&row));
             }
-            Restore::Seen {
-                listing,
-                observed_at,
-            } => {
+            Restore::Seen { listing, observed_at } => {
                 let state = self.events.entry(listing.event_id).or_default();
                 state.seen.insert(&listing.seat, observed_at);
             }
@@ -188,10 +180,9 @@ impl Processor {
             .lowest(rule.section.as_deref(), rule.currency)
             .map(|(price, seat)| (price, seat.clone()));
         let (rule_id, currency, event_id) = (rule.rule_id, rule.currency, rule.event_id.clone());
-        let activation =
-            state
-                .rules
-                .activate(rule, below, lowest.as_ref().map(|(price, _)| *price));
+        let activation = state
+            .rules
+            .activate(rule, below, lowest.as_ref().map(|(price, _)| *price));
         let Activation::Evaluated { below } = activation else {
             return;
         };
@@ -236,7 +227,14 @@ impl Processor {
         let listing = &observation.listing;
         let seat = &listing.seat;
         let at = observation.observed_at;
-        let state = self.events.entry(listing.event_id.clone()).or_default();
+        // Not `entry`: that would allocate the key on every message.
+        if !self.events.contains_key(&listing.event_id) {
+            self.events
+                .insert(listing.event_id.clone(), EventState::default());
+        }
+        let Some(state) = self.events.get_mut(&listing.event_id) else {
+            return;
+        };
 
         if !state.seen.insert(seat, at) {
             epoch.counters.duplicates += 1;
@@ -288,11 +286,9 @@ impl Processor {
             })
             .collect();
 
-        if state.listings.apply(seat, quote) == Applied::Stale {
-            // Ruled out above; kept so a change in `apply` cannot go unnoticed.
-            epoch.counters.stale += 1;
-            return;
-        }
+        let applied = state.listings.apply(seat, quote);
+        // Staleness was decided above, before the "lowest before" snapshots.
+        debug_assert_eq!(applied, Applied::Current { previous });
         if !epoch.listings.contains(listing) {
             epoch.listings.insert(listing.clone());
         }
@@ -336,10 +332,7 @@ impl Processor {
             let after = state.listings.lowest_price(section.as_deref(), currency);
             match state.rules.observe(rule_id, after) {
                 Some(Transition::Fired) => {
-                    epoch.out.push(SinkRecord::RuleState {
-                        rule_id,
-                        below: true,
-                    });
+                    epoch.out.push(SinkRecord::RuleState { rule_id, below: true });
                     if let Some(new) = after {
                         epoch.alert(new_alert(
                             AlertKind::RuleMatch,
@@ -370,11 +363,7 @@ impl Processor {
             listings,
         } = epoch;
         for event_id in events {
-            if let Some(row) = self
-                .events
-                .get(&event_id)
-                .and_then(|state| state.row.as_ref())
-            {
+            if let Some(row) = self.events.get(&event_id).and_then(|state| state.row.as_ref()) {
                 out.push(SinkRecord::Event(row.clone()));
             }
         }
@@ -456,21 +445,9 @@ fn rule_change_order(a: &RuleChange, b: &RuleChange) -> Ordering {
         }
     }
     key(a).cmp(&key(b)).then_with(|| match (a, b) {
-        (
-            RuleChange::Activate {
-                rule: ra,
-                below: ba,
-            },
-            RuleChange::Activate {
-                rule: rb,
-                below: bb,
-            },
-        ) => (&ra.section, ra.currency, ra.max_price, ba).cmp(&(
-            &rb.section,
-            rb.currency,
-            rb.max_price,
-            bb,
-        )),
+        (RuleChange::Activate { rule: ra, below: ba }, RuleChange::Activate { rule: rb, below: bb }) => {
+            (&ra.section, ra.currency, ra.max_price, ba).cmp(&(&rb.section, rb.currency, rb.max_price, bb))
+        }
         _ => Ordering::Equal,
     })
 }
@@ -483,9 +460,7 @@ fn observation_order(a: &(Position, Observation), b: &(Position, Observation)) -
     pa.cmp(pb)
         .then_with(|| oa.listing.cmp(&ob.listing))
         .then_with(|| oa.observed_at.cmp(&ob.observed_at))
-        .then_with(|| {
-            (oa.price, oa.currency, oa.available).cmp(&(ob.price, ob.currency, ob.available))
-        })
+        .then_with(|| (oa.price, oa.currency, oa.available).cmp(&(ob.price, ob.currency, ob.available)))
 }
 
 #[cfg(test)]

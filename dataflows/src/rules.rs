@@ -70,12 +70,7 @@ impl Rules {
     /// Activates `rule`. `below` is its persisted state when restored; `None` means
     /// it is new (or its definition changed), and it is evaluated against
     /// `scope_lowest`, the lowest available price in its scope right now.
-    pub fn activate(
-        &mut self,
-        rule: Rule,
-        below: Option<bool>,
-        scope_lowest: Option<Cents>,
-    ) -> Activation {
+    pub fn activate(&mut self, rule: Rule, below: Option<bool>, scope_lowest: Option<Cents>) -> Activation {
         if self
             .active
             .get(&rule.rule_id)
@@ -182,9 +177,6 @@ mod tests {
         assert!(rules.covering("A", &[Currency(*b"EUR")]).is_empty());
         assert!(rules.deactivate(1));
         assert!(!rules.deactivate(1));
-        assert_eq!(
-            ids(rules.covering("C", &[Currency::USD])),
-            Vec::<i64>::new()
-        );
+        assert_eq!(ids(rules.covering("C", &[Currency::USD])), Vec::<i64>::new());
     }
 }

@@ -6,8 +6,8 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use conscope_dataflows::alert_id::alert_id;
 use conscope_dataflows::model::{
-    Alert, AlertKind, Cents, Counters, Currency, EventRow, ListingKey, ListingRow, Micros,
-    Observation, Position, ProcessorInput, Restore, Rule, RuleChange, Seat, SinkRecord, Stamped,
+    Alert, AlertKind, Cents, Counters, Currency, EventRow, ListingKey, ListingRow, Micros, Observation,
+    Position, ProcessorInput, Restore, Rule, RuleChange, Seat, SinkRecord, Stamped,
 };
 use conscope_dataflows::processor::{process, ProcessorConfig};
 use timely::dataflow::operators::capture::Event;
@@ -131,9 +131,7 @@ impl Output {
         let mut last = BTreeMap::new();
         for (time, record) in &self.records {
             if let SinkRecord::Listing(row) = record {
-                let slot = last
-                    .entry(row.listing.clone())
-                    .or_insert((*time, row.clone()));
+                let slot = last.entry(row.listing.clone()).or_insert((*time, row.clone()));
                 if *time >= slot.0 {
                     *slot = (*time, row.clone());
                 }
@@ -147,9 +145,7 @@ impl Output {
         let mut last = BTreeMap::new();
         for (time, record) in &self.records {
             if let SinkRecord::Event(row) = record {
-                let slot = last
-                    .entry(row.event_id.clone())
-                    .or_insert((*time, row.clone()));
+                let slot = last.entry(row.event_id.clone()).or_insert((*time, row.clone()));
                 if *time >= slot.0 {
                     *slot = (*time, row.clone());
                 }
@@ -170,10 +166,7 @@ impl Output {
                 }
             }
         }
-        states
-            .into_iter()
-            .map(|(id, (_, below))| (id, below))
-            .collect()
+        states.into_iter().map(|(id, (_, below))| (id, below)).collect()
     }
 
     fn rule_states(&self) -> Vec<(i64, bool)> {
@@ -201,10 +194,7 @@ fn brief(alert: &Alert) -> Brief {
 }
 
 fn of_kind(briefs: Vec<Brief>, kind: AlertKind) -> Vec<Brief> {
-    briefs
-        .into_iter()
-        .filter(|b| b.0 == kind.as_str())
-        .collect()
+    briefs.into_iter().filter(|b| b.0 == kind.as_str()).collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -606,11 +596,7 @@ fn section_rule_ignores_other_sections() {
     let mut feed = Feed::default();
     let out = run(vec![
         vec![activate(rule(1, Some("A"), 1000))],
-        feed.epoch(&[
-            obs("1", 500, 1).section("B"),
-            obs("1", 1500, 2),
-            obs("1", 900, 3),
-        ]),
+        feed.epoch(&[obs("1", 500, 1).section("B"), obs("1", 1500, 2), obs("1", 900, 3)]),
     ]);
     assert_eq!(
         of_kind(out.alert_summary(), AlertKind::RuleMatch),
@@ -635,17 +621,11 @@ fn rule_added_while_below_fires_at_once_naming_the_lowest_listing() {
         ],
     ]);
     let alerts = out.alerts();
-    let rule_alerts: Vec<&Alert> = alerts
-        .iter()
-        .filter(|a| a.kind == AlertKind::RuleMatch)
-        .collect();
+    let rule_alerts: Vec<&Alert> = alerts.iter().filter(|a| a.kind == AlertKind::RuleMatch).collect();
     assert_eq!(rule_alerts.len(), 1);
     let alert = rule_alerts[0];
     // Ties at 700: the smallest (section, row, seat, source) is A/1/3, observed at 1.
-    assert_eq!(
-        brief(alert),
-        ("rule_match", "A/1/3".into(), None, 700, Some(1))
-    );
+    assert_eq!(brief(alert), ("rule_match", "A/1/3".into(), None, 700, Some(1)));
     assert_eq!(alert.observed_at, 1);
     assert_eq!(
         out.at(1)
@@ -702,11 +682,7 @@ fn restored_rule_that_is_below_does_not_fire_again() {
         of_kind(out.alert_summary(), AlertKind::RuleMatch),
         vec![("rule_match", "A/1/1".into(), Some(1200), 900, Some(1))]
     );
-    assert_eq!(
-        out.counters().events_created,
-        1,
-        "no Restore::Event was given"
-    );
+    assert_eq!(out.counters().events_created, 1, "no Restore::Event was given");
 }
 
 #[test]
@@ -871,10 +847,8 @@ fn generated_messages(seed: u64, count: usize) -> Vec<ProcessorInput> {
         if rng.below(100) < 8 {
             // A retry of an earlier message of this partition, possibly with
             // another price: same identity, so a duplicate.
-            let earlier: Vec<&(Position, Observation)> = sent
-                .iter()
-                .filter(|(p, _)| p.partition == partition)
-                .collect();
+            let earlier: Vec<&(Position, Observation)> =
+                sent.iter().filter(|(p, _)| p.partition == partition).collect();
             if !earlier.is_empty() {
                 let mut observation = earlier[rng.below(earlier.len() as u64) as usize].1.clone();
                 observation.price = Cents(observation.price.0 + 1);
@@ -909,11 +883,7 @@ fn generated_messages(seed: u64, count: usize) -> Vec<ProcessorInput> {
             venue: (rng.below(6) == 0).then(|| format!("Venue {}", rng.below(3))),
             event_date: (rng.below(8) == 0).then(|| rng.below(1000) as i64),
             price: Cents(*price),
-            currency: if rng.below(10) == 0 {
-                EUR
-            } else {
-                Currency::USD
-            },
+            currency: if rng.below(10) == 0 { EUR } else { Currency::USD },
             available: rng.below(10) != 0,
             observed_at: 1_000_000 + observed_at,
         };
@@ -969,11 +939,7 @@ fn same_results_for_any_batching_and_worker_count() {
         assert_eq!(other.history_set(), reference.history_set(), "{what}");
         assert_eq!(other.final_listings(), reference.final_listings(), "{what}");
         assert_eq!(other.final_events(), reference.final_events(), "{what}");
-        assert_eq!(
-            other.final_rule_states(),
-            reference.final_rule_states(),
-            "{what}"
-        );
+        assert_eq!(other.final_rule_states(), reference.final_rule_states(), "{what}");
         assert_eq!(other.counters(), reference.counters(), "{what}");
     }
 }
@@ -996,10 +962,7 @@ fn restore_from(out: &Output) -> Vec<ProcessorInput> {
     let states = out.final_rule_states();
     for rule in generated_rules() {
         let below = states.get(&rule.rule_id).copied();
-        assert!(
-            below.is_some(),
-            "every evaluated rule has a persisted state"
-        );
+        assert!(below.is_some(), "every evaluated rule has a persisted state");
         records.push(ProcessorInput::Rule(RuleChange::Activate { rule, below }));
     }
     records
@@ -1009,19 +972,11 @@ fn restore_from(out: &Output) -> Vec<ProcessorInput> {
 fn restore_then_continue_equals_an_uninterrupted_run() {
     let messages = generated_messages(7, 1200);
     let rules = rule_inputs();
-    let whole = run_on(
-        2,
-        ProcessorConfig::default(),
-        epochs_of(&rules, &messages, 100),
-    );
+    let whole = run_on(2, ProcessorConfig::default(), epochs_of(&rules, &messages, 100));
 
     for split in [1, 555, 1100] {
         let (before, after) = messages.split_at(split);
-        let first = run_on(
-            2,
-            ProcessorConfig::default(),
-            epochs_of(&rules, before, 100),
-        );
+        let first = run_on(2, ProcessorConfig::default(), epochs_of(&rules, before, 100));
         let second = run_on(
             2,
             ProcessorConfig::default(),

@@ -393,6 +393,15 @@ const LISTING_TYPES: [Type; 9] = [
     Type::TIMESTAMPTZ,
 ];
 
+/// A message to publish once the transaction commits.
+struct OutboxRow<'a> {
+    topic: &'a str,
+    partition: i32,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    headers: Vec<String>,
+}
+
 async fn write(
     client: &mut Client,
     config: &WriterConfig,
@@ -496,7 +505,7 @@ async fn write(
             .context("cannot merge listings")?;
     }
 
-    let mut outbox: Vec<(String, i32, Option<Vec<u8>>, Vec<u8>, Vec<String>)> = Vec::new();
+    let mut outbox: Vec<OutboxRow> = Vec::new();
     if !merged.alerts.is_empty() {
         copy_in(
             &transaction,
@@ -554,42 +563,40 @@ async fn write(
         alerts.sort_by(|a, b| (a.observed_at, &a.alert_id).cmp(&(b.observed_at, &b.alert_id)));
         for alert in alerts {
             let key = alert.listing.event_id.as_bytes();
-            outbox.push((
-                config.alerts.topic.clone(),
-                config.alerts.partition_for(Some(key), 0),
-                Some(key.to_vec()),
-                alert_json(alert),
-                alert_headers(alert),
-            ));
+            outbox.push(OutboxRow {
+                topic: &config.alerts.topic,
+                partition: config.alerts.partition_for(Some(key), 0),
+                key: Some(key.to_vec()),
+                payload: alert_json(alert),
+                headers: alert_headers(alert),
+            });
         }
     }
     for rejected in &merged.rejected {
-        outbox.push((
-            config.dlq.topic.clone(),
-            config
+        outbox.push(OutboxRow {
+            topic: &config.dlq.topic,
+            partition: config
                 .dlq
                 .partition_for(rejected.key.as_deref(), rejected.position.partition),
-            rejected.key.clone(),
-            rejected.payload.clone().unwrap_or_default(),
-            dlq_headers(rejected, &config.input_name),
-        ));
+            key: rejected.key.clone(),
+            payload: rejected.payload.clone().unwrap_or_default(),
+            headers: dlq_headers(rejected, &config.input_name),
+        });
     }
     if !outbox.is_empty() {
         copy_in(
             &transaction,
             "COPY outbox (topic, partition, key, payload, headers) FROM STDIN BINARY",
             &[Type::TEXT, Type::INT4, Type::BYTEA, Type::BYTEA, Type::TEXT_ARRAY],
-            outbox
-                .iter()
-                .map(|(topic, partition, key, payload, headers)| -> Values<'_> {
-                    vec![
-                        Box::new(topic.as_str()),
-                        Box::new(*partition),
-                        Box::new(key.as_deref()),
-                        Box::new(payload.as_slice()),
-                        Box::new(headers.clone()),
-                    ]
-                }),
+            outbox.iter().map(|row| -> Values<'_> {
+                vec![
+                    Box::new(row.topic),
+                    Box::new(row.partition),
+                    Box::new(row.key.as_deref()),
+                    Box::new(row.payload.as_slice()),
+                    Box::new(row.headers.as_slice()),
+                ]
+            }),
         )
         .await?;
     }

@@ -271,9 +271,9 @@ fn last_published_seq(
     partition: i32,
     job_id: &str,
 ) -> anyhow::Result<Option<i64>> {
-    let (low, high) = consumer
-        .fetch_watermarks(topic, partition, crate::kafka::METADATA_TIMEOUT)
-        .with_context(|| format!("cannot read watermarks of {topic}[{partition}]"))?;
+    let (low, high) = crate::kafka::retrying(&format!("reading watermarks of {topic}[{partition}]"), || {
+        consumer.fetch_watermarks(topic, partition, crate::kafka::METADATA_TIMEOUT)
+    })?;
     if high <= low {
         return Ok(None);
     }

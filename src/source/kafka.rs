@@ -92,9 +92,10 @@ impl OwnedPartitions {
         let mut end = exit_at_end.then(BTreeMap::new);
         let mut assignment = TopicPartitionList::new();
         for partition in mine {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, partition, crate::kafka::METADATA_TIMEOUT)
-                .with_context(|| format!("cannot read watermarks of {topic}[{partition}]"))?;
+            let (low, high) =
+                crate::kafka::retrying(&format!("reading watermarks of {topic}[{partition}]"), || {
+                    consumer.fetch_watermarks(topic, partition, crate::kafka::METADATA_TIMEOUT)
+                })?;
             let start = match (stored.get(&partition), from) {
                 (Some(offset), _) => (*offset).max(low),
                 (None, StartFrom::Earliest) => low,
