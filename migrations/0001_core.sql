@@ -55,11 +55,18 @@ CREATE TABLE alert_rules (
     created_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 
+-- What a rule's arming state depends on: a state saved for another definition
+-- (the rule was edited while the job was down) is not restored.
+CREATE FUNCTION rule_definition(r alert_rules) RETURNS TEXT LANGUAGE sql IMMUTABLE AS $$
+    SELECT concat_ws('|', r.event_id, coalesce(r.section, '*'), r.currency, r.max_price::text)
+$$;
+
 -- Written by the job only, in its commit transaction: whether a rule's scope is
--- at or below max_price (fired, waiting to re-arm).
+-- at or below max_price (fired, waiting to re-arm), and for which definition.
 CREATE TABLE rule_state (
-    rule_id BIGINT PRIMARY KEY REFERENCES alert_rules (rule_id) ON DELETE CASCADE,
-    below   BOOLEAN NOT NULL
+    rule_id    BIGINT PRIMARY KEY REFERENCES alert_rules (rule_id) ON DELETE CASCADE,
+    below      BOOLEAN NOT NULL,
+    definition TEXT NOT NULL
 );
 
 CREATE TABLE price_alerts (
@@ -109,12 +116,3 @@ CREATE TABLE outbox (
     headers      TEXT[] NOT NULL DEFAULT '{}',
     committed_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
 );
-
--- Live rule changes reach a running job within a poll interval; NOTIFY wakes it sooner.
-CREATE FUNCTION notify_alert_rules() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('conscope_rules', '');
-    RETURN NULL;
-END $$;
-CREATE TRIGGER alert_rules_changed AFTER INSERT OR UPDATE OR DELETE ON alert_rules
-    FOR EACH STATEMENT EXECUTE FUNCTION notify_alert_rules();

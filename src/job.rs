@@ -375,6 +375,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             Ok(result) => result?,
             Err(_) => bail!("the alert publisher panicked"),
         }
+        if args.input_file.is_none() {
+            if let Ok(consumer) = args.kafka.client_config().create::<BaseConsumer>() {
+                metrics.measure_lag(&consumer, &args.topics.input_topic, input_partitions);
+            }
+        }
         println!(
             "summary: {} total_elapsed={:.1}s",
             metrics.summary(),

@@ -107,6 +107,23 @@ impl Metrics {
         self.with(|inner| inner.commits += 1);
     }
 
+    /// Consumer lag now: high watermark minus committed offset, summed over
+    /// partitions (blocking: call it off the worker threads).
+    pub fn measure_lag(&self, consumer: &BaseConsumer, topic: &str, partitions: i32) {
+        let mut lag = 0;
+        let mut complete = true;
+        for partition in 0..partitions {
+            match consumer.fetch_watermarks(topic, partition, Duration::from_secs(5)) {
+                Ok((low, high)) => {
+                    let next = self.with(|inner| inner.committed_offsets.get(&partition).copied());
+                    lag += (high - next.unwrap_or(low)).max(0);
+                }
+                Err(_) => complete = false,
+            }
+        }
+        self.with(|inner| inner.lag = complete.then_some(lag));
+    }
+
     /// Measures consumer lag (high watermark minus committed offset, summed over
     /// partitions) every `interval` on its own thread: watermark requests block,
     /// so they stay off the worker threads.
@@ -126,19 +143,7 @@ impl Metrics {
                     return;
                 };
                 loop {
-                    let mut lag = 0;
-                    let mut complete = true;
-                    for partition in 0..partitions {
-                        match consumer.fetch_watermarks(&topic, partition, Duration::from_secs(5)) {
-                            Ok((low, high)) => {
-                                let next =
-                                    metrics.with(|inner| inner.committed_offsets.get(&partition).copied());
-                                lag += (high - next.unwrap_or(low)).max(0);
-                            }
-                            Err(_) => complete = false,
-                        }
-                    }
-                    metrics.with(|inner| inner.lag = complete.then_some(lag));
+                    metrics.measure_lag(&consumer, &topic, partitions);
                     std::thread::sleep(interval);
                 }
             });

@@ -1331,7 +1331,7 @@ fn produce_to_file(
             out.write_all(b"\n")?;
             pacer.sent();
             tally.count(message.kind);
-            if tally.sent % 1024 == 0 && last_progress.elapsed() >= PROGRESS_EVERY {
+            if last_progress.elapsed() >= PROGRESS_EVERY {
                 last_progress = Instant::now();
                 tracing::info!(sent = tally.sent, target = %target, "producing");
             }
@@ -1478,24 +1478,25 @@ fn produce_to_kafka(args: &ProduceArgs, config: &GeneratorConfig, stop: &AtomicB
         pacer.sent();
         tally.count(message.kind);
         if tally.sent % 512 == 0 {
+            // Serve delivery reports.
             producer.poll(Duration::ZERO);
-            if last_progress.elapsed() >= PROGRESS_EVERY {
-                last_progress = Instant::now();
-                let context = producer.context();
-                let seconds = started.elapsed().as_secs_f64();
-                tracing::info!(
-                    sent = tally.sent,
-                    delivered = context.delivered.load(Ordering::Relaxed),
-                    failed = context.failed.load(Ordering::Relaxed),
-                    in_flight = producer.in_flight_count(),
-                    rate = format!("{:.0}/s", tally.sent as f64 / seconds.max(1e-9)),
-                    "producing"
-                );
-                if context.failed.load(Ordering::Relaxed) > 0 {
-                    if let Some((code, reason)) = producer.client().fatal_error() {
-                        send_error = Some(format!("fatal producer error {code:?}: {reason}"));
-                        break 'messages;
-                    }
+        }
+        if last_progress.elapsed() >= PROGRESS_EVERY {
+            last_progress = Instant::now();
+            let context = producer.context();
+            let seconds = started.elapsed().as_secs_f64();
+            tracing::info!(
+                sent = tally.sent,
+                delivered = context.delivered.load(Ordering::Relaxed),
+                failed = context.failed.load(Ordering::Relaxed),
+                in_flight = producer.in_flight_count(),
+                rate = format!("{:.0}/s", tally.sent as f64 / seconds.max(1e-9)),
+                "producing"
+            );
+            if context.failed.load(Ordering::Relaxed) > 0 {
+                if let Some((code, reason)) = producer.client().fatal_error() {
+                    send_error = Some(format!("fatal producer error {code:?}: {reason}"));
+                    break 'messages;
                 }
             }
         }

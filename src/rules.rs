@@ -6,8 +6,8 @@
 //! deactivates rules. Every value reaches SQL as a parameter. Input is validated
 //! before the database is touched, with errors that name the offending flag.
 //!
-//! A running job picks up rule changes by itself (the `alert_rules` trigger
-//! notifies it); nothing here talks to the job.
+//! A running job picks up rule changes by itself (it polls `alert_rules` every
+//! `--rules-poll-ms`); nothing here talks to the job.
 
 use std::fmt::Write as _;
 

@@ -30,7 +30,7 @@ fn commit_no(job: &Job) -> i64 {
 fn crashes_at_any_moment_end_with_the_tables_of_an_uninterrupted_run() {
     require_broker();
     let input = unique("crash");
-    produce_generated(&input, 4, 30_000, 5, &[]);
+    produce_generated(&input, 4, 12_000, 5, &[]);
 
     let reference = Job::new("crash_ref", &input);
     reference.run_to_end(&["-w", "2"]);

@@ -208,6 +208,8 @@ pub struct Alert {
     pub kind: AlertKind,
     pub listing: ListingKey,
     pub rule_id: Option<i64>,
+    /// The rule's threshold (`rule_match` only), for notifications.
+    pub max_price: Option<Cents>,
     pub old_price: Option<Cents>,
     pub new_price: Cents,
     pub currency: Currency,

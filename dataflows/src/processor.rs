@@ -179,7 +179,8 @@ impl Processor {
             .listings
             .lowest(rule.section.as_deref(), rule.currency)
             .map(|(price, seat)| (price, seat.clone()));
-        let (rule_id, currency, event_id) = (rule.rule_id, rule.currency, rule.event_id.clone());
+        let (rule_id, currency, event_id, max_price) =
+            (rule.rule_id, rule.currency, rule.event_id.clone(), rule.max_price);
         let activation = state
             .rules
             .activate(rule, below, lowest.as_ref().map(|(price, _)| *price));
@@ -204,7 +205,7 @@ impl Processor {
             AlertKind::RuleMatch,
             &listing,
             observed_at,
-            Some(rule_id),
+            Some((rule_id, max_price)),
             None,
             price,
             currency,
@@ -322,11 +323,13 @@ impl Processor {
             }
         }
         for (rule_id, before) in rules_before {
-            let Some((section, currency)) = state
-                .rules
-                .get(rule_id)
-                .map(|armed| (armed.rule.section.clone(), armed.rule.currency))
-            else {
+            let Some((section, currency, max_price)) = state.rules.get(rule_id).map(|armed| {
+                (
+                    armed.rule.section.clone(),
+                    armed.rule.currency,
+                    armed.rule.max_price,
+                )
+            }) else {
                 continue;
             };
             let after = state.listings.lowest_price(section.as_deref(), currency);
@@ -338,7 +341,7 @@ impl Processor {
                             AlertKind::RuleMatch,
                             listing,
                             at,
-                            Some(rule_id),
+                            Some((rule_id, max_price)),
                             before,
                             new,
                             currency,
@@ -416,17 +419,19 @@ fn new_alert(
     kind: AlertKind,
     listing: &ListingKey,
     observed_at: Micros,
-    rule_id: Option<i64>,
+    rule: Option<(i64, Cents)>,
     old_price: Option<Cents>,
     new_price: Cents,
     currency: Currency,
     event_name: &str,
 ) -> Alert {
+    let rule_id = rule.map(|(rule_id, _)| rule_id);
     Alert {
         alert_id: alert_id(kind, listing, observed_at, rule_id, currency),
         kind,
         listing: listing.clone(),
         rule_id,
+        max_price: rule.map(|(_, max_price)| max_price),
         old_price,
         new_price,
         currency,

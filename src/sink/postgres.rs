@@ -607,10 +607,11 @@ async fn write(
         // A rule deleted meanwhile has no state to keep.
         transaction
             .execute(
-                "INSERT INTO rule_state (rule_id, below)
-                 SELECT s.rule_id, s.below FROM unnest($1::bigint[], $2::bool[]) AS s(rule_id, below)
-                 WHERE EXISTS (SELECT 1 FROM alert_rules r WHERE r.rule_id = s.rule_id)
-                 ON CONFLICT (rule_id) DO UPDATE SET below = EXCLUDED.below",
+                "INSERT INTO rule_state (rule_id, below, definition)
+                 SELECT s.rule_id, s.below, rule_definition(r)
+                 FROM unnest($1::bigint[], $2::bool[]) AS s(rule_id, below)
+                 JOIN alert_rules r ON r.rule_id = s.rule_id
+                 ON CONFLICT (rule_id) DO UPDATE SET below = EXCLUDED.below, definition = EXCLUDED.definition",
                 &[&ids, &below],
             )
             .await

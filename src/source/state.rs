@@ -171,7 +171,8 @@ async fn active_rules(client: &Client) -> anyhow::Result<HashMap<i64, (Rule, Opt
     let rows = client
         .query(
             "SELECT r.rule_id, r.event_id, r.section, r.currency, r.max_price, s.below
-             FROM alert_rules r LEFT JOIN rule_state s USING (rule_id)
+             FROM alert_rules r
+             LEFT JOIN rule_state s ON s.rule_id = r.rule_id AND s.definition = rule_definition(r)
              WHERE r.active",
             &[],
         )
