@@ -4,12 +4,19 @@
 # ratios. Nothing in the output is hard-coded: every figure comes from this run.
 #
 #   scripts/bench.sh [--count N] [--baseline-count M] [--partitions P]
+#                    [--stall-timeout S]
 #
 #   --count N           messages for the conscope runs (default 1000000)
 #   --baseline-count M  messages for the like-for-like comparison with the
 #                       Python baseline (default 20000; it commits one
 #                       transaction per message, so it is slow)
 #   --partitions P      partitions of both input topics (default 4)
+#   --stall-timeout S   fail a conscope run whose metrics show no progress for
+#                       S seconds (default 300): a benchmark never hangs
+#
+# The broker is the one scripts/stack-up.sh manages on 127.0.0.1:9092; set
+# CONSCOPE_BROKER_PORT to measure against a broker of its own on another port
+# (stack-up starts one with its own store), away from other clients' load.
 #
 # Steps (each one failing stops the script with a non-zero status):
 #   1. scripts/stack-up.sh (Postgres + tansu on 127.0.0.1:9092), cargo build
@@ -44,16 +51,18 @@ cd "$CONSCOPE_ROOT"
 count=1000000
 baseline_count=20000
 partitions=4
+stall_timeout=300
 while (($#)); do
     case "$1" in
     --count) count="${2:-}" && shift 2 ;;
     --baseline-count) baseline_count="${2:-}" && shift 2 ;;
     --partitions) partitions="${2:-}" && shift 2 ;;
+    --stall-timeout) stall_timeout="${2:-}" && shift 2 ;;
     -h | --help) usage && exit 0 ;;
     *) die "unknown argument $1 (see $0 --help)" ;;
     esac
 done
-for value in "$count" "$baseline_count" "$partitions"; do
+for value in "$count" "$baseline_count" "$partitions" "$stall_timeout"; do
     [[ "$value" =~ ^[1-9][0-9]*$ ]] || die "counts and partitions must be positive integers, got '$value'"
 done
 
@@ -162,12 +171,15 @@ produce() {
     fact "produce_$name" "$line"
 }
 
-# measure NAME COMMAND...: runs COMMAND with its stdout/stderr in the results
+# measure NAME WATCH COMMAND...: runs COMMAND with its stdout/stderr in the results
 # directory, under /usr/bin/time -v when available, and records the wall time
 # and the load average around it. Logs the job's latest metrics line every 30s.
+# Watchdog (WATCH=1, conscope runs): when its metrics lines show no progress (processed, commits,
+# published alerts and dead letters unchanged) for $stall_timeout seconds, the
+# run is stopped (TERM, then KILL, by pid) and the step fails.
 measure() {
-    local name="$1"
-    shift
+    local name="$1" watch="$2"
+    shift 2
     local out="$results/$name.out" err="$results/$name.err" timing="$results/$name.time"
     local cmd=("$@")
     [[ -n "$time_bin" ]] && cmd=("$time_bin" -v -o "$timing" "${cmd[@]}")
@@ -175,9 +187,20 @@ measure() {
     local started ended status=0
     started="$(date +%s.%N)"
     "${cmd[@]}" >"$out" 2>"$err" &
-    local pid=$! next=$((SECONDS + 30))
+    local pid=$! next=$((SECONDS + 30)) progress="" progress_at=$SECONDS stalled=0
     while kill -0 "$pid" 2>/dev/null; do
         sleep 1
+        local now
+        now="$(grep -hoE 'processed=[0-9]+|commits=[0-9]+|published_alerts=[0-9]+|published_dead_letters=[0-9]+' "$err" | tail -n 4 | tr '\n' ' ' || true)"
+        if [[ "$now" != "$progress" ]]; then
+            progress="$now"
+            progress_at=$SECONDS
+        elif ((watch && SECONDS - progress_at >= stall_timeout)); then
+            log "  $name: no progress for ${stall_timeout}s ($progress); stopping it"
+            stalled=1
+            stop_tree "$pid"
+            break
+        fi
         if ((SECONDS >= next)); then
             next=$((SECONDS + 30))
             local latest
@@ -189,10 +212,30 @@ measure() {
     ended="$(date +%s.%N)"
     fact "load_after_$name" "$(cut -d' ' -f1-3 /proc/loadavg)"
     fact "wall_$name" "$(awk -v a="$started" -v b="$ended" 'BEGIN { printf "%.3f", b - a }')"
+    if ((stalled)); then
+        tail -n 30 "$err" >&2
+        die "$name stalled: no progress for ${stall_timeout}s (output: $out, log: $err)"
+    fi
     if ((status != 0)); then
         tail -n 30 "$err" >&2
         die "$name failed with status $status (output: $out, log: $err)"
     fi
+}
+
+# stop_tree PID: TERM to PID's children and PID (processes this script
+# started), then KILL to whatever is left after 15s.
+stop_tree() {
+    local pids=("$1") child
+    for child in $(ps -o pid= --ppid "$1" 2>/dev/null); do
+        pids=("$child" "${pids[@]}")
+    done
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    local waited=0
+    while kill -0 "$1" 2>/dev/null && ((waited < 15)); do
+        sleep 1
+        waited=$((waited + 1))
+    done
+    kill -KILL "${pids[@]}" 2>/dev/null || true
 }
 
 # conscope_run NAME TOPIC MESSAGES WORKERS: conscope run --exit-at-end into a
@@ -205,7 +248,7 @@ conscope_run() {
         >"$results/$name.migrate.log" 2>&1 ||
         { tail -n 20 "$results/$name.migrate.log" >&2; die "migrate $db failed"; }
     phase "conscope run -w $workers over $from_topic ($n messages) into $db" \
-        measure "$name" "$bin" run --brokers "$brokers" --database-url "$pg/$db" \
+        measure "$name" 1 "$bin" run --brokers "$brokers" --database-url "$pg/$db" \
         --input-topic "$from_topic" --alerts-topic "$db.alerts" --dlq-topic "$db.dlq" \
         --group-id "$db" --exit-at-end --from earliest -w "$workers"
     local summary
@@ -250,7 +293,7 @@ psql_admin -d postgres -qc "CREATE DATABASE $py_db"
 # or 20 ms per message), so a missing message fails the run instead of hanging.
 py_timeout=$((baseline_count / 50 > 300 ? baseline_count / 50 : 300))
 phase "python baseline over $base_topic ($baseline_count messages) into $py_db, schema $py_schema" \
-    measure py timeout "$py_timeout" "$venv/bin/python" "$python_consumer" \
+    measure py 0 timeout "$py_timeout" "$venv/bin/python" "$python_consumer" \
     "$brokers" "$base_topic" "$pg/$py_db" "$py_schema" "$baseline_count"
 py_line="$(grep -E '^\{.*"msgs_per_s"' "$results/py.out" | tail -n 1)"
 [[ -n "$py_line" ]] || die "the Python consumer printed no final JSON line (see $results/py.out)"

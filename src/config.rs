@@ -67,8 +67,17 @@ pub struct KafkaArgs {
 impl KafkaArgs {
     /// A client configuration with the brokers and every pass-through setting.
     pub fn client_config(&self) -> ClientConfig {
+        self.client_config_with(&[])
+    }
+
+    /// Like `client_config`, with our `defaults` underneath: a setting the user
+    /// passed with `--kafka` always wins.
+    pub fn client_config_with(&self, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.brokers);
+        for (key, value) in defaults {
+            config.set(*key, *value);
+        }
         for setting in &self.kafka {
             config.set(&setting.key, &setting.value);
         }
@@ -137,6 +146,18 @@ mod tests {
             "postgres://bob:<redacted>@db:5432/x"
         );
         assert_eq!(redact_url("postgres://bob@db/x"), "postgres://bob@db/x");
+    }
+
+    #[test]
+    fn pass_through_settings_override_defaults() {
+        let args = KafkaArgs {
+            brokers: "b:9092".into(),
+            kafka: vec!["linger.ms=50".parse().unwrap()],
+        };
+        let config = args.client_config_with(&[("linger.ms", "2"), ("acks", "all")]);
+        assert_eq!(config.get("linger.ms"), Some("50"));
+        assert_eq!(config.get("acks"), Some("all"));
+        assert_eq!(config.get("bootstrap.servers"), Some("b:9092"));
     }
 
     #[test]

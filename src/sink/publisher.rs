@@ -103,13 +103,20 @@ pub fn run_publisher(
 
 fn producer(kafka: &KafkaArgs) -> anyhow::Result<FutureProducer> {
     kafka
-        .client_config()
-        // Keeps each partition in order with no duplicates across librdkafka's
-        // internal retries: the recovery below relies on it.
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        // Small batches, low publish lag.
-        .set("linger.ms", "2")
+        .client_config_with(&[
+            // Keeps each partition in order with no duplicates across
+            // librdkafka's internal retries: the recovery below relies on it.
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            // Small batches, low publish lag.
+            ("linger.ms", "2"),
+            // A delivery that cannot finish in 30 s ends the session instead of
+            // stalling it: seen with a broker that answered retried batches with
+            // DUPLICATE_SEQUENCE_NUMBER and left librdkafka retrying forever.
+            // The next session starts a fresh producer and recovery skips what
+            // already landed.
+            ("message.timeout.ms", "30000"),
+        ])
         .create()
         .context("cannot create Kafka producer")
 }

@@ -74,18 +74,20 @@ impl OwnedPartitions {
             return Ok(None);
         }
         let consumer: BaseConsumer = kafka
-            .client_config()
+            .client_config_with(&[
+                // A stored offset that retention has already deleted: resume from
+                // the oldest message still there rather than stall forever.
+                ("auto.offset.reset", "earliest"),
+                // Bounds librdkafka's prefetch per partition (default 64 MiB).
+                ("queued.max.messages.kbytes", "16384"),
+            ])
             // Only used to publish progress for monitoring tools; the job's own
             // offsets live in PostgreSQL.
             .set("group.id", group_id)
-            // Offsets are stored by the sink with the rows: never auto-commit.
+            // Offsets are stored by the sink with the rows: never auto-commit,
+            // whatever --kafka says.
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            // A stored offset that retention has already deleted: resume from
-            // the oldest message still there rather than stall forever.
-            .set("auto.offset.reset", "earliest")
-            // Bounds librdkafka's prefetch per partition (default 64 MiB).
-            .set("queued.max.messages.kbytes", "16384")
             .create()
             .context("cannot create Kafka consumer")?;
         let mut next = BTreeMap::new();
