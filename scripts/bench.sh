@@ -4,7 +4,7 @@
 # ratios. Nothing in the output is hard-coded: every figure comes from this run.
 #
 #   scripts/bench.sh [--count N] [--baseline-count M] [--partitions P]
-#                    [--stall-timeout S]
+#                    [--stall-timeout S] [--broker-port PORT]
 #
 #   --count N           messages for the conscope runs (default 1000000)
 #   --baseline-count M  messages for the like-for-like comparison with the
@@ -13,10 +13,13 @@
 #   --partitions P      partitions of both input topics (default 4)
 #   --stall-timeout S   fail a conscope run whose metrics show no progress for
 #                       S seconds (default 300): a benchmark never hangs
-#
-# The broker is the one scripts/stack-up.sh manages on 127.0.0.1:9092; set
-# CONSCOPE_BROKER_PORT to measure against a broker of its own on another port
-# (stack-up starts one with its own store), away from other clients' load.
+#   --broker-port PORT  the broker's port (default $CONSCOPE_BROKER_PORT, else
+#                       9092). scripts/stack-up.sh gives any port but 9092 a
+#                       broker of its own with its own store
+#                       (.stack/tansu-PORT.db), started when nothing answers
+#                       there and left running: a way to measure away from other
+#                       clients' load and from a big shared store (tansu's
+#                       sqlite fetches slow down as its store grows).
 #
 # Steps (each one failing stops the script with a non-zero status):
 #   1. scripts/stack-up.sh (Postgres + tansu on 127.0.0.1:9092), cargo build
@@ -58,13 +61,15 @@ while (($#)); do
     --baseline-count) baseline_count="${2:-}" && shift 2 ;;
     --partitions) partitions="${2:-}" && shift 2 ;;
     --stall-timeout) stall_timeout="${2:-}" && shift 2 ;;
+    --broker-port) CONSCOPE_BROKER_PORT="${2:-}" && shift 2 ;;
     -h | --help) usage && exit 0 ;;
     *) die "unknown argument $1 (see $0 --help)" ;;
     esac
 done
-for value in "$count" "$baseline_count" "$partitions" "$stall_timeout"; do
+for value in "$count" "$baseline_count" "$partitions" "$stall_timeout" "$CONSCOPE_BROKER_PORT"; do
     [[ "$value" =~ ^[1-9][0-9]*$ ]] || die "counts and partitions must be positive integers, got '$value'"
 done
+export CONSCOPE_BROKER_PORT # scripts/stack-up.sh reads it
 
 python_consumer="$CONSCOPE_ROOT/../shared/peers/python_storage_consumer.py"
 [[ -f "$python_consumer" ]] ||
@@ -125,7 +130,9 @@ if [[ -f "$pid_file" ]] && is_tansu "$(cat "$pid_file")"; then
         version="$("$tansu" --version 2>/dev/null | head -n 1 || echo "unknown version")"
     fi
     engine="$(tr '\0' ' ' <"/proc/$broker_pid/cmdline" | grep -oE -- '--storage-engine [^ ]+' | cut -d' ' -f2 || true)"
-    broker_desc="$version at $brokers (pid $broker_pid, storage ${engine:-unknown} in $CONSCOPE_STACK_DIR)"
+    store="$(stack_file db)"
+    store_size="$(du -sh "$store" 2>/dev/null | cut -f1 || echo "?")"
+    broker_desc="$version at $brokers (pid $broker_pid, storage ${engine:-unknown} in $CONSCOPE_STACK_DIR, $store_size at start)"
 fi
 fact broker "$broker_desc"
 fact postgres "$(psql_admin -d postgres -tAc 'SHOW server_version') at $PGHOST_DEFAULT:$PGPORT_DEFAULT"

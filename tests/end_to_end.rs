@@ -226,3 +226,45 @@ fn known_mix_lands_exactly_and_rejects_reach_the_dlq() {
     assert!(String::from_utf8_lossy(&again.stdout).contains("processed=0"));
     assert_eq!(read_all(&job.alerts).len(), 6, "a rerun publishes nothing twice");
 }
+
+/// `--input-file` has the semantics of a topic: the same messages as JSON lines
+/// give the same tables, and a second run resumes after the stored line.
+#[test]
+fn input_file_gives_the_tables_of_the_same_messages_on_a_topic() {
+    require_broker();
+    let input = unique("e2e_file");
+    produce_generated(&input, 4, 5_000, 21, &[]);
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    let path = file.path().to_str().expect("path").to_owned();
+    let output = conscope()
+        .args(["produce", "--output", &path, "--count", "5000", "--seed", "21"])
+        .output()
+        .expect("produce to a file");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let from_topic = Job::new("e2e_file_topic", &input);
+    from_topic.run_to_end(&["-w", "2"]);
+    let from_file = Job::new("e2e_file_file", &input);
+    let summary = from_file.run_to_end(&["-w", "2", "--input-file", &path]);
+    assert!(String::from_utf8_lossy(&summary.stdout).contains("processed=5000"));
+
+    let expected = dump(&from_topic.database_url);
+    assert!(expected["price_history"].len() > 4_000);
+    assert!(
+        dump(&from_file.database_url) == expected,
+        "--input-file differs from the topic"
+    );
+    assert_eq!(
+        query_strings(
+            &from_file.database_url,
+            "SELECT topic || ':' || next_offset FROM kafka_offsets"
+        ),
+        [format!("file:{path}:5000")]
+    );
+    let again = from_file.run_to_end(&["--input-file", &path]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("processed=0"));
+}

@@ -4,7 +4,6 @@
 //! rejects go to the dead-letter topic. Read by worker 0; the file is bounded, so
 //! the source ends at the end of the file.
 
-use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -15,7 +14,7 @@ use conscope_dataflows::model::{Position, RawMessage, SourceEvent};
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{ProbeHandle, Scope, Stream};
 
-use super::{current_epoch, SourceSettings};
+use super::{current_epoch, InFlight, SourceSettings};
 
 pub struct OpenFile {
     lines: std::io::Split<BufReader<File>>,
@@ -47,8 +46,7 @@ pub fn file_source<'scope>(
         let activator = scope.activator_for(info.address);
         let mut capability = file.as_ref().map(|_| capability);
         let mut file = file;
-        let mut in_flight: VecDeque<(u64, usize)> = VecDeque::new();
-        let mut read_this_epoch = 0usize;
+        let mut in_flight = InFlight::default();
         let mut reported = -1i64;
         move |output| {
             let (Some(cap), Some(open)) = (capability.as_mut(), file.as_mut()) else {
@@ -64,20 +62,10 @@ pub fn file_source<'scope>(
                     }));
                     reported = open.next;
                 }
-                if read_this_epoch > 0 {
-                    in_flight.push_back((*cap.time(), read_this_epoch));
-                    read_this_epoch = 0;
-                }
+                in_flight.close(*cap.time());
                 cap.downgrade(&epoch);
             }
-            while in_flight
-                .front()
-                .is_some_and(|(epoch, _)| !committed.less_equal(epoch))
-            {
-                in_flight.pop_front();
-            }
-            let pending: usize = in_flight.iter().map(|(_, count)| count).sum::<usize>() + read_this_epoch;
-            if pending >= settings.max_in_flight {
+            if in_flight.full(&committed, settings.max_in_flight) {
                 activator.activate_after(Duration::from_millis(5));
                 return;
             }
@@ -97,7 +85,7 @@ pub fn file_source<'scope>(
                             payload: Some(line),
                         }));
                         open.next += 1;
-                        read_this_epoch += 1;
+                        in_flight.read(1);
                     }
                     Some(Err(error)) => {
                         tracing::error!(%error, line = open.next, "cannot read --input-file; stopping at this line");

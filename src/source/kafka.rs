@@ -22,7 +22,7 @@
 //! not yet committed (read from the sink's probe), which bounds memory when
 //! PostgreSQL is slow or away.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -32,7 +32,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{ProbeHandle, Scope, Stream};
 
-use super::{current_epoch, SourceSettings};
+use super::{current_epoch, InFlight, SourceSettings};
 use crate::config::KafkaArgs;
 
 /// Where to start a partition that has no stored offset.
@@ -150,9 +150,8 @@ pub fn kafka_source<'scope>(
         // Offsets reported so far, to send Progress only for partitions that moved.
         let mut reported: BTreeMap<i32, i64> = BTreeMap::new();
         // (epoch, messages) emitted but not yet committed.
-        let mut in_flight: VecDeque<(u64, usize)> = VecDeque::new();
+        let mut in_flight = InFlight::default();
         let mut error_log = crate::metrics::RateLimited::new(Duration::from_secs(10));
-        let mut read_this_epoch = 0usize;
 
         move |output| {
             let (Some(cap), Some(owned)) = (capability.as_mut(), partitions.as_mut()) else {
@@ -173,10 +172,7 @@ pub fn kafka_source<'scope>(
                     }
                 }
                 drop(session);
-                if read_this_epoch > 0 {
-                    in_flight.push_back((*cap.time(), read_this_epoch));
-                    read_this_epoch = 0;
-                }
+                in_flight.close(*cap.time());
                 if owned.finished() {
                     tracing::info!(worker, "source reached the end offsets seen at start");
                     capability = None;
@@ -187,14 +183,7 @@ pub fn kafka_source<'scope>(
             }
 
             // Backpressure: stop reading while too much is waiting for PostgreSQL.
-            while in_flight
-                .front()
-                .is_some_and(|(epoch, _)| !committed.less_equal(epoch))
-            {
-                in_flight.pop_front();
-            }
-            let pending: usize = in_flight.iter().map(|(_, count)| count).sum::<usize>() + read_this_epoch;
-            if pending >= settings.max_in_flight {
+            if in_flight.full(&committed, settings.max_in_flight) {
                 activator.activate_after(Duration::from_millis(5));
                 return;
             }
@@ -234,7 +223,7 @@ pub fn kafka_source<'scope>(
                 }
             }
             drop(session);
-            read_this_epoch += read;
+            in_flight.read(read);
             if read == settings.max_batch || owned.finished() {
                 activator.activate();
             } else {

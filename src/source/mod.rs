@@ -10,7 +10,10 @@ pub mod file;
 pub mod kafka;
 pub mod state;
 
+use std::collections::VecDeque;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use timely::dataflow::ProbeHandle;
 
 /// How sources batch and pace their reads.
 #[derive(Clone, Copy, Debug)]
@@ -32,4 +35,39 @@ pub fn current_epoch(epoch_ms: u64) -> u64 {
         .unwrap_or(0);
     // Epoch 0 is reserved for state restored at start.
     (now_ms / epoch_ms.max(1)).max(1)
+}
+
+/// Messages a source emitted that are not committed yet, per epoch: what lets a
+/// source stop reading while PostgreSQL is slow or away, so memory stays bounded.
+#[derive(Default)]
+pub struct InFlight {
+    closed: VecDeque<(u64, usize)>,
+    open: usize,
+}
+
+impl InFlight {
+    /// Counts messages emitted at the current epoch.
+    pub fn read(&mut self, messages: usize) {
+        self.open += messages;
+    }
+
+    /// The current epoch, `epoch`, ends: its messages wait for its commit.
+    pub fn close(&mut self, epoch: u64) {
+        if self.open > 0 {
+            self.closed.push_back((epoch, self.open));
+            self.open = 0;
+        }
+    }
+
+    /// Whether the uncommitted messages reach `limit`, given the sink's probe.
+    pub fn full(&mut self, committed: &ProbeHandle<u64>, limit: usize) -> bool {
+        while self
+            .closed
+            .front()
+            .is_some_and(|(epoch, _)| !committed.less_equal(epoch))
+        {
+            self.closed.pop_front();
+        }
+        self.closed.iter().map(|(_, count)| count).sum::<usize>() + self.open >= limit
+    }
 }
