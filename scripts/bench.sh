@@ -144,6 +144,19 @@ fact binary "$bin ($("$bin" --version), sha256 $(sha256sum "$bin" | cut -c1-12))
 
 # --- helpers ----------------------------------------------------------------
 
+# The measured process running now, if any: stopped when this script ends
+# early (an error, Ctrl-C, TERM), so no run outlives the benchmark.
+current_pid=""
+on_exit() {
+    if [[ -n "$current_pid" ]] && kill -0 "$current_pid" 2>/dev/null; then
+        log "stopping the run in progress (pid $current_pid)"
+        stop_tree "$current_pid"
+    fi
+}
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
 # messages_in TOPIC: how many messages the topic holds.
 messages_in() {
     python3 scripts/kafka_offsets.py --brokers "$brokers" --count "$1"
@@ -195,6 +208,7 @@ measure() {
     started="$(date +%s.%N)"
     "${cmd[@]}" >"$out" 2>"$err" &
     local pid=$! next=$((SECONDS + 30)) progress="" progress_at=$SECONDS stalled=0
+    current_pid=$pid
     while kill -0 "$pid" 2>/dev/null; do
         sleep 1
         local now
@@ -216,6 +230,7 @@ measure() {
         fi
     done
     wait "$pid" || status=$?
+    current_pid=""
     ended="$(date +%s.%N)"
     fact "load_after_$name" "$(cut -d' ' -f1-3 /proc/loadavg)"
     fact "wall_$name" "$(awk -v a="$started" -v b="$ended" 'BEGIN { printf "%.3f", b - a }')"

@@ -208,14 +208,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let metrics = Metrics::new(&args.topics.alerts_topic);
     metrics.spawn_reporter(Duration::from_secs(args.metrics_interval.max(1)));
-    if leader && args.input_file.is_none() {
-        metrics.spawn_lag_monitor(
-            args.kafka.clone(),
-            args.topics.input_topic.clone(),
-            input_partitions,
-            Duration::from_secs(args.metrics_interval.max(1)),
-        );
-    }
 
     let mut leader_parts = None;
     if leader {
@@ -305,6 +297,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 &stored,
                 args.from,
                 args.exit_at_end,
+                Arc::clone(&worker_metrics),
+                args.metrics_interval,
             )
             .unwrap_or_else(|error| fatal(error)),
         };

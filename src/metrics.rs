@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 use conscope_dataflows::model::Counters;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use crate::config::KafkaArgs;
-
 /// Lets one log line through per `every`, counting the rest.
 pub struct RateLimited {
     every: Duration,
@@ -56,8 +54,8 @@ struct Inner {
     all_lags: Vec<u64>,
     /// Next offset committed per input partition.
     committed_offsets: BTreeMap<i32, i64>,
-    /// Input messages not yet committed, from the last watermark check.
-    lag: Option<i64>,
+    /// Last known high watermark per input partition.
+    high_watermarks: BTreeMap<i32, i64>,
 }
 
 pub struct Metrics {
@@ -72,6 +70,23 @@ fn percentile(sorted: &[u64], fraction: f64) -> Option<u64> {
     }
     let index = ((sorted.len() - 1) as f64 * fraction).round() as usize;
     sorted.get(index).copied()
+}
+
+/// Input messages not committed yet, over the partitions whose high watermark
+/// this process has seen (its own, in a cluster of several processes).
+fn lag(inner: &Inner) -> Option<i64> {
+    if inner.high_watermarks.is_empty() {
+        return None;
+    }
+    Some(
+        inner
+            .high_watermarks
+            .iter()
+            .map(|(partition, high)| {
+                (high - inner.committed_offsets.get(partition).copied().unwrap_or(0)).max(0)
+            })
+            .sum(),
+    )
 }
 
 fn millis(micros: Option<u64>) -> String {
@@ -107,48 +122,21 @@ impl Metrics {
         self.with(|inner| inner.commits += 1);
     }
 
-    /// Consumer lag now: high watermark minus committed offset, summed over
-    /// partitions (blocking: call it off the worker threads).
-    pub fn measure_lag(&self, consumer: &BaseConsumer, topic: &str, partitions: i32) {
-        let mut lag = 0;
-        let mut complete = true;
-        for partition in 0..partitions {
-            match consumer.fetch_watermarks(topic, partition, Duration::from_secs(5)) {
-                Ok((low, high)) => {
-                    let next = self.with(|inner| inner.committed_offsets.get(&partition).copied());
-                    lag += (high - next.unwrap_or(low)).max(0);
-                }
-                Err(_) => complete = false,
-            }
-        }
-        self.with(|inner| inner.lag = complete.then_some(lag));
+    /// Records a partition's high watermark, as librdkafka's statistics report
+    /// it from fetch responses: lag monitoring that costs the broker nothing.
+    pub fn set_high_watermark(&self, partition: i32, high: i64) {
+        self.with(|inner| {
+            inner.high_watermarks.insert(partition, high);
+        });
     }
 
-    /// Measures consumer lag (high watermark minus committed offset, summed over
-    /// partitions) every `interval` on its own thread: watermark requests block,
-    /// so they stay off the worker threads.
-    pub fn spawn_lag_monitor(
-        self: &Arc<Self>,
-        kafka: KafkaArgs,
-        topic: String,
-        partitions: i32,
-        interval: Duration,
-    ) {
-        let metrics = Arc::clone(self);
-        let spawned = std::thread::Builder::new()
-            .name("lag-monitor".into())
-            .spawn(move || {
-                let Ok(consumer) = kafka.client_config().create::<BaseConsumer>() else {
-                    tracing::warn!("cannot create the lag monitor's Kafka client; lag is not reported");
-                    return;
-                };
-                loop {
-                    metrics.measure_lag(&consumer, &topic, partitions);
-                    std::thread::sleep(interval);
-                }
-            });
-        if let Err(error) = spawned {
-            tracing::warn!(%error, "cannot start the lag monitor");
+    /// Asks the broker for the high watermarks now (blocking; for the exit
+    /// summary, off the worker threads).
+    pub fn measure_lag(&self, consumer: &BaseConsumer, topic: &str, partitions: i32) {
+        for partition in 0..partitions {
+            if let Ok((_, high)) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+                self.set_high_watermark(partition, high);
+            }
         }
     }
 
@@ -187,7 +175,7 @@ impl Metrics {
             c.event_low,
             c.rule_match,
             inner.commits,
-            inner.lag.map_or_else(|| "-".to_owned(), |lag| lag.to_string()),
+            lag(inner).map_or_else(|| "-".to_owned(), |lag| lag.to_string()),
             inner.published_alerts,
             inner.published_dead_letters,
             millis(percentile(lags, 0.5)),

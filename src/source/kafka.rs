@@ -23,17 +23,21 @@
 //! PostgreSQL is slow or away.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use conscope_dataflows::model::{Position, RawMessage, SourceEvent};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::statistics::Statistics;
+use rdkafka::ClientContext;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{ProbeHandle, Scope, Stream};
 
 use super::{current_epoch, InFlight, SourceSettings};
 use crate::config::KafkaArgs;
+use crate::metrics::Metrics;
 
 /// Where to start a partition that has no stored offset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -44,8 +48,27 @@ pub enum StartFrom {
 
 /// One worker's consumer with its partitions already assigned at their start
 /// offsets, and (for bounded replays) the offsets to stop at.
+/// Feeds librdkafka's statistics (served by our own `poll` calls) to the metrics.
+pub struct LagContext {
+    metrics: Arc<Metrics>,
+}
+
+impl ClientContext for LagContext {
+    fn stats(&self, statistics: Statistics) {
+        for topic in statistics.topics.values() {
+            for (partition, state) in &topic.partitions {
+                if *partition >= 0 && state.hi_offset >= 0 {
+                    self.metrics.set_high_watermark(*partition, state.hi_offset);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LagContext {}
+
 pub struct OwnedPartitions {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<LagContext>,
     /// partition -> next offset to read.
     next: BTreeMap<i32, i64>,
     /// partition -> stop before this offset (`--exit-at-end`).
@@ -66,6 +89,8 @@ impl OwnedPartitions {
         stored: &BTreeMap<i32, i64>,
         from: StartFrom,
         exit_at_end: bool,
+        metrics: Arc<Metrics>,
+        stats_interval_secs: u64,
     ) -> anyhow::Result<Option<OwnedPartitions>> {
         let mine: Vec<i32> = (0..partition_count)
             .filter(|partition| *partition as usize % peers == worker)
@@ -73,7 +98,8 @@ impl OwnedPartitions {
         if mine.is_empty() {
             return Ok(None);
         }
-        let consumer: BaseConsumer = kafka
+        let stats_interval_ms = (stats_interval_secs.max(1) * 1000).to_string();
+        let consumer: BaseConsumer<LagContext> = kafka
             .client_config_with(&[
                 // A stored offset that retention has already deleted: resume from
                 // the oldest message still there rather than stall forever.
@@ -88,7 +114,10 @@ impl OwnedPartitions {
             // whatever --kafka says.
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .create()
+            // Statistics carry each partition's high watermark from fetch
+            // responses: consumer lag without extra requests to the broker.
+            .set("statistics.interval.ms", &stats_interval_ms)
+            .create_with_context(LagContext { metrics })
             .context("cannot create Kafka consumer")?;
         let mut next = BTreeMap::new();
         let mut end = exit_at_end.then(BTreeMap::new);
