@@ -122,6 +122,7 @@ fact time_bin "${time_bin:-none}"
 phase "stack up" bash scripts/stack-up.sh 2> >(tee "$results/stack-up.log" >&2)
 # Which broker answers: ours (pid file) or one someone else started.
 broker_desc="unknown Kafka broker at $brokers (not started by scripts/stack-up.sh)"
+broker_pid=""
 pid_file="$(stack_file pid)"
 if [[ -f "$pid_file" ]] && is_tansu "$(cat "$pid_file")"; then
     broker_pid="$(cat "$pid_file")"
@@ -189,6 +190,40 @@ produce() {
     held="$(messages_in "$to")"
     ((held == n)) || die "topic $to holds $held messages, expected $n"
     fact "produce_$name" "$line"
+}
+
+# cpu_ticks PID: user+system clock ticks the process used so far.
+cpu_ticks() {
+    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+}
+
+# settle NAME TOPIC: before a measured run, waits (up to 10 minutes) until the
+# broker is idle and answers: tansu can stay busy for minutes with work a
+# previous client left (its sqlite writes), and a run started then would
+# measure that. Idle = the broker process (when it is ours) used under 20% of
+# one CPU over 5 s, and Metadata + ListOffsets for TOPIC answer within 5 s.
+# The wait is logged and reported, never included in a run's figures.
+settle() {
+    local name="$1" to="$2" started=$SECONDS
+    local hz
+    hz="$(getconf CLK_TCK)"
+    while true; do
+        local idle=1
+        if [[ -n "$broker_pid" ]] && kill -0 "$broker_pid" 2>/dev/null; then
+            local before after
+            before="$(cpu_ticks "$broker_pid")"
+            sleep 5
+            after="$(cpu_ticks "$broker_pid")"
+            # under 20% of one CPU: ticks used < 0.2 * 5 s * hz
+            ((after - before < hz)) || idle=0
+        fi
+        if ((idle)) && python3 scripts/kafka_offsets.py --brokers "$brokers" --timeout 5 --count "$to" >/dev/null 2>&1; then
+            break
+        fi
+        ((SECONDS - started < 600)) || die "the broker at $brokers did not settle (idle and answering) within 600s before $name"
+        ((SECONDS - started < 30)) || log "  waiting for the broker to settle before $name ($((SECONDS - started))s so far)"
+    done
+    fact "settle_$name" "$((SECONDS - started))"
 }
 
 # measure NAME WATCH COMMAND...: runs COMMAND with its stdout/stderr in the results
@@ -269,6 +304,7 @@ conscope_run() {
     phase "migrate $db" "$bin" migrate --database-url "$pg/$db" \
         >"$results/$name.migrate.log" 2>&1 ||
         { tail -n 20 "$results/$name.migrate.log" >&2; die "migrate $db failed"; }
+    settle "$name" "$from_topic"
     phase "conscope run -w $workers over $from_topic ($n messages) into $db" \
         measure "$name" 1 "$bin" run --brokers "$brokers" --database-url "$pg/$db" \
         --input-topic "$from_topic" --alerts-topic "$db.alerts" --dlq-topic "$db.dlq" \
@@ -314,6 +350,7 @@ psql_admin -d postgres -qc "CREATE DATABASE $py_db"
 # It loops until it has seen EXPECTED messages: bound it generously (>= 5 min,
 # or 20 ms per message), so a missing message fails the run instead of hanging.
 py_timeout=$((baseline_count / 50 > 300 ? baseline_count / 50 : 300))
+settle py "$base_topic"
 phase "python baseline over $base_topic ($baseline_count messages) into $py_db, schema $py_schema" \
     measure py 0 timeout "$py_timeout" "$venv/bin/python" "$python_consumer" \
     "$brokers" "$base_topic" "$pg/$py_db" "$py_schema" "$baseline_count"

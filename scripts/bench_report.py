@@ -112,6 +112,7 @@ def main():
         before = facts["load_before_" + run["name"]].split()[0]
         after = facts["load_after_" + run["name"]].split()[0]
         run["load"] = f"{before}->{after}"
+        run["settle"] = facts.get("settle_" + run["name"], "-")
     by = {run["name"]: run for run in runs}
 
     mem_gib = int(facts["mem_total_kb"]) / 1024 / 1024
@@ -134,17 +135,19 @@ def main():
 
     headers = ["run", "topic", "messages", "elapsed s", "wall s", "msgs/s", "cpu s",
                "peak RSS (self)", "max RSS (time -v)", "listing_drop", "event_low",
-               "rule_match", "lag p50", "lag p99", "load 1m"]
+               "rule_match", "lag p50", "lag p99", "load 1m", "settle s"]
     rows = [[r["label"], r["topic"], r["processed"], f"{r['elapsed']:.1f}", f"{r['wall']:.1f}",
              f"{r['rate']:.0f}", f"{r['cpu']:.1f}" if r["cpu"] is not None else "-",
-             mib(r["self_rss"]), mib(r["time_rss"]), *r["alerts"], *r["lag"], r["load"]]
+             mib(r["self_rss"]), mib(r["time_rss"]), *r["alerts"], *r["lag"], r["load"], r["settle"]]
             for r in runs]
     print(table(headers, rows))
     print()
     print("elapsed s / msgs/s: as each program reports them (conscope: from job start to the end of")
     print("the replay; python: from its first poll to its last message); wall s: the whole process,")
     print("startup included. cpu s: user+system of that process only (not Postgres, not the broker).")
-    print("lag: publish lag of alerts (commit -> broker ack), whole run.")
+    print("lag: publish lag of alerts (commit -> broker ack), whole run. load 1m: load average")
+    print("before -> after the run. settle s: wait before the run for an idle, answering broker")
+    print("(not part of any figure).")
     print()
     print("work done per run:")
     for r in runs:
