@@ -4,7 +4,7 @@
 #
 #   scripts/test.sh [extra nextest / cargo test filter args...]
 #
-# Phases, each timed: stack-up, fmt, clippy, build, tests (+ doctests). A
+# Phases, each timed: stack-up, fmt, clippy, build, tests. A
 # failing phase does not hide the others: every phase runs, except the tests
 # when the stack or the build failed. Exits non-zero when any phase failed.
 #
@@ -49,22 +49,31 @@ skip_phase() {
     failed=1
 }
 
+test_log="$(mktemp)"
+trap 'rm -f "$test_log"' EXIT
 run_tests() {
     if cargo nextest --version >/dev/null 2>&1; then
         timeout -k 60 "$test_timeout" cargo nextest run --release --workspace \
-            --no-fail-fast --test-threads "$threads" ${filters[@]+"${filters[@]}"}
+            --no-fail-fast --test-threads "$threads" ${filters[@]+"${filters[@]}"} 2>&1 | tee "$test_log"
     else
         log "cargo-nextest not installed; using cargo test"
         timeout -k 60 "$test_timeout" cargo test --release --workspace --no-fail-fast \
-            ${filters[@]+"${filters[@]}"} -- --test-threads "$threads"
+            ${filters[@]+"${filters[@]}"} -- --test-threads "$threads" 2>&1 | tee "$test_log"
     fi
+    return "${PIPESTATUS[0]}"
 }
 
-# nextest does not run doctests; `cargo test` above already did.
-run_doctests() {
-    if cargo nextest --version >/dev/null 2>&1; then
-        cargo test --release --doc -p conscope-dataflows
+# The closing line CI reads: "tests: N passed, M failed", summed from the runner.
+tally_tests() {
+    local passed failed
+    passed=$(grep -oE '[0-9]+ passed' "$test_log" | awk '{s += $1} END {print s + 0}')
+    failed=$(grep -oE '[0-9]+ failed' "$test_log" | awk '{s += $1} END {print s + 0}')
+    if grep -q 'tests run:' "$test_log"; then
+        # nextest prints one summary line for the whole run.
+        passed=$(grep -E 'tests run:' "$test_log" | tail -n 1 | grep -oE '[0-9]+ passed' | awk '{print $1}')
+        failed=$(grep -E 'tests run:' "$test_log" | tail -n 1 | grep -oE '[0-9]+ failed' | awk '{print $1}')
     fi
+    echo "tests: ${passed:-0} passed, ${failed:-0} failed"
 }
 
 total_started=$SECONDS
@@ -80,7 +89,6 @@ elif [[ "$stack_ok" != true ]]; then
     skip_phase tests "the stack is not up"
 else
     run_phase tests run_tests || true
-    run_phase doctests run_doctests || true
 fi
 
 echo
@@ -89,6 +97,8 @@ printf '  %s\n' "${results[@]}"
 echo "  total: $((SECONDS - total_started))s"
 if ((failed)); then
     echo "  RESULT: FAILED"
+    [[ -s "$test_log" ]] && tally_tests
     exit 1
 fi
 echo "  RESULT: ok"
+tally_tests

@@ -140,6 +140,19 @@ impl Metrics {
         }
     }
 
+    /// Counts messages recovery found already on the topic (no lag sample: their
+    /// acknowledgement was lost).
+    pub fn found_published(&self, topic: &str, count: u64) {
+        let is_alert = topic == self.alerts_topic;
+        self.with(|inner| {
+            if is_alert {
+                inner.published_alerts += count;
+            } else {
+                inner.published_dead_letters += count;
+            }
+        });
+    }
+
     pub fn published(&self, topic: &str, lag_micros: u64) {
         let is_alert = topic == self.alerts_topic;
         self.with(|inner| {

@@ -128,7 +128,7 @@ async fn session(
     metrics: &Metrics,
 ) -> anyhow::Result<()> {
     let client = crate::db::connect(&config.database_url).await?;
-    recover(config, &client).await?;
+    recover(config, &client, metrics).await?;
     let producer = producer(&config.kafka)?;
     loop {
         let rows = fetch(&client).await?;
@@ -227,7 +227,7 @@ async fn fetch(client: &Client) -> anyhow::Result<Vec<OutboxRow>> {
 
 /// Drops the outbox rows a previous session already published: for each partition
 /// with pending rows, the `conscope.seq` of its last message (when this job's).
-async fn recover(config: &PublisherConfig, client: &Client) -> anyhow::Result<()> {
+async fn recover(config: &PublisherConfig, client: &Client, metrics: &Metrics) -> anyhow::Result<()> {
     let pending = client
         .query(
             "SELECT topic, partition, min(seq) FROM outbox GROUP BY topic, partition",
@@ -258,6 +258,9 @@ async fn recover(config: &PublisherConfig, client: &Client) -> anyhow::Result<()
             )
             .await?;
         if cleared > 0 {
+            // Delivered by an earlier session whose acknowledgement was lost:
+            // published all the same.
+            metrics.found_published(&topic, cleared);
             tracing::info!(
                 topic,
                 partition,
