@@ -65,15 +65,13 @@ run_tests() {
 
 # The closing line CI reads: "tests: N passed, M failed", summed from the runner.
 tally_tests() {
-    local passed failed
-    passed=$(grep -oE '[0-9]+ passed' "$test_log" | awk '{s += $1} END {print s + 0}')
-    failed=$(grep -oE '[0-9]+ failed' "$test_log" | awk '{s += $1} END {print s + 0}')
-    if grep -q 'tests run:' "$test_log"; then
-        # nextest prints one summary line for the whole run.
-        passed=$(grep -E 'tests run:' "$test_log" | tail -n 1 | grep -oE '[0-9]+ passed' | awk '{print $1}')
-        failed=$(grep -E 'tests run:' "$test_log" | tail -n 1 | grep -oE '[0-9]+ failed' | awk '{print $1}')
-    fi
-    echo "tests: ${passed:-0} passed, ${failed:-0} failed"
+    local summary passed failed
+    # nextest prints one summary line for the whole run; cargo test one per binary.
+    summary=$(grep -E 'tests run:' "$test_log" | tail -n 1 || true)
+    [[ -n "$summary" ]] || summary=$(grep -E '^test result:' "$test_log" || true)
+    passed=$( (grep -oE '[0-9]+ passed' <<<"$summary" || true) | awk '{s += $1} END {print s + 0}')
+    failed=$( (grep -oE '[0-9]+ failed' <<<"$summary" || true) | awk '{s += $1} END {print s + 0}')
+    echo "tests: $passed passed, $failed failed"
 }
 
 total_started=$SECONDS
