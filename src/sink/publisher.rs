@@ -180,14 +180,12 @@ async fn session(
                 fail_point("mid_publish");
             }
         }
+        let mut lags = Vec::with_capacity(rows.len());
         for (row, delivery) in rows.iter().zip(deliveries) {
             match delivery.await {
                 Ok(Ok(_)) => {
                     let lag = Utc::now().signed_duration_since(row.committed_at);
-                    metrics.published(
-                        row.topic.as_str(),
-                        lag.num_microseconds().unwrap_or(0).max(0) as u64,
-                    );
+                    lags.push(lag.num_microseconds().unwrap_or(0).max(0) as u64);
                 }
                 Ok(Err((error, _))) => {
                     anyhow::bail!("delivery of outbox message {} failed: {error}", row.seq)
@@ -200,6 +198,11 @@ async fn session(
             .execute("DELETE FROM outbox WHERE seq <= $1", &[&last])
             .await
             .context("cannot clear published outbox rows")?;
+        // Counted once the rows leave the outbox: a batch cut short by a failure
+        // is counted by the recovery that finds it on the topic, or when resent.
+        for (row, lag) in rows.iter().zip(lags) {
+            metrics.published(row.topic.as_str(), lag);
+        }
     }
 }
 
