@@ -88,8 +88,11 @@ impl KafkaArgs {
 #[derive(Args, Clone)]
 pub struct DbArgs {
     /// PostgreSQL connection string. One database (or schema) holds one job's state.
+    /// Global, so `conscope rules add --database-url …` works as well as
+    /// `conscope rules --database-url … add`.
     #[arg(
         long,
+        global = true,
         env = "DATABASE_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/conscope"
     )]

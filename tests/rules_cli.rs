@@ -23,11 +23,12 @@ fn unique_database(tag: &str) -> String {
 /// environment leaking in from the caller.
 fn rules(database: &str, args: &[&str]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_conscope"));
+    // The flag after the subcommand, where users put it.
     command
         .arg("rules")
+        .args(args)
         .arg("--database-url")
         .arg(format!("{}/{database}", server()))
-        .args(args)
         .env("CONSCOPE_LOG", "warn");
     for variable in [
         "DATABASE_URL",
