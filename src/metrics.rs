@@ -143,30 +143,29 @@ impl Metrics {
     /// Counts messages recovery found already on the topic (no lag sample: their
     /// acknowledgement was lost).
     pub fn found_published(&self, topic: &str, count: u64) {
-        let is_alert = topic == self.alerts_topic;
-        self.with(|inner| {
-            if is_alert {
-                inner.published_alerts += count;
-            } else {
-                inner.published_dead_letters += count;
-            }
-        });
+        self.count_published(topic, count, None);
     }
 
     pub fn published(&self, topic: &str, lag_micros: u64) {
+        self.count_published(topic, 1, Some(lag_micros));
+    }
+
+    fn count_published(&self, topic: &str, count: u64, lag_micros: Option<u64>) {
         let is_alert = topic == self.alerts_topic;
         self.with(|inner| {
-            if is_alert {
-                inner.published_alerts += 1;
-                inner.recent_lags.push_back(lag_micros);
+            if !is_alert {
+                inner.published_dead_letters += count;
+                return;
+            }
+            inner.published_alerts += count;
+            if let Some(lag) = lag_micros {
+                inner.recent_lags.push_back(lag);
                 if inner.recent_lags.len() > 10_000 {
                     inner.recent_lags.pop_front();
                 }
                 if inner.all_lags.len() < 10_000_000 {
-                    inner.all_lags.push(lag_micros);
+                    inner.all_lags.push(lag);
                 }
-            } else {
-                inner.published_dead_letters += 1;
             }
         });
     }

@@ -214,24 +214,20 @@ pub fn run(args: AlertsArgs) -> anyhow::Result<()> {
     }
     let shutdown = shutdown_flag()?;
 
-    let mut config = args.kafka.client_config();
-    let mut default = |key: &str, value: &str| {
-        // `--kafka KEY=VALUE` wins over our defaults.
-        if config.get(key).is_none() {
-            config.set(key, value);
-        }
-    };
-    default("enable.auto.commit", "false");
-    default("enable.auto.offset.store", "false");
-    default("enable.partition.eof", "false");
-    default(
-        "auto.offset.reset",
-        if args.from_beginning { "earliest" } else { "latest" },
-    );
-    // A webhook that is down blocks the poll loop (we retry forever, in order);
-    // do not let that cost us group membership. Losing it would be safe (the
-    // uncommitted alert is re-delivered and deduped) but noisy.
-    default("max.poll.interval.ms", "86400000");
+    // `--kafka KEY=VALUE` wins over these defaults.
+    let mut config = args.kafka.client_config_with(&[
+        ("enable.auto.commit", "false"),
+        ("enable.auto.offset.store", "false"),
+        ("enable.partition.eof", "false"),
+        (
+            "auto.offset.reset",
+            if args.from_beginning { "earliest" } else { "latest" },
+        ),
+        // A webhook that is down blocks the poll loop (we retry forever, in order);
+        // do not let that cost us group membership. Losing it would be safe (the
+        // uncommitted alert is re-delivered and deduped) but noisy.
+        ("max.poll.interval.ms", "86400000"),
+    ]);
     config.set("group.id", &args.group);
     let consumer: BaseConsumer<AlertsContext> = config
         .create_with_context(AlertsContext)

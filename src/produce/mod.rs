@@ -400,8 +400,7 @@ impl ProducerContext for DeliveryCounter {
 
 /// Producer settings: ours first, then `--kafka` pass-through wins for any key it sets.
 fn producer_config(kafka: &KafkaArgs) -> rdkafka::ClientConfig {
-    let mut config = kafka.client_config();
-    let defaults = [
+    kafka.client_config_with(&[
         // Retries can neither duplicate nor reorder messages within a partition:
         // the only duplicates in the topic are the ones we generate on purpose.
         ("enable.idempotence", "true"),
@@ -423,13 +422,7 @@ fn producer_config(kafka: &KafkaArgs) -> rdkafka::ClientConfig {
         ("partitioner", "murmur2_random"),
         // A generous local queue so bursts don't stall on QueueFull.
         ("queue.buffering.max.messages", "200000"),
-    ];
-    for (key, value) in defaults {
-        if config.get(key).is_none() {
-            config.set(key, value);
-        }
-    }
-    config
+    ])
 }
 
 fn produce_to_kafka(args: &ProduceArgs, config: &GeneratorConfig, stop: &AtomicBool) -> anyhow::Result<()> {
