@@ -2,16 +2,22 @@
 # Helpers shared by scripts/*.sh. Source it; it defines functions and variables
 # only, and changes no shell options of the caller.
 #
-#   CONSCOPE_ROOT        the repository root
-#   CONSCOPE_STACK_DIR   where the dev stack keeps its files (default <repo>/.stack)
-#   CONSCOPE_BROKER_PORT the local broker's port (default 9092)
-#   TANSU_VERSION        the broker version the scripts install (0.6.0)
+#   CONSCOPE_ROOT            the repository root
+#   CONSCOPE_STACK_DIR       where the dev stack keeps its files (default <repo>/.stack)
+#   CONSCOPE_BROKER_PORT     the local broker's port (default 9092)
+#   CONSCOPE_CONTROLLER_PORT its KRaft controller's port (default broker port + 1)
+#   KAFKA_VERSION            the Apache Kafka version pinned in scripts/kafka/pom.xml
+#   KAFKA_LIB                where that version's jars are copied (shared by every
+#                            broker of this machine; default ~/.cache/conscope/kafka-VERSION/lib)
 
 CONSCOPE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CONSCOPE_STACK_DIR="${CONSCOPE_STACK_DIR:-$CONSCOPE_ROOT/.stack}"
 CONSCOPE_BROKER_PORT="${CONSCOPE_BROKER_PORT:-9092}"
+CONSCOPE_CONTROLLER_PORT="${CONSCOPE_CONTROLLER_PORT:-$((CONSCOPE_BROKER_PORT + 1))}"
+# The one place the version is written is the POM; read it from there.
+KAFKA_VERSION="$(sed -n 's|.*<kafka.version>\(.*\)</kafka.version>.*|\1|p' "$CONSCOPE_ROOT/scripts/kafka/pom.xml")"
 # shellcheck disable=SC2034 # used by the scripts that source this file
-TANSU_VERSION="0.6.0"
+KAFKA_LIB="${KAFKA_LIB:-${XDG_CACHE_HOME:-$HOME/.cache}/conscope/kafka-$KAFKA_VERSION/lib}"
 
 # Postgres of the dev stack (trust auth on localhost).
 PGHOST_DEFAULT="127.0.0.1"
@@ -49,35 +55,33 @@ wait_for() {
     done
 }
 
-# tansu_bin: prints the path of the tansu binary, or nothing (status 1) when it
-# is neither on PATH nor in ~/.cargo/bin.
-tansu_bin() {
-    if command -v tansu >/dev/null 2>&1; then
-        command -v tansu
-    elif [[ -x "${CARGO_HOME:-$HOME/.cargo}/bin/tansu" ]]; then
-        echo "${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
-    else
-        return 1
-    fi
+# broker_dir: the directory of the broker on $CONSCOPE_BROKER_PORT: its
+# server.properties, data/ (the log dirs and KRaft metadata), server.log,
+# stdout.log and pid. Each port has its own, so a test broker never shares
+# data with the dev broker.
+broker_dir() {
+    echo "$CONSCOPE_STACK_DIR/kafka-$CONSCOPE_BROKER_PORT"
 }
 
-# stack_file SUFFIX: the path of a broker file (db, log, pid) in the stack dir.
-# The default broker uses tansu.SUFFIX; a broker on another port (tests) gets
-# its own files, tansu-PORT.SUFFIX, so two brokers never share a store.
-stack_file() {
-    if [[ "$CONSCOPE_BROKER_PORT" == 9092 ]]; then
-        echo "$CONSCOPE_STACK_DIR/tansu.$1"
-    else
-        echo "$CONSCOPE_STACK_DIR/tansu-$CONSCOPE_BROKER_PORT.$1"
-    fi
-}
-
-# is_tansu PID: succeeds when PID is a live (not zombie) tansu process.
-is_tansu() {
-    local stat
+# is_broker PID: succeeds when PID is a live (not zombie) JVM running kafka.Kafka
+# with this port's server.properties.
+is_broker() {
+    local stat cmdline
     [[ "$1" =~ ^[0-9]+$ ]] && stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
     # /proc/PID/stat: "PID (COMM) STATE ..."
-    [[ "$stat" =~ ^[0-9]+\ \((tansu[^\)]*)\)\ ([A-Z]) ]] && [[ "${BASH_REMATCH[2]}" != Z ]]
+    [[ "$stat" =~ ^[0-9]+\ \([^\)]*\)\ ([A-Z]) ]] && [[ "${BASH_REMATCH[1]}" != Z ]] || return 1
+    cmdline="$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null)"
+    [[ "$cmdline" == *" kafka.Kafka $(broker_dir)/server.properties"* ]]
+}
+
+# broker_pid: the pid in this port's pid file, when that process is our broker.
+broker_pid() {
+    local pid_file pid
+    pid_file="$(broker_dir)/pid"
+    [[ -f "$pid_file" ]] || return 1
+    pid="$(cat "$pid_file")"
+    is_broker "$pid" || return 1
+    echo "$pid"
 }
 
 # kafka_ping HOST:PORT: succeeds when a Kafka broker answers ApiVersions there

@@ -1,57 +1,133 @@
 #!/usr/bin/env bash
-# Brings up the local dev stack, idempotently: PostgreSQL (the system cluster)
-# with a `conscope` database, and a tansu Kafka broker on 127.0.0.1:9092.
+# Brings up the local dev stack, idempotently: PostgreSQL (Debian's cluster)
+# with a `conscope` database, and a single-node Apache Kafka (KRaft: broker and
+# controller in one JVM) on 127.0.0.1:9092. Installs what is missing, starts
+# what is down, waits until each answers, and says what it did and how long
+# each step took. Assumes nothing was left running.
 #
 #   scripts/stack-up.sh
 #
 # What it touches:
-#   - starts the Debian Postgres cluster when `pg_isready -h 127.0.0.1` fails,
-#     and creates database `conscope` when missing (never drops anything);
-#   - installs tansu $TANSU_VERSION with cargo into ~/.cargo/bin when it is
-#     neither on PATH nor there (13-25 minutes, once per machine);
-#   - starts tansu in the background when nothing listens on the broker port,
-#     with its files in $CONSCOPE_STACK_DIR (default <repo>/.stack):
-#     tansu.db (sqlite store), tansu.log, tansu.pid. It survives this script;
-#     scripts/stack-down.sh stops it.
+#   - PostgreSQL: installs Debian's `postgresql` package when no cluster is
+#     there (apt-get), lets user `postgres` in over 127.0.0.1 and ::1 without a
+#     password (a `trust` line at the top of pg_hba.conf: a dev stack only),
+#     starts the cluster when `pg_isready -h 127.0.0.1` fails, and creates
+#     database `conscope` when missing (never drops anything);
+#   - Apache Kafka $KAFKA_VERSION (pinned in scripts/kafka/pom.xml): Maven copies
+#     kafka_2.13 and its runtime dependencies from Maven Central into $KAFKA_LIB
+#     once per machine (installing a JRE and Maven from Debian when missing);
+#     the broker's files live in $CONSCOPE_STACK_DIR/kafka-PORT/: server.properties
+#     (from scripts/kafka/server.properties), data/ (formatted once with a new
+#     cluster id), server.log, stdout.log, pid. The broker runs in the background
+#     and survives this script; scripts/stack-down.sh stops it.
 #
 # Environment:
-#   CONSCOPE_BROKER_PORT  broker port (default 9092). Any other port gets its own
-#                         files (tansu-PORT.db/.log/.pid), so a test broker never
-#                         shares a store with the dev broker.
-#   CONSCOPE_STACK_DIR    where the broker's files live (default <repo>/.stack).
-#
-# The broker uses the sqlite storage engine: the memory engine reports wrong
-# watermarks. Never delete a topic while a client reads it: tansu 0.6 can
-# corrupt its sqlite store that way. Use fresh topic names instead.
+#   CONSCOPE_BROKER_PORT      broker port (default 9092). Another port is another,
+#                             independent broker with its own directory, so a
+#                             test or benchmark can have a clean broker.
+#   CONSCOPE_CONTROLLER_PORT  its controller's port (default broker port + 1).
+#   CONSCOPE_STACK_DIR        where the brokers' directories live (default <repo>/.stack).
+#   KAFKA_HEAP_OPTS           the broker's heap (default -Xms512m -Xmx1g: Kafka's own
+#                             default size, ample on a 2-core, 24 GiB machine).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 [[ "${1:-}" == -h || "${1:-}" == --help ]] && usage && exit 0
 BROKER="127.0.0.1:$CONSCOPE_BROKER_PORT"
+[[ -n "$KAFKA_VERSION" ]] || die "no <kafka.version> in scripts/kafka/pom.xml"
+
+as_root() {
+    if [[ $EUID -ne 0 ]] && command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        "$@"
+    fi
+}
+
+apt_updated=false
+# apt_install PACKAGE...: installs Debian packages, refreshing the lists once.
+apt_install() {
+    if [[ "$apt_updated" != true ]]; then
+        as_root apt-get update -qq >&2 || die "apt-get update failed"
+        apt_updated=true
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2 ||
+        die "apt-get install $* failed"
+}
 
 # --- PostgreSQL -------------------------------------------------------------
 
+# The newest Debian cluster's version (e.g. 15), or nothing.
+pg_version() {
+    find /etc/postgresql -mindepth 2 -maxdepth 2 -name main -printf "%h\n" 2>/dev/null |
+        xargs -r -n1 basename | sort -n | tail -n 1
+}
+
+postgres_install() {
+    if command -v pg_ctlcluster >/dev/null 2>&1 && [[ -n "$(pg_version)" ]]; then
+        log "postgres: cluster $(pg_version)/main installed"
+        return
+    fi
+    log "postgres: not installed; installing Debian's postgresql"
+    apt_install postgresql postgresql-client
+    # Debian creates the main cluster on install; a minimal image may have
+    # create_main_cluster off.
+    if [[ -z "$(pg_version)" ]]; then
+        local major
+        major="$(find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -printf "%f\n" | sort -n | tail -n 1)"
+        as_root pg_createcluster "$major" main >&2
+    fi
+    log "postgres: installed cluster $(pg_version)/main"
+}
+
+# The dev stack's rule: user postgres over loopback without a password. Put
+# first, so Debian's scram-sha-256 lines below never see these connections.
+PG_TRUST_MARK="# conscope dev stack: user postgres over loopback without a password"
+postgres_trust() {
+    local hba
+    hba="/etc/postgresql/$(pg_version)/main/pg_hba.conf"
+    [[ -f "$hba" ]] || return 0
+    if grep -qF "$PG_TRUST_MARK" "$hba"; then
+        return 1
+    fi
+    local tmp
+    tmp="$(mktemp)"
+    {
+        echo "$PG_TRUST_MARK"
+        echo "host    all             postgres        127.0.0.1/32            trust"
+        echo "host    all             postgres        ::1/128                 trust"
+        cat "$hba"
+    } >"$tmp"
+    as_root cp "$tmp" "$hba"
+    rm -f "$tmp"
+    log "postgres: added trust for user postgres on loopback to $hba"
+}
+
 postgres_up() {
+    postgres_install
+    local version hba_changed=false
+    version="$(pg_version)"
+    postgres_trust && hba_changed=true
     if pg_ready; then
         log "postgres: already accepting connections on $PGHOST_DEFAULT:$PGPORT_DEFAULT"
-    else
-        [[ -d /etc/postgresql ]] ||
-            die "postgres: nothing answers on $PGHOST_DEFAULT:$PGPORT_DEFAULT and no Debian cluster in /etc/postgresql to start"
-        local version
-        # The newest installed major version, e.g. 15.
-        version="$(find /etc/postgresql -mindepth 1 -maxdepth 1 -printf "%f\n" | sort -n | tail -n 1)"
-        log "postgres: not ready; starting cluster $version/main"
-        local pg_ctl=(pg_ctlcluster --skip-systemctl-redirect "$version" main start)
-        if [[ $EUID -ne 0 ]] && command -v sudo >/dev/null 2>&1; then
-            pg_ctl=(sudo "${pg_ctl[@]}")
+        if [[ "$hba_changed" == true ]]; then
+            as_root pg_ctlcluster --skip-systemctl-redirect "$version" main reload >&2
         fi
+    else
+        log "postgres: not ready; starting cluster $version/main"
         # A cluster that is "already running" but not ready yet is fine: wait below.
-        "${pg_ctl[@]}" || log "postgres: pg_ctlcluster returned $?; waiting for it anyway"
+        as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start >&2 ||
+            log "postgres: pg_ctlcluster returned $?; waiting for it anyway"
         wait_for 60 "postgres to accept connections" pg_ready ||
             die "postgres: not ready after 60s"
+        # So that stack-down.sh stops only a cluster this stack dir started.
+        mkdir -p "$CONSCOPE_STACK_DIR"
+        echo "$version" >"$CONSCOPE_STACK_DIR/postgres.started"
         log "postgres: started"
     fi
+    psql_admin -d postgres -tAc "SELECT 1" >/dev/null ||
+        die "postgres: user postgres cannot log in over $PGHOST_DEFAULT without a password (see pg_hba.conf)"
     local exists
     exists="$(psql_admin -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname='conscope'")"
     if [[ "$exists" == 1 ]]; then
@@ -62,143 +138,146 @@ postgres_up() {
     fi
 }
 
-# --- tansu: install ---------------------------------------------------------
+# --- Apache Kafka: fetch ------------------------------------------------------
 
-tansu_install() {
-    local bin
-    if bin="$(tansu_bin)"; then
-        log "tansu: found $bin"
+kafka_fetch() {
+    if [[ -f "$KAFKA_LIB/.complete" ]]; then
+        log "kafka: $KAFKA_VERSION jars in $KAFKA_LIB"
         return
     fi
-    mkdir -p "$CONSCOPE_STACK_DIR"
-    # Two stack-ups at once (or an install started by hand) must not build twice:
-    # wait for a running install, and serialise ours behind a lock.
-    local waited=0
-    while pgrep -f "cargo install tansu" >/dev/null 2>&1; do
-        ((waited % 120 == 0)) &&
-            log "tansu: a 'cargo install tansu' is already running; waiting for it (${waited}s so far)"
-        sleep 10
-        waited=$((waited + 10))
-    done
-    local lock="${CARGO_HOME:-$HOME/.cargo}/.conscope-tansu-install.lock"
-    mkdir -p "$(dirname "$lock")"
-    exec 9>"$lock"
+    command -v java >/dev/null 2>&1 || apt_install openjdk-17-jre-headless
+    command -v mvn >/dev/null 2>&1 || apt_install maven
+    mkdir -p "$(dirname "$KAFKA_LIB")"
+    # Two stack-ups at once (tests starting their own brokers) copy once.
+    exec 9>"$(dirname "$KAFKA_LIB")/.fetch.lock"
     flock 9
-    if bin="$(tansu_bin)"; then
-        log "tansu: found $bin (installed meanwhile)"
+    if [[ -f "$KAFKA_LIB/.complete" ]]; then
         exec 9>&-
+        log "kafka: $KAFKA_VERSION jars in $KAFKA_LIB (copied meanwhile)"
         return
     fi
-    local install_log="$CONSCOPE_STACK_DIR/tansu-install.log"
-    log "tansu: not installed; installing tansu $TANSU_VERSION with cargo."
-    log "tansu: THIS TAKES 13-25 MINUTES, once per machine (log: $install_log)"
-    local started=$SECONDS
-    cargo install tansu --locked --version "$TANSU_VERSION" --features libsql \
-        >"$install_log" 2>&1 &
-    local pid=$!
-    # A line a minute, so CI does not think the job hangs.
-    local next_note=$((SECONDS + 60))
-    while kill -0 "$pid" 2>/dev/null; do
-        sleep 5
-        if ((SECONDS >= next_note)) && kill -0 "$pid" 2>/dev/null; then
-            next_note=$((SECONDS + 60))
-            log "tansu: still building ($(((SECONDS - started) / 60)) min): $(grep -E 'Compiling|Building' "$install_log" | tail -n 1 | sed 's/^ *//')"
-        fi
-    done
-    local status=0
-    wait "$pid" || status=$?
-    exec 9>&-
-    if ((status != 0)); then
-        tail -n 40 "$install_log" >&2
-        die "tansu: cargo install failed with status $status (log: $install_log)"
+    log "kafka: fetching Apache Kafka $KAFKA_VERSION and its dependencies with Maven into $KAFKA_LIB"
+    local tmp="$KAFKA_LIB.tmp.$$"
+    rm -rf "$tmp"
+    if ! mvn -B -q -Dstyle.color=never -f "$CONSCOPE_ROOT/scripts/kafka/pom.xml" \
+        dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp" >&2; then
+        rm -rf "$tmp"
+        die "kafka: Maven could not fetch kafka_2.13 $KAFKA_VERSION (see the output above)"
     fi
-    bin="$(tansu_bin)" || die "tansu: cargo install succeeded but no tansu binary in ~/.cargo/bin"
-    log "tansu: installed $bin in $(((SECONDS - started) / 60)) min"
+    compgen -G "$tmp/kafka_2.13-$KAFKA_VERSION.jar" >/dev/null ||
+        die "kafka: Maven finished but $tmp has no kafka_2.13-$KAFKA_VERSION.jar"
+    rm -rf "$KAFKA_LIB"
+    mv "$tmp" "$KAFKA_LIB"
+    echo "$KAFKA_VERSION" >"$KAFKA_LIB/.complete"
+    exec 9>&-
+    log "kafka: $(find "$KAFKA_LIB" -name '*.jar' | wc -l) jars in $KAFKA_LIB"
 }
 
-# --- tansu: start -----------------------------------------------------------
+# --- Apache Kafka: configure and start ---------------------------------------
 
 port_open() {
-    (exec 3<>"/dev/tcp/127.0.0.1/$CONSCOPE_BROKER_PORT") 2>/dev/null
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
-# The pid in the pid file, when that process is alive and is a tansu.
-running_pid() {
-    local pid_file pid
-    pid_file="$(stack_file pid)"
-    [[ -f "$pid_file" ]] || return 1
-    pid="$(cat "$pid_file")"
-    is_tansu "$pid" || return 1
-    echo "$pid"
+# java_cmd: sets JAVA_CMD to the java command line, up to the main class, that
+# runs Kafka's classes with our log4j2 configuration and the broker's log dir.
+java_cmd() {
+    local dir heap jvm
+    dir="$(broker_dir)"
+    # KAFKA_HEAP_OPTS and KAFKA_JVM_OPTS are lists of flags, split on spaces.
+    read -r -a heap <<<"${KAFKA_HEAP_OPTS:--Xms512m -Xmx1g}"
+    # kafka-run-class.sh's GC settings: short pauses, so clients see no stalls.
+    read -r -a jvm <<<"${KAFKA_JVM_OPTS:--XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent}"
+    JAVA_CMD=(java "${heap[@]}" "${jvm[@]}" -Djava.awt.headless=true
+        -Dlog4j2.configurationFile="$CONSCOPE_ROOT/scripts/kafka/log4j2.properties"
+        -Dkafka.logs.dir="$dir" -cp "$KAFKA_LIB/*")
 }
 
-tansu_up() {
-    local db log_file pid_file pid
-    db="$(stack_file db)"
-    log_file="$(stack_file log)"
-    pid_file="$(stack_file pid)"
+kafka_configure() {
+    local dir
+    dir="$(broker_dir)"
+    mkdir -p "$dir"
+    sed -e "s|@BROKER_PORT@|$CONSCOPE_BROKER_PORT|g" \
+        -e "s|@CONTROLLER_PORT@|$CONSCOPE_CONTROLLER_PORT|g" \
+        -e "s|@DATA_DIR@|$dir/data|g" \
+        "$CONSCOPE_ROOT/scripts/kafka/server.properties" >"$dir/server.properties"
+    if [[ -f "$dir/data/meta.properties" ]]; then
+        log "kafka: storage in $dir/data already formatted"
+        return
+    fi
+    # A cluster id is 16 random bytes in URL-safe base64 without padding.
+    local cluster_id
+    cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
+    log "kafka: formatting storage in $dir/data (cluster id $cluster_id)"
+    java_cmd
+    "${JAVA_CMD[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$dir/server.properties" \
+        >>"$dir/stdout.log" 2>&1 || {
+        tail -n 20 "$dir/stdout.log" >&2
+        die "kafka: formatting $dir/data failed"
+    }
+}
+
+kafka_up() {
+    local dir pid
+    dir="$(broker_dir)"
     if kafka_ping "$BROKER"; then
-        if pid="$(running_pid)"; then
-            log "tansu: already running on $BROKER (pid $pid, store $db)"
+        if pid="$(broker_pid)"; then
+            log "kafka: already running on $BROKER (pid $pid, $dir)"
         else
-            log "tansu: a Kafka broker already answers on $BROKER (not started by these scripts); using it"
+            log "kafka: a Kafka broker already answers on $BROKER (not started by these scripts); using it"
         fi
         return
     fi
-    if pid="$(running_pid)"; then
+    if pid="$(broker_pid)"; then
         # Ours, but not answering yet: it is still starting up.
-        log "tansu: pid $pid is starting on $BROKER; waiting"
-    elif port_open; then
-        die "tansu: something listens on $BROKER but does not speak Kafka; free the port or set CONSCOPE_BROKER_PORT"
+        log "kafka: pid $pid is starting on $BROKER; waiting"
     else
-        rm -f "$pid_file"
-        tansu_install
-        local bin
-        bin="$(tansu_bin)"
-        mkdir -p "$CONSCOPE_STACK_DIR"
-        # tansu resolves a sqlite:// URL relative to its working directory
-        # (sqlite://NAME -> ./NAME), so it runs in the stack dir with a bare name.
-        local cmd=(
-            "$bin" broker
-            --storage-engine "sqlite://$(basename "$db")"
-            --listener-url "tcp://127.0.0.1:$CONSCOPE_BROKER_PORT"
-            --advertised-listener-url "tcp://127.0.0.1:$CONSCOPE_BROKER_PORT"
-        )
-        log "tansu: starting: (cd $CONSCOPE_STACK_DIR && ${cmd[*]})"
-        printf '\n=== %s stack-up: %s\n' "$(date -Is)" "${cmd[*]}" >>"$log_file"
+        local port
+        for port in "$CONSCOPE_BROKER_PORT" "$CONSCOPE_CONTROLLER_PORT"; do
+            port_open "$port" &&
+                die "kafka: something listens on 127.0.0.1:$port but is not our broker; free the port or set CONSCOPE_BROKER_PORT"
+        done
+        rm -f "$dir/pid"
+        kafka_fetch
+        kafka_configure
+        log "kafka: starting $KAFKA_VERSION on $BROKER (controller 127.0.0.1:$CONSCOPE_CONTROLLER_PORT)"
+        printf '\n=== %s stack-up: kafka.Kafka %s\n' "$(date -Is)" "$dir/server.properties" >>"$dir/stdout.log"
         # setsid + nohup: its own session, so neither the end of this script nor
         # a closed terminal takes the broker down. Neither forks here, so $! is
-        # the broker's pid.
-        # Every other inherited descriptor is closed: a CI runner waits for its
-        # pipes to close, and a broker holding one would hang the step.
+        # the broker's pid. Every other inherited descriptor is closed: a CI
+        # runner waits for its pipes to close, and a broker holding one would
+        # hang the step.
         (
-            cd "$CONSCOPE_STACK_DIR"
             for fd in "/proc/$BASHPID/fd/"*; do
                 fd="${fd##*/}"
                 ((fd > 2)) && eval "exec $fd>&-" 2>/dev/null
             done
-            exec setsid nohup "${cmd[@]}" >>"$log_file" 2>&1 </dev/null
+            cd "$dir"
+            java_cmd
+            exec setsid nohup "${JAVA_CMD[@]}" kafka.Kafka "$dir/server.properties" \
+                >>"$dir/stdout.log" 2>&1 </dev/null
         ) &
         pid=$!
-        echo "$pid" >"$pid_file"
-        log "tansu: pid $pid, store $db, log $log_file"
+        echo "$pid" >"$dir/pid"
+        log "kafka: pid $pid, log $dir/server.log"
     fi
-    local deadline=$((SECONDS + 60))
+    local deadline=$((SECONDS + 90))
     until kafka_ping "$BROKER"; do
-        if ! is_tansu "$pid"; then
-            tail -n 30 "$log_file" >&2 || true
-            rm -f "$pid_file"
-            die "tansu: exited before answering on $BROKER (log: $log_file)"
+        if ! is_broker "$pid"; then
+            tail -n 30 "$dir/stdout.log" "$dir/server.log" >&2 || true
+            rm -f "$dir/pid"
+            die "kafka: exited before answering on $BROKER (logs in $dir)"
         fi
         if ((SECONDS >= deadline)); then
-            tail -n 30 "$log_file" >&2 || true
-            die "tansu: no Kafka answer on $BROKER after 60s (pid $pid still running; log: $log_file)"
+            tail -n 30 "$dir/server.log" >&2 || true
+            die "kafka: no answer on $BROKER after 90s (pid $pid still running; logs in $dir)"
         fi
         sleep 0.5
     done
-    log "tansu: answering Kafka on $BROKER"
+    log "kafka: answering on $BROKER"
 }
 
-postgres_up
-tansu_up
-log "stack is up: postgres://postgres@$PGHOST_DEFAULT:$PGPORT_DEFAULT/conscope, brokers $BROKER"
+started=$SECONDS
+phase "postgres" postgres_up
+phase "kafka" kafka_up
+log "stack is up in $((SECONDS - started))s: postgres://postgres@$PGHOST_DEFAULT:$PGPORT_DEFAULT/conscope, brokers $BROKER"

@@ -1,5 +1,5 @@
 //! Shared harness for integration tests against the real local services: the
-//! Kafka broker at `CONSCOPE_BROKERS` (default 127.0.0.1:9092, tansu in CI) and
+//! Kafka broker at `CONSCOPE_BROKERS` (default 127.0.0.1:9092: Apache Kafka from scripts/stack-up.sh) and
 //! PostgreSQL at `CONSCOPE_TEST_PG` (default postgres://postgres@127.0.0.1:5432).
 //! Every test uses its own topics and its own database, and never deletes a topic.
 
