@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The end-to-end demo, on a Debian machine with the Rust toolchain and
-# PostgreSQL: brings up the dev stack (installs the tansu broker the first
-# time, 13-25 minutes), builds conscope, produces mock price observations to a
-# fresh topic, runs the job over them until it has consumed the topic to its
-# end, and shows what landed in Postgres and on the output topics.
+# The end-to-end demo, on a Debian machine with the Rust toolchain, a JDK and
+# Maven: brings up the dev stack (scripts/stack-up.sh installs PostgreSQL and
+# fetches Apache Kafka the first time, about a minute), builds conscope,
+# produces mock price observations to a fresh topic, runs the job over them
+# until it has consumed the topic to its end, and shows what landed in Postgres
+# and on the output topics.
 #
 #   scripts/demo.sh [--topic T] [--database-url URL] [--count N]
 #                   [--partitions N] [--workers N] [--seed S] [-- RUN_ARGS...]
@@ -50,11 +51,10 @@ bin="$CONSCOPE_ROOT/target/release/conscope"
 # The job and the tools read the same settings; flags below make them explicit.
 export CONSCOPE_BROKERS="$brokers"
 
-for tool in cargo psql; do
-    command -v "$tool" >/dev/null || die "$tool is required (see README, Quickstart)"
-done
+command -v cargo >/dev/null || die "cargo is required (see README, Quickstart)"
 
 phase "stack up" bash scripts/stack-up.sh
+command -v psql >/dev/null || die "psql is required (scripts/stack-up.sh installs it with PostgreSQL)"
 phase "build" cargo build --release --bin conscope
 phase "migrate $db_name" "$bin" migrate --database-url "$database_url"
 
@@ -121,6 +121,6 @@ cat <<DONE
 Look around:
   psql '$database_url'
   $bin alerts --brokers $brokers --alerts-topic $alerts_topic --from-beginning
-Clean up the database (topics stay: never delete a topic on tansu while a client reads it):
+Clean up the database (the topics stay until scripts/stack-down.sh --wipe deletes the broker's data):
   psql -h $PGHOST_DEFAULT -U $PGUSER_DEFAULT -c 'DROP DATABASE "$db_name"'
 DONE

@@ -412,9 +412,9 @@ fn producer_config(kafka: &KafkaArgs) -> rdkafka::ClientConfig {
         // Large batches (by count and bytes) for throughput at high rates.
         ("batch.num.messages", "10000"),
         ("batch.size", "1000000"),
-        // No compression by default: librdkafka's bundled LZ4 works, but against the
-        // local dev broker (tansu) it halved throughput (8k vs 15k msgs/s, measured);
-        // on a real cluster pass --kafka compression.type=lz4.
+        // No compression by default: on loopback it buys nothing and costs CPU the
+        // producer shares with the broker and the job; on a real cluster's network
+        // pass --kafka compression.type=lz4.
         ("compression.type", "none"),
         // The Java client's partitioner (murmur2 of the key; random when keyless),
         // so keyed messages land where kafka::partition_for_key says and where any
