@@ -166,12 +166,16 @@ fn listing(alert: &Alert) -> String {
 }
 
 /// `(new - old) / old` in percent, exact then rounded to one decimal, signed:
-/// `-20.4`, `+3.0`, `0.0`. `None` when `old` is zero.
+/// `-20.4`, `+3.0`, `0.0`. `None` when `old` is zero or the arithmetic overflows
+/// (a hostile alert can carry any decimal: checked operations only).
 fn percent_change(old: Decimal, new: Decimal) -> Option<String> {
     if old.is_zero() {
         return None;
     }
-    let change = (new - old).checked_mul(Decimal::ONE_HUNDRED)?.checked_div(old)?;
+    let change = new
+        .checked_sub(old)?
+        .checked_mul(Decimal::ONE_HUNDRED)?
+        .checked_div(old)?;
     let mut rounded = change.round_dp_with_strategy(1, RoundingStrategy::MidpointAwayFromZero);
     rounded.rescale(1);
     if rounded.is_zero() {
@@ -275,6 +279,32 @@ mod tests {
                 "new_price":"1.00","currency":"USD","observed_at":"2026-01-01T00:00:00Z"}"#,
         );
         assert!(!text.chars().any(char::is_control), "{text:?}");
+    }
+
+    /// Everything read from a topic is hostile: extreme prices give a line, never
+    /// a panic (an overflow here once crash-looped `conscope alerts`).
+    #[test]
+    fn extreme_prices_never_panic() {
+        let extremes = [
+            "79228162514264337593543950335",
+            "-79228162514264337593543950335",
+            "0.0000000000000000000000000001",
+            "-0.0000000000000000000000000001",
+            "7922816251426433759354395033.5",
+            "0",
+            "-1",
+            "1000000.00",
+        ];
+        for old in extremes {
+            for new in extremes {
+                let json = format!(
+                    r#"{{"alert_id":"x","kind":"listing_drop","event_id":"e","section":"S",
+                        "old_price":"{old}","new_price":"{new}","currency":"USD","observed_at":"2026-01-01T00:00:00Z"}}"#
+                );
+                let text = line(&json);
+                assert!(text.contains(" → "), "{old} -> {new}: {text}");
+            }
+        }
     }
 
     #[test]
