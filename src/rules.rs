@@ -1,4 +1,4 @@
-//! `conscope rules add|list|disable`: manage the alert rules of SPEC §2
+//! `conscope rules add|list|disable|enable`: manage the alert rules of SPEC §2
 //! (`alert_rules`, SPEC §3).
 //!
 //! Touches the database named by `--database-url`: applies the migrations first
@@ -63,6 +63,12 @@ enum RulesCommand {
         /// The rule id printed by `rules add`.
         id: i64,
     },
+    /// Reactivate a disabled rule. It starts afresh, as a new rule does: it fires
+    /// at once if its scope is already at or below its price.
+    Enable {
+        /// The rule id printed by `rules add`.
+        id: i64,
+    },
 }
 
 /// A rule as validated from the command line, not yet stored.
@@ -101,7 +107,8 @@ pub fn run(args: RulesArgs) -> anyhow::Result<()> {
                 add(&client, &rule, url).await
             }
             RulesCommand::List { all } => list(&client, all).await,
-            RulesCommand::Disable { id } => disable(&mut client, id).await,
+            RulesCommand::Disable { id } => set_active(&mut client, id, false).await,
+            RulesCommand::Enable { id } => set_active(&mut client, id, true).await,
         }
     })
 }
@@ -182,7 +189,14 @@ async fn list(client: &tokio_postgres::Client, all: bool) -> anyhow::Result<()> 
     Ok(())
 }
 
-async fn disable(client: &mut tokio_postgres::Client, id: i64) -> anyhow::Result<()> {
+/// `rules disable` and `rules enable`. Enabling starts a new generation of the
+/// rule (migration 0004), so no arming state from before is ever restored.
+async fn set_active(client: &mut tokio_postgres::Client, id: i64, active: bool) -> anyhow::Result<()> {
+    let (verb, past) = if active {
+        ("enable", "enabled")
+    } else {
+        ("disable", "disabled")
+    };
     let transaction = client.transaction().await?;
     let row = transaction
         .query_opt(
@@ -194,19 +208,24 @@ async fn disable(client: &mut tokio_postgres::Client, id: i64) -> anyhow::Result
     let Some(row) = row else {
         bail!("no rule with id {id} (see `conscope rules list --all`)");
     };
-    let active: bool = row.try_get(0)?;
-    if active {
-        transaction
-            .execute("UPDATE alert_rules SET active = false WHERE rule_id = $1", &[&id])
-            .await
-            .context("cannot disable the rule")?;
+    let was_active: bool = row.try_get(0)?;
+    if was_active == active {
+        // Idempotent: saying it twice is not an error, and does not wake the job.
         transaction.commit().await?;
-        println!("disabled rule #{id}");
-    } else {
-        // Idempotent: disabling twice is not an error, and does not wake the job.
-        transaction.commit().await?;
-        println!("rule #{id} was already disabled");
+        println!("rule #{id} was already {past}");
+        return Ok(());
     }
+    transaction
+        .execute(
+            "UPDATE alert_rules
+             SET active = $2, generation = generation + CASE WHEN $2 THEN 1 ELSE 0 END
+             WHERE rule_id = $1",
+            &[&id, &active],
+        )
+        .await
+        .with_context(|| format!("cannot {verb} the rule"))?;
+    transaction.commit().await?;
+    println!("{past} rule #{id}");
     Ok(())
 }
 

@@ -318,3 +318,67 @@ fn running_job_picks_up_rule_changes() {
     drop(running);
     eprintln!("live_rules took {:?}", test_started.elapsed());
 }
+
+/// `rules enable` starts a rule afresh, the same in a running job and after a
+/// restart: a rule disabled while its scope went lower fires at once on being
+/// enabled, naming the new lowest listing, rather than keeping its old "below"
+/// state and staying silent.
+#[test]
+fn a_reenabled_rule_starts_afresh_running_or_restarted() {
+    require_broker();
+    let input = unique("reenable");
+    create_topic(&input, 1);
+    let job = Job::new("reenable", &input);
+    let url = job.database_url.clone();
+    let run_args = ["-w", "1", "--rules-poll-ms", "200"];
+
+    produce(&input, &[obs("A", "1", "100.00", "2026-01-01T00:00:00Z")]);
+    let mut running = RunningJob::start(&job, &run_args);
+    wait_until(Duration::from_secs(30), "A-1 stored", || {
+        query_strings(
+            &url,
+            "SELECT count(*)::text FROM information_schema.tables WHERE table_name = 'listings'",
+        ) == ["1"]
+            && listing_price(&url, "A", "1").is_some()
+    });
+    let rule = add_rule(&url, &["--event", EVENT, "--max-price", "150"]);
+    wait_for_matches(&url, rule, 1, Duration::from_secs(20));
+
+    // Disabled, the scope goes lower, the job stops; enabled while it is down.
+    assert!(rules(&url, &["disable", &rule.to_string()]).contains("disabled rule"));
+    std::thread::sleep(Duration::from_secs(1)); // several polls: the job saw it
+    produce(&input, &[obs("A", "2", "90.00", "2026-01-01T00:01:00Z")]);
+    wait_until(Duration::from_secs(20), "A-2 stored", || {
+        listing_price(&url, "A", "2").is_some()
+    });
+    running.assert_alive();
+    drop(running);
+    assert!(rules(&url, &["enable", &rule.to_string()]).contains("enabled rule"));
+    assert!(rules(&url, &["enable", &rule.to_string()]).contains("already enabled"));
+
+    // The restarted job fires it at once, as a running job would.
+    let mut running = RunningJob::start(&job, &run_args);
+    wait_for_matches(&url, rule, 2, Duration::from_secs(30));
+    assert_eq!(
+        rule_matches(&url, rule)[1],
+        format!("rule_match|live1|A|1|2|s1|{rule}|null|90.00|USD|2026-01-01 00:01:00+00")
+    );
+
+    // The same in the running job, also when disable and enable both happen
+    // between two of its polls.
+    running.assert_alive();
+    assert!(rules(&url, &["disable", &rule.to_string()]).contains("disabled rule"));
+    std::thread::sleep(Duration::from_secs(1));
+    produce(&input, &[obs("A", "3", "80.00", "2026-01-01T00:02:00Z")]);
+    wait_until(Duration::from_secs(20), "A-3 stored", || {
+        listing_price(&url, "A", "3").is_some()
+    });
+    assert_eq!(rule_match_count(&url, rule), 2, "a disabled rule fired");
+    assert!(rules(&url, &["enable", &rule.to_string()]).contains("enabled rule"));
+    wait_for_matches(&url, rule, 3, Duration::from_secs(20));
+    assert_eq!(
+        rule_matches(&url, rule)[2],
+        format!("rule_match|live1|A|1|3|s1|{rule}|null|80.00|USD|2026-01-01 00:02:00+00")
+    );
+    running.assert_alive();
+}

@@ -166,11 +166,16 @@ pub async fn stored_offsets(client: &Client, topic: &str) -> anyhow::Result<BTre
     Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
 }
 
-/// The active rules, by id.
-async fn active_rules(client: &Client) -> anyhow::Result<HashMap<i64, (Rule, Option<bool>)>> {
+/// A rule as the poller knows it: its definition and its generation (bumped by
+/// `rules enable`: a re-enabled rule starts afresh even when the poller never
+/// saw it disabled).
+pub type KnownRule = (Rule, i64);
+
+/// The active rules, by id, with their generation and persisted arming state.
+async fn active_rules(client: &Client) -> anyhow::Result<HashMap<i64, (KnownRule, Option<bool>)>> {
     let rows = client
         .query(
-            "SELECT r.rule_id, r.event_id, r.section, r.currency, r.max_price, s.below
+            "SELECT r.rule_id, r.event_id, r.section, r.currency, r.max_price, r.generation, s.below
              FROM alert_rules r
              LEFT JOIN rule_state s ON s.rule_id = r.rule_id AND s.definition = rule_definition(r)
              WHERE r.active",
@@ -188,24 +193,24 @@ async fn active_rules(client: &Client) -> anyhow::Result<HashMap<i64, (Rule, Opt
             currency: currency(&currency_text)?,
             max_price: cents(row.get("max_price"))?,
         };
-        rules.insert(rule.rule_id, (rule, row.get("below")));
+        rules.insert(rule.rule_id, ((rule, row.get("generation")), row.get("below")));
     }
     Ok(rules)
 }
 
 /// The rules at start, each with its persisted arming state (`None`: never
 /// evaluated, fires at once if its scope is already low enough).
-pub async fn initial_rules(client: &Client) -> anyhow::Result<(Vec<RuleChange>, HashMap<i64, Rule>)> {
+pub async fn initial_rules(client: &Client) -> anyhow::Result<(Vec<RuleChange>, HashMap<i64, KnownRule>)> {
     let rules = active_rules(client).await?;
     let mut ordered: Vec<_> = rules.into_values().collect();
-    ordered.sort_by_key(|(rule, _)| rule.rule_id);
+    ordered.sort_by_key(|((rule, _), _)| rule.rule_id);
     let known = ordered
         .iter()
-        .map(|(rule, _)| (rule.rule_id, rule.clone()))
+        .map(|(known, _)| (known.0.rule_id, known.clone()))
         .collect();
     let changes = ordered
         .into_iter()
-        .map(|(rule, below)| RuleChange::Activate { rule, below })
+        .map(|((rule, _), below)| RuleChange::Activate { rule, below })
         .collect();
     Ok((changes, known))
 }
@@ -214,7 +219,7 @@ pub async fn initial_rules(client: &Client) -> anyhow::Result<(Vec<RuleChange>, 
 /// A poll that fails (database away) is retried at the next tick.
 pub fn spawn_rule_poller(
     database_url: String,
-    mut known: HashMap<i64, Rule>,
+    mut known: HashMap<i64, KnownRule>,
     interval: Duration,
     changes: mpsc::Sender<Vec<RuleChange>>,
     wake: timely::scheduling::SyncActivator,
@@ -247,19 +252,21 @@ pub fn spawn_rule_poller(
                         }
                     };
                     let mut batch = Vec::new();
-                    for (rule_id, rule) in &known {
+                    // A rule edited or re-enabled (a new generation) is
+                    // deactivated, then activated afresh.
+                    for (rule_id, was) in &known {
                         match current.get(rule_id) {
-                            Some((now, _)) if now == rule => {}
+                            Some((now, _)) if now == was => {}
                             _ => batch.push(RuleChange::Deactivate {
                                 rule_id: *rule_id,
-                                event_id: rule.event_id.clone(),
+                                event_id: was.0.event_id.clone(),
                             }),
                         }
                     }
-                    for (rule_id, (rule, _)) in &current {
-                        if known.get(rule_id) != Some(rule) {
+                    for (rule_id, (now, _)) in &current {
+                        if known.get(rule_id) != Some(now) {
                             batch.push(RuleChange::Activate {
-                                rule: rule.clone(),
+                                rule: now.0.clone(),
                                 below: None,
                             });
                         }
@@ -287,7 +294,7 @@ pub struct RuleFeed {
 
 pub struct LiveRules {
     pub database_url: String,
-    pub known: HashMap<i64, Rule>,
+    pub known: HashMap<i64, KnownRule>,
     pub interval: Duration,
 }
 
