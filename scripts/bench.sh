@@ -166,7 +166,9 @@ phase "stack up" bash scripts/stack-up.sh 2> >(tee "$results/stack-up.log" >&2)
 if broker_pid="$(broker_pid)"; then
     fact broker "Apache Kafka $KAFKA_VERSION at $brokers (pid $broker_pid, $(broker_dir); $(du -sh "$(broker_dir)/data" 2>/dev/null | cut -f1 || echo "?") of data at start)"
 else
-    fact broker "a Kafka broker at $brokers not started by scripts/stack-up.sh"
+    # Started from another stack dir, or by hand: the process listening on the port.
+    broker_pid="$(ss -Htlnp "sport = :$CONSCOPE_BROKER_PORT" 2>/dev/null | grep -oE 'pid=[0-9]+' | head -n 1 | cut -d= -f2 || true)"
+    fact broker "a Kafka broker at $brokers not started by scripts/stack-up.sh with this stack dir (pid ${broker_pid:-unknown})"
 fi
 fact postgres "$(psql_admin -d postgres -tAc 'SHOW server_version') at $PGHOST_DEFAULT:$PGPORT_DEFAULT"
 
@@ -279,6 +281,26 @@ process_ticks() {
     awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
 }
 
+# machine_ticks: "TOTAL IDLE" clock ticks of all CPUs so far (/proc/stat; idle
+# includes iowait).
+machine_ticks() {
+    awk '/^cpu / { print $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $5 + $6 }' /proc/stat
+}
+
+# broker_ticks: the broker's CPU clock ticks so far, when its pid is known.
+broker_ticks() {
+    if [[ -n "$broker_pid" ]] && [[ -r "/proc/$broker_pid/stat" ]]; then
+        process_ticks "$broker_pid"
+    fi
+}
+
+# snapshot WHEN: the CPU counters the report compares, as facts *_WHEN.
+snapshot() {
+    fact "pg_ticks_$1" "$(postgres_ticks)"
+    fact "machine_ticks_$1" "$(machine_ticks)"
+    fact "broker_ticks_$1" "$(broker_ticks)"
+}
+
 # latest_metrics FILE: the job's latest metrics line in its log.
 latest_metrics() {
     grep -hoE 'processed=[0-9]+ .*rate=[0-9]+/s' "$1" | tail -n 1 || true
@@ -286,7 +308,7 @@ latest_metrics() {
 
 # measure NAME WATCH COMMAND...: runs COMMAND with its stdout/stderr in the results
 # directory, under /usr/bin/time -v when available, and records the wall time,
-# the load average and the Postgres CPU ticks around it. Logs the job's latest
+# the load average and the CPU counters (snapshot) around it. Logs the job's latest
 # metrics line every 30s. Watchdog (WATCH=1, conscope runs): when its metrics
 # lines show no progress (processed, commits, published alerts and dead letters
 # unchanged) for $stall_timeout seconds, the run is stopped and the step fails.
@@ -297,7 +319,7 @@ measure() {
     local cmd=("$@")
     [[ -n "$time_bin" ]] && cmd=("$time_bin" -v -o "$timing" "${cmd[@]}")
     fact "load_before_$name" "$(cut -d' ' -f1-3 /proc/loadavg)"
-    fact "pg_ticks_before_$name" "$(postgres_ticks)"
+    snapshot "before_$name"
     local started ended status=0
     started="$(date +%s.%N)"
     "${cmd[@]}" >"$out" 2>"$err" &
@@ -326,7 +348,7 @@ measure() {
     wait "$pid" || status=$?
     forget "$pid"
     ended="$(date +%s.%N)"
-    fact "pg_ticks_after_$name" "$(postgres_ticks)"
+    snapshot "after_$name"
     fact "load_after_$name" "$(cut -d' ' -f1-3 /proc/loadavg)"
     fact "wall_$name" "$(awk -v a="$started" -v b="$ended" 'BEGIN { printf "%.3f", b - a }')"
     if ((stalled)); then
@@ -512,7 +534,7 @@ if ! wait_for "$stall_timeout" "conscope to commit and publish everything" caugh
 fi
 fact lat_catch_up_s "$((SECONDS - caught_up_started))"
 fact lat_job_ticks "$(($(process_ticks "$lat_pid") - job_ticks_before))"
-fact pg_ticks_caught_up_lat "$(postgres_ticks)"
+snapshot caught_up_lat
 # One more metrics line, so the last one counts every commit.
 sleep 2
 fact lat_metrics "$(latest_metrics "$results/lat_run.err")"

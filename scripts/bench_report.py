@@ -87,6 +87,24 @@ class Report:
             return None
         return (int(after) - int(before)) * self.tick
 
+    def broker_cpu(self, name, after_key=None):
+        """The broker's CPU seconds over step NAME, when its pid was known."""
+        before = self.fact(f"broker_ticks_before_{name}")
+        after = self.fact(after_key or f"broker_ticks_after_{name}")
+        if not before or not after:
+            return None
+        return (int(after) - int(before)) * self.tick
+
+    def busy(self, name, after_key=None):
+        """How busy all CPUs of the machine were over step NAME, in percent."""
+        before = self.fact(f"machine_ticks_before_{name}", "").split()
+        after = self.fact(after_key or f"machine_ticks_after_{name}", "").split()
+        if len(before) != 2 or len(after) != 2:
+            return None
+        total = int(after[0]) - int(before[0])
+        idle = int(after[1]) - int(before[1])
+        return 100.0 * (total - idle) / total if total > 0 else None
+
     def load(self, name):
         before = self.fact(f"load_before_{name}", "?").split()[0]
         after = self.fact(f"load_after_{name}", "?").split()[0]
@@ -108,6 +126,7 @@ class Report:
             label=label, messages=processed, seconds=float(fields["elapsed"].rstrip("s")),
             rate=float(fields["rate"].removesuffix("/s")), cpu=cpu, pg=self.pg_cpu(name),
             rss=rss or kib(fields.get("peak_rss")), load=self.load(name),
+            broker=self.broker_cpu(name), busy=self.busy(name),
             note=(f"alerts {fields['listing_drop']}/{fields['event_low']}/{fields['rule_match']}"
                   f" (drop/low/rule), publish lag p99 {fields['publish_lag_p99']}"),
             work=(f"stored={fields['prices_stored']} dup={fields['duplicates']} stale={fields['stale']} "
@@ -127,6 +146,7 @@ class Report:
         return dict(
             label="python consumer", messages=int(data["processed"]), seconds=float(data["elapsed_s"]),
             rate=float(data["msgs_per_s"]), cpu=cpu, pg=self.pg_cpu("py"), rss=rss, load=self.load("py"),
+            broker=self.broker_cpu("py"), busy=self.busy("py"),
             note="1 transaction per message",
             work=(f"stored={data['prices_stored']} dup={data['duplicates']} errors={data['errors']} "
                   f"events={data['events_created']}"),
@@ -200,28 +220,31 @@ def main():
     rows = [
         ["broker read limit (plain librdkafka consumer)", drain["messages"], fmt(drain["seconds"], "{:.2f}"),
          f"{drain['msgs_per_s']:.0f}", fmt(drain_cpu), fmt(per_million(drain_cpu, drain["messages"])),
-         "-", "-", mib(drain_rss), report.load("drain"),
-         f"{drain['mb_per_s']:.0f} MB/s"],
+         "-", "-", fmt(report.broker_cpu("drain")), fmt(report.busy("drain"), "{:.0f}"), mib(drain_rss),
+         report.load("drain"), f"{drain['mb_per_s']:.0f} MB/s"],
         ["Postgres COPY limit (price_history rows)", copy["messages"], fmt(copy["copy_seconds"], "{:.2f}"),
          f"{copy['msgs_per_s']:.0f}", "-", "-", fmt(copy["postgres_cpu_ticks"] * report.tick),
-         fmt(per_million(copy["postgres_cpu_ticks"] * report.tick, copy["messages"])), "-",
+         fmt(per_million(copy["postgres_cpu_ticks"] * report.tick, copy["messages"])), "-", "-", "-",
          report.load("copy"), f"{copy['rows']} rows, {copy['rows_per_s']:.0f} rows/s"],
     ]
     for run in [runs.get("w1"), runs.get("w2"), python, runs.get("base_w1"), runs.get("base_w2")]:
         if run:
             rows.append([run["label"], run["messages"], fmt(run["seconds"]), f"{run['rate']:.0f}",
                          fmt(run["cpu"]), fmt(per_million(run["cpu"], run["messages"])), fmt(run["pg"]),
-                         fmt(per_million(run["pg"], run["messages"])), mib(run["rss"]), run["load"], run["note"]])
+                         fmt(per_million(run["pg"], run["messages"])), fmt(run["broker"]),
+                         fmt(run["busy"], "{:.0f}"), mib(run["rss"]), run["load"], run["note"]])
     print("throughput")
     print(table(["what", "messages", "seconds", "msgs/s", "cpu s", "cpu s/1M", "pg cpu s", "pg cpu s/1M",
-                 "peak RSS", "load 1m", "notes"], rows))
+                 "broker cpu s", "busy %", "peak RSS", "load 1m", "notes"], rows))
     print()
     print("seconds / msgs/s: plain consumer from assign to its last message; COPY: the COPY statement")
     print("alone, msgs/s = input messages it stands for / its seconds; conscope: from job start to the")
     print("end of the replay, every alert published; python: first poll to last message.")
     print("cpu s: user+system of that process (/usr/bin/time -v). pg cpu s: user+system of every")
     print("postgres process, ended backends included, before -> after (COPY: around the statement);")
-    print("other clients of this Postgres count too. peak RSS: max RSS (time -v, else the job's VmHWM).")
+    print("other clients of this Postgres count too. broker cpu s: the broker process (when its pid is")
+    print(f"known). busy %: all {facts['nproc']} CPUs of the machine, whoever used them (100 = all busy).")
+    print("peak RSS: max RSS (time -v, else the job's VmHWM).")
     print()
     print("work done:")
     for run in [runs.get("w1"), runs.get("w2"), python, runs.get("base_w1"), runs.get("base_w2")]:
@@ -296,9 +319,17 @@ def main():
               f" {facts['lat_alert_rows']} rows in price_alerts;"
               f" publish lag (commit -> ack, last alerts) p50 {fields['publish_lag_p50']}"
               f" p99 {fields['publish_lag_p99']}")
-        print(f"  conscope: {job_cpu:.1f} CPU s ({job_cpu / window * 100:.0f} % of one CPU) and Postgres"
-              f" {fmt(pg_cpu)} CPU s over {window:.0f} s (producing + {facts['lat_catch_up_s']} s to catch"
-              f" up); peak RSS {facts.get('lat_peak_rss', '?')}")
+        _, producer_cpu = parse_time(results / "lat.time")
+        broker_cpu = report.broker_cpu("lat", "broker_ticks_caught_up_lat")
+        busy = report.busy("lat", "machine_ticks_caught_up_lat")
+
+        def share(seconds):
+            return f"{fmt(seconds)} s ({seconds / window * 100:.0f} %)" if seconds is not None else "-"
+
+        print(f"  CPU over {window:.0f} s (producing + {facts['lat_catch_up_s']} s to catch up; % of one CPU):"
+              f" conscope {share(job_cpu)}, Postgres {share(pg_cpu)}, broker {share(broker_cpu)},"
+              f" producer {share(producer_cpu)}; machine {fmt(busy, '{:.0f}')} % busy of"
+              f" {facts['nproc']} CPUs; conscope peak RSS {facts.get('lat_peak_rss', '?')}")
         if int(fields["processed"]) != lat_count:
             report.problems.append(f"latency run processed {fields['processed']} of {lat_count} messages")
         if alerts["alerts"] != int(facts["lat_alert_rows"]):
