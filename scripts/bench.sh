@@ -326,7 +326,7 @@ measure() {
     local pid=$! next=$((SECONDS + 30)) progress="" progress_at=$SECONDS stalled=0
     running+=("$pid")
     while kill -0 "$pid" 2>/dev/null; do
-        sleep 0.2
+        sleep 1
         local now
         now="$(grep -hoE 'processed=[0-9]+|commits=[0-9]+|published_alerts=[0-9]+|published_dead_letters=[0-9]+' "$err" | tail -n 4 | tr '\n' ' ' || true)"
         if [[ "$now" != "$progress" ]]; then
@@ -542,7 +542,7 @@ fact lat_alert_rows "$(psql_admin -d "$lat_db" -tAc "SELECT count(*) FROM price_
 fact lat_peak_rss "$(awk '/^VmHWM:/ { print $2 $3 }' "/proc/$lat_pid/status")"
 
 touch "$results/lat_alerts.stop"
-wait_for 120 "the alert tail to finish" bash -c "! kill -0 $alerts_pid 2>/dev/null" ||
+wait_for 600 "the alert tail to finish" bash -c "! kill -0 $alerts_pid 2>/dev/null" ||
     die "bench alert-latency did not finish (see $results/lat_alerts.err)"
 wait "$alerts_pid" || die "bench alert-latency failed (see $results/lat_alerts.err)"
 forget "$alerts_pid"
