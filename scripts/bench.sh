@@ -6,8 +6,9 @@
 # hard-coded.
 #
 #   scripts/bench.sh [--count N] [--baseline-count M] [--partitions P]
-#                    [--latency-rate R] [--latency-seconds S] [--no-python]
-#                    [--stall-timeout S] [--broker-port PORT]
+#                    [--latency-rate R] [--latency-seconds S]
+#                    [--latency-epoch-ms MS] [--no-python] [--stall-timeout S]
+#                    [--broker-port PORT]
 #
 #   --count N            messages of the throughput runs (default 1000000)
 #   --baseline-count M   messages for the Python consumer (default 20000: it commits
@@ -18,6 +19,8 @@
 #   --partitions P       partitions of the input topics (default 4)
 #   --latency-rate R     messages/s of the latency run's producer (default 20000)
 #   --latency-seconds S  how long it produces (default 60)
+#   --latency-epoch-ms MS  the latency run's --epoch-ms (default: the job's own,
+#                        100): how often it commits, which bounds its latency
 #   --no-python          skip the Python baseline (and its venv)
 #   --stall-timeout S    fail a conscope run whose metrics show no progress for
 #                        S seconds (default 300): a benchmark never hangs
@@ -83,6 +86,7 @@ baseline_count=20000
 partitions=4
 latency_rate=20000
 latency_seconds=60
+latency_epoch_ms=""
 python=true
 stall_timeout=300
 while (($#)); do
@@ -92,6 +96,7 @@ while (($#)); do
     --partitions) partitions="${2:-}" && shift 2 ;;
     --latency-rate) latency_rate="${2:-}" && shift 2 ;;
     --latency-seconds) latency_seconds="${2:-}" && shift 2 ;;
+    --latency-epoch-ms) latency_epoch_ms="${2:-}" && shift 2 ;;
     --no-python) python=false && shift ;;
     --stall-timeout) stall_timeout="${2:-}" && shift 2 ;;
     --broker-port) CONSCOPE_BROKER_PORT="${2:-}" && shift 2 ;;
@@ -100,7 +105,7 @@ while (($#)); do
     esac
 done
 for value in "$count" "$baseline_count" "$partitions" "$latency_rate" "$latency_seconds" \
-    "$stall_timeout" "$CONSCOPE_BROKER_PORT"; do
+    "$stall_timeout" "$CONSCOPE_BROKER_PORT" ${latency_epoch_ms:+"$latency_epoch_ms"}; do
     [[ "$value" =~ ^[1-9][0-9]*$ ]] || die "counts, rates, seconds and ports must be positive integers, got '$value'"
 done
 ((baseline_count <= count)) || die "--baseline-count ($baseline_count) must not exceed --count ($count)"
@@ -149,6 +154,7 @@ fact baseline_count "$baseline_count"
 fact partitions "$partitions"
 fact latency_rate "$latency_rate"
 fact latency_seconds "$latency_seconds"
+fact latency_epoch_ms "${latency_epoch_ms:-default}"
 fact nproc "$(nproc)"
 fact clk_tck "$(getconf CLK_TCK)"
 fact cpu_model "$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
@@ -490,9 +496,12 @@ fact topic_lat "$lat_topic"
 fact database_lat "$lat_db"
 
 log "latency: starting conscope run -w 2 as a service over $lat_topic into $lat_db"
+epoch_args=()
+[[ -n "$latency_epoch_ms" ]] && epoch_args=(--epoch-ms "$latency_epoch_ms")
 "$bin" run --brokers "$brokers" --database-url "$pg/$lat_db" --input-topic "$lat_topic" \
     --alerts-topic "$lat_db.alerts" --dlq-topic "$lat_db.dlq" --group-id "$lat_db" \
-    --from earliest -w 2 --metrics-interval 1 >"$results/lat_run.out" 2>"$results/lat_run.err" &
+    --from earliest -w 2 --metrics-interval 1 "${epoch_args[@]}" \
+    >"$results/lat_run.out" 2>"$results/lat_run.err" &
 lat_pid=$!
 running+=("$lat_pid")
 # Ready: every partition assigned and a first metrics line out (or it ended).

@@ -297,7 +297,9 @@ def main():
         window = float(facts["wall_lat"]) + float(facts["lat_catch_up_s"])
         job_cpu = int(facts["lat_job_ticks"]) * report.tick
         pg_cpu = report.pg_cpu("lat", "pg_ticks_caught_up_lat")
-        print(f"latency: conscope run -w 2 as a service, producer at {facts['latency_rate']} msgs/s for"
+        epoch = facts.get("latency_epoch_ms", "default")
+        epoch = "default --epoch-ms" if epoch == "default" else f"--epoch-ms {epoch}"
+        print(f"latency: conscope run -w 2 ({epoch}) as a service, producer at {facts['latency_rate']} msgs/s for"
               f" {facts['latency_seconds']} s ({lat_count} messages; achieved"
               f" {achieved.group(2) if achieved else '?'} msgs/s over {achieved.group(1) if achieved else '?'} s)")
         rows = [
