@@ -498,6 +498,8 @@ fact database_lat "$lat_db"
 log "latency: starting conscope run -w 2 as a service over $lat_topic into $lat_db"
 epoch_args=()
 [[ -n "$latency_epoch_ms" ]] && epoch_args=(--epoch-ms "$latency_epoch_ms")
+# There before job_ready first reads it.
+: >"$results/lat_run.err"
 "$bin" run --brokers "$brokers" --database-url "$pg/$lat_db" --input-topic "$lat_topic" \
     --alerts-topic "$lat_db.alerts" --dlq-topic "$lat_db.dlq" --group-id "$lat_db" \
     --from earliest -w 2 --metrics-interval 1 "${epoch_args[@]}" \
