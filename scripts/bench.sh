@@ -1,51 +1,81 @@
 #!/usr/bin/env bash
-# Throughput benchmark: conscope against the Python storage consumer it
-# replaces, both measured in this run on this machine, printed as a table with
-# ratios. Nothing in the output is hard-coded: every figure comes from this run.
+# Benchmark: conscope against what the broker and PostgreSQL can do on their
+# own and against the Python storage consumer it replaces, plus produce -> row
+# and produce -> alert latency under a steady load. Everything is measured in
+# this run on this machine and printed as one report; nothing in it is
+# hard-coded.
 #
 #   scripts/bench.sh [--count N] [--baseline-count M] [--partitions P]
-#                    [--stall-timeout S] [--broker-port PORT]
+#                    [--latency-rate R] [--latency-seconds S]
+#                    [--latency-epoch-ms MS] [--no-python] [--stall-timeout S]
+#                    [--broker-port PORT]
 #
-#   --count N           messages for the conscope runs (default 1000000)
-#   --baseline-count M  messages for the like-for-like comparison with the
-#                       Python baseline (default 20000; it commits one
-#                       transaction per message, so it is slow)
-#   --partitions P      partitions of both input topics (default 4)
-#   --stall-timeout S   fail a conscope run whose metrics show no progress for
-#                       S seconds (default 300): a benchmark never hangs
-#   --broker-port PORT  the broker's port (default $CONSCOPE_BROKER_PORT, else
-#                       9092). scripts/stack-up.sh gives any port but 9092 a
-#                       broker of its own with its own store
-#                       (.stack/tansu-PORT.db), started when nothing answers
-#                       there and left running: a way to measure away from other
-#                       clients' load and from a big shared store (tansu's
-#                       sqlite fetches slow down as its store grows).
+#   --count N            messages of the throughput runs (default 1000000)
+#   --baseline-count M   messages for the Python consumer (default 20000: it commits
+#                        one transaction per message, so it is slow); it and
+#                        conscope then run on the same M-message topic, the first
+#                        M messages of the same generator (seed 1). M = N: the
+#                        Python consumer reads the main topic itself
+#   --partitions P       partitions of the input topics (default 4)
+#   --latency-rate R     messages/s of the latency run's producer (default 20000)
+#   --latency-seconds S  how long it produces (default 60)
+#   --latency-epoch-ms MS  the latency run's --epoch-ms (default: the job's own,
+#                        100): how often it commits, which bounds its latency
+#   --no-python          skip the Python baseline (and its venv)
+#   --stall-timeout S    fail a conscope run whose metrics show no progress for
+#                        S seconds (default 300): a benchmark never hangs
+#   --broker-port PORT   the broker's port (default $CONSCOPE_BROKER_PORT, else
+#                        9092). scripts/stack-up.sh starts a broker of its own on
+#                        any other port when nothing answers there (its files in
+#                        $CONSCOPE_STACK_DIR/kafka-PORT/) and leaves it running;
+#                        stop it with scripts/stack-down.sh --broker-only (same
+#                        environment). A fresh broker measures away from other
+#                        clients' topics and load.
 #
 # Steps (each one failing stops the script with a non-zero status):
-#   1. scripts/stack-up.sh (Postgres + tansu on 127.0.0.1:9092), cargo build
-#      --release; the binary is copied into the results directory so a rebuild
-#      by someone else during the run cannot change what is measured.
+#   1. scripts/stack-up.sh (Postgres + Apache Kafka), cargo build --release of
+#      conscope and of examples/bench.rs (the measuring tools); both binaries are
+#      copied into the results directory, so a rebuild by someone else during the
+#      run cannot change what is measured.
 #   2. conscope produce N messages (seed 1) to a fresh topic bench_<ts>.
-#   3. conscope run --exit-at-end -w 1 over it into a fresh database
-#      bench_<ts>_w1; its `summary:` line gives rate, alerts, publish lag and
-#      peak RSS; /usr/bin/time -v (when installed) an independent max RSS.
-#   4. the same with -w 2 into bench_<ts>_w2.
-#   5. conscope produce M messages (seed 1) to bench_<ts>_base; the Python
-#      consumer ../shared/peers/python_storage_consumer.py (relative to the
-#      repository root) stores them into database bench_<ts>_py, schema
-#      bench_py_<ts>; conscope -w 1 and -w 2 run on the same topic into
-#      bench_<ts>_base_w1 / _w2, so the ratios compare the same messages.
-#   6. scripts/bench_report.py prints the table and the ratios.
+#   3. broker read limit: `bench drain`, a plain librdkafka consumer, reads the
+#      topic from start to end.
+#   4. COPY limit: `bench copy` parses the topic with conscope's parser, keeps the
+#      rows conscope stores in price_history (valid, first of their identity) and
+#      COPYs them (binary, one statement) into a fresh table shaped like
+#      price_history (same columns, primary key and defaults) in database
+#      bench_<ts>_copy; Postgres CPU over the COPY alone.
+#   5. rules: six alert rules derived from those rows (the busiest events, three
+#      whole-event, three on one section, at a low percentile of their prices),
+#      added to every conscope database below before its run.
+#   6. conscope run --exit-at-end -w 1, then -w 2, over the topic, each into a
+#      fresh database bench_<ts>_w1 / _w2: its `summary:` line (rate, alerts,
+#      publish lag, peak RSS), /usr/bin/time -v (CPU, max RSS), and the CPU of
+#      every postgres process (from /proc) before and after.
+#   7. Python baseline (../shared/peers/python_storage_consumer.py beside the
+#      repository, or beside its main checkout for a git worktree) on M messages into bench_<ts>_py, and conscope -w 1
+#      and -w 2 on the same topic (when M < N) into bench_<ts>_base_w1 / _w2.
+#   8. latency: fresh topic bench_<ts>_lat, its alerts topic created with
+#      message.timestamp.type=LogAppendTime (the broker stamps each alert with
+#      the time it appended it), conscope run -w 2 as a service (no
+#      --exit-at-end) into bench_<ts>_lat, and `bench alert-latency` tailing the
+#      alerts; then conscope produce at R msgs/s for S seconds. Once every
+#      message is committed and every alert published: produce -> row committed
+#      p50/p99 from the job's own metrics (commit time minus each message's Kafka
+#      timestamp), produce -> alert on the topic p50/p99 (the alert's append time
+#      minus the Kafka timestamp of the message that triggered it, found in the
+#      input topic by the alert's listing and observed_at).
+#   9. scripts/bench_report.py prints the report (tables, ratios, targets).
 #
 # The Python consumer needs confluent-kafka, psycopg[binary] and psycopg_pool:
 # they are installed into a venv, $CONSCOPE_STACK_DIR/bench-venv (default
 # .stack/bench-venv), the first time, and reused afterwards.
 #
-# Everything stays: topics (never delete a topic on tansu while a client reads
-# it), databases and the results directory .stack/bench/<ts>/ (raw outputs of
-# every step, and report.txt). The last lines print how to drop the databases.
-# The machine's other load is not controlled: the report prints the load
-# average before and after every run.
+# Everything stays: topics, databases and the results directory
+# .stack/bench/<ts>/ (raw outputs of every step, manifest, report.txt). The last
+# lines print how to drop the databases. The machine's other load is not
+# controlled: the report prints the load average around every run, and the
+# Postgres CPU figures count every postgres process, other clients' included.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -54,34 +84,50 @@ cd "$CONSCOPE_ROOT"
 count=1000000
 baseline_count=20000
 partitions=4
+latency_rate=20000
+latency_seconds=60
+latency_epoch_ms=""
+python=true
 stall_timeout=300
 while (($#)); do
     case "$1" in
     --count) count="${2:-}" && shift 2 ;;
     --baseline-count) baseline_count="${2:-}" && shift 2 ;;
     --partitions) partitions="${2:-}" && shift 2 ;;
+    --latency-rate) latency_rate="${2:-}" && shift 2 ;;
+    --latency-seconds) latency_seconds="${2:-}" && shift 2 ;;
+    --latency-epoch-ms) latency_epoch_ms="${2:-}" && shift 2 ;;
+    --no-python) python=false && shift ;;
     --stall-timeout) stall_timeout="${2:-}" && shift 2 ;;
     --broker-port) CONSCOPE_BROKER_PORT="${2:-}" && shift 2 ;;
     -h | --help) usage && exit 0 ;;
     *) die "unknown argument $1 (see $0 --help)" ;;
     esac
 done
-for value in "$count" "$baseline_count" "$partitions" "$stall_timeout" "$CONSCOPE_BROKER_PORT"; do
-    [[ "$value" =~ ^[1-9][0-9]*$ ]] || die "counts and partitions must be positive integers, got '$value'"
+for value in "$count" "$baseline_count" "$partitions" "$latency_rate" "$latency_seconds" \
+    "$stall_timeout" "$CONSCOPE_BROKER_PORT" ${latency_epoch_ms:+"$latency_epoch_ms"}; do
+    [[ "$value" =~ ^[1-9][0-9]*$ ]] || die "counts, rates, seconds and ports must be positive integers, got '$value'"
 done
+((baseline_count <= count)) || die "--baseline-count ($baseline_count) must not exceed --count ($count)"
 export CONSCOPE_BROKER_PORT # scripts/stack-up.sh reads it
 
+# The Python baseline sits beside the repository; a git worktree looks beside
+# its main checkout too.
 python_consumer="$CONSCOPE_ROOT/../shared/peers/python_storage_consumer.py"
-[[ -f "$python_consumer" ]] ||
-    die "the Python baseline is missing: expected it at $python_consumer (../shared/peers/python_storage_consumer.py relative to the repository root)"
-python_consumer="$(cd "$(dirname "$python_consumer")" && pwd)/$(basename "$python_consumer")"
+if [[ ! -f "$python_consumer" ]] && common="$(git -C "$CONSCOPE_ROOT" rev-parse --path-format=absolute --git-common-dir 2>/dev/null)"; then
+    python_consumer="$(dirname "$common")/../shared/peers/python_storage_consumer.py"
+fi
+if [[ "$python" == true ]]; then
+    [[ -f "$python_consumer" ]] ||
+        die "the Python baseline is missing: expected ../shared/peers/python_storage_consumer.py beside the repository (or pass --no-python)"
+    python_consumer="$(cd "$(dirname "$python_consumer")" && pwd)/$(basename "$python_consumer")"
+fi
 for tool in cargo psql python3; do
     command -v "$tool" >/dev/null || die "$tool is required"
 done
 
 stamp="$(date +%Y%m%d_%H%M%S)"
 topic="bench_$stamp"
-base_topic="bench_${stamp}_base"
 brokers="127.0.0.1:$CONSCOPE_BROKER_PORT"
 pg="postgres://$PGUSER_DEFAULT@$PGHOST_DEFAULT:$PGPORT_DEFAULT"
 results="$CONSCOPE_STACK_DIR/bench/$stamp"
@@ -94,11 +140,10 @@ time_bin=""
 if [[ -x /usr/bin/time ]] && /usr/bin/time -v true >/dev/null 2>&1; then
     time_bin=/usr/bin/time
 else
-    log "no GNU /usr/bin/time (apt package 'time'): max RSS comes from conscope's own peak_rss only"
+    log "no GNU /usr/bin/time (apt package 'time'): no CPU or max RSS per process, only conscope's own peak_rss"
 fi
 
-# The manifest bench_report.py reads: one key=value line per fact, and one
-# run=... line per measured run.
+# The manifest bench_report.py reads: one key=value line per fact.
 manifest="$results/manifest"
 : >"$manifest"
 fact() { printf '%s=%s\n' "$1" "$2" >>"$manifest"; }
@@ -107,7 +152,11 @@ fact started "$(date -Is)"
 fact count "$count"
 fact baseline_count "$baseline_count"
 fact partitions "$partitions"
+fact latency_rate "$latency_rate"
+fact latency_seconds "$latency_seconds"
+fact latency_epoch_ms "${latency_epoch_ms:-default}"
 fact nproc "$(nproc)"
+fact clk_tck "$(getconf CLK_TCK)"
 fact cpu_model "$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
 fact mem_total_kb "$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)"
 fact mem_available_kb "$(awk '/^MemAvailable:/ { print $2 }' /proc/meminfo)"
@@ -120,163 +169,47 @@ fact time_bin "${time_bin:-none}"
 # --- 1. stack and build -----------------------------------------------------
 
 phase "stack up" bash scripts/stack-up.sh 2> >(tee "$results/stack-up.log" >&2)
-# Which broker answers: ours (pid file) or one someone else started.
-broker_desc="unknown Kafka broker at $brokers (not started by scripts/stack-up.sh)"
-broker_pid=""
-pid_file="$(stack_file pid)"
-if [[ -f "$pid_file" ]] && is_tansu "$(cat "$pid_file")"; then
-    broker_pid="$(cat "$pid_file")"
-    version="unknown version"
-    if tansu="$(tansu_bin)"; then
-        version="$("$tansu" --version 2>/dev/null | head -n 1 || echo "unknown version")"
-    fi
-    engine="$(tr '\0' ' ' <"/proc/$broker_pid/cmdline" | grep -oE -- '--storage-engine [^ ]+' | cut -d' ' -f2 || true)"
-    store="$(stack_file db)"
-    store_size="$(du -sh "$store" 2>/dev/null | cut -f1 || echo "?")"
-    broker_desc="$version at $brokers (pid $broker_pid, storage ${engine:-unknown} in $CONSCOPE_STACK_DIR, $store_size at start)"
+if broker_pid="$(broker_pid)"; then
+    fact broker "Apache Kafka $KAFKA_VERSION at $brokers (pid $broker_pid, $(broker_dir); $(du -sh "$(broker_dir)/data" 2>/dev/null | cut -f1 || echo "?") of data at start)"
+else
+    # Started from another stack dir, or by hand: the process listening on the port.
+    broker_pid="$(ss -Htlnp "sport = :$CONSCOPE_BROKER_PORT" 2>/dev/null | grep -oE 'pid=[0-9]+' | head -n 1 | cut -d= -f2 || true)"
+    fact broker "a Kafka broker at $brokers not started by scripts/stack-up.sh with this stack dir (pid ${broker_pid:-unknown})"
 fi
-fact broker "$broker_desc"
 fact postgres "$(psql_admin -d postgres -tAc 'SHOW server_version') at $PGHOST_DEFAULT:$PGPORT_DEFAULT"
 
-phase "build" cargo build --release
+phase "build" cargo build --release --bin conscope --example bench
 bin="$results/conscope"
+tool="$results/bench"
 cp target/release/conscope "$bin"
+cp target/release/examples/bench "$tool"
 fact binary "$bin ($("$bin" --version), sha256 $(sha256sum "$bin" | cut -c1-12))"
 
 # --- helpers ----------------------------------------------------------------
 
-# The measured process running now, if any: stopped when this script ends
-# early (an error, Ctrl-C, TERM), so no run outlives the benchmark.
-current_pid=""
+# Processes this script started and has not stopped yet: stopped when it ends
+# early (an error, Ctrl-C, TERM), so nothing outlives the benchmark.
+running=()
 on_exit() {
-    if [[ -n "$current_pid" ]] && kill -0 "$current_pid" 2>/dev/null; then
-        log "stopping the run in progress (pid $current_pid)"
-        stop_tree "$current_pid"
-    fi
+    local pid
+    for pid in "${running[@]}"; do
+        if kill -0 "$pid" 2>/dev/null; then
+            log "stopping pid $pid"
+            stop_tree "$pid"
+        fi
+    done
 }
 trap on_exit EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# messages_in TOPIC: how many messages the topic holds.
-messages_in() {
-    python3 scripts/kafka_offsets.py --brokers "$brokers" --count "$1"
-}
-
-# fresh_database NAME: fails when it exists already (never reuses state).
-fresh_database() {
-    local exists
-    exists="$(psql_admin -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname='$1'")"
-    [[ -z "$exists" ]] || die "database $1 exists already; not reusing it"
-    databases+=("$1")
-}
-
-# produce NAME TOPIC COUNT: the mock producer, seed 1; checks every message
-# was delivered and the topic holds exactly COUNT messages.
-produce() {
-    local name="$1" to="$2" n="$3"
-    phase "produce $n messages to $to ($partitions partitions, seed 1)" \
-        "$bin" produce --brokers "$brokers" --topic "$to" --partitions "$partitions" \
-        --count "$n" --seed 1 >"$results/$name.out" 2>"$results/$name.err" ||
-        { tail -n 20 "$results/$name.err" >&2; die "producing to $to failed (log: $results/$name.err)"; }
-    local line
-    line="$(grep -E '^produced ' "$results/$name.out" | tail -n 1)"
-    [[ -n "$line" ]] || die "the producer printed no 'produced ...' line (see $results/$name.out)"
-    log "$line"
-    if ! [[ "$line" =~ \ ([0-9]+)\ delivered,\ 0\ failed ]] || ((BASH_REMATCH[1] != n)); then
-        die "not every message was delivered: $line"
-    fi
-    local held
-    held="$(messages_in "$to")"
-    ((held == n)) || die "topic $to holds $held messages, expected $n"
-    fact "produce_$name" "$line"
-}
-
-# cpu_ticks PID: user+system clock ticks the process used so far.
-cpu_ticks() {
-    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
-}
-
-# settle NAME TOPIC: before a measured run, waits (up to 10 minutes) until the
-# broker is idle and answers: tansu can stay busy for minutes with work a
-# previous client left (its sqlite writes), and a run started then would
-# measure that. Idle = the broker process (when it is ours) used under 20% of
-# one CPU over 5 s, and Metadata + ListOffsets for TOPIC answer within 5 s.
-# The wait is logged and reported, never included in a run's figures.
-settle() {
-    local name="$1" to="$2" started=$SECONDS
-    local hz
-    hz="$(getconf CLK_TCK)"
-    while true; do
-        local idle=1
-        if [[ -n "$broker_pid" ]] && kill -0 "$broker_pid" 2>/dev/null; then
-            local before after
-            before="$(cpu_ticks "$broker_pid")"
-            sleep 5
-            after="$(cpu_ticks "$broker_pid")"
-            # under 20% of one CPU: ticks used < 0.2 * 5 s * hz
-            ((after - before < hz)) || idle=0
-        fi
-        if ((idle)) && python3 scripts/kafka_offsets.py --brokers "$brokers" --timeout 5 --count "$to" >/dev/null 2>&1; then
-            break
-        fi
-        ((SECONDS - started < 600)) || die "the broker at $brokers did not settle (idle and answering) within 600s before $name"
-        ((SECONDS - started < 30)) || log "  waiting for the broker to settle before $name ($((SECONDS - started))s so far)"
+# forget PID: PID ended or was stopped.
+forget() {
+    local kept=() pid
+    for pid in "${running[@]}"; do
+        [[ "$pid" == "$1" ]] || kept+=("$pid")
     done
-    fact "settle_$name" "$((SECONDS - started))"
-}
-
-# measure NAME WATCH COMMAND...: runs COMMAND with its stdout/stderr in the results
-# directory, under /usr/bin/time -v when available, and records the wall time
-# and the load average around it. Logs the job's latest metrics line every 30s.
-# Watchdog (WATCH=1, conscope runs): when its metrics lines show no progress (processed, commits,
-# published alerts and dead letters unchanged) for $stall_timeout seconds, the
-# run is stopped (TERM, then KILL, by pid) and the step fails.
-measure() {
-    local name="$1" watch="$2"
-    shift 2
-    local out="$results/$name.out" err="$results/$name.err" timing="$results/$name.time"
-    local cmd=("$@")
-    [[ -n "$time_bin" ]] && cmd=("$time_bin" -v -o "$timing" "${cmd[@]}")
-    fact "load_before_$name" "$(cut -d' ' -f1-3 /proc/loadavg)"
-    local started ended status=0
-    started="$(date +%s.%N)"
-    "${cmd[@]}" >"$out" 2>"$err" &
-    local pid=$! next=$((SECONDS + 30)) progress="" progress_at=$SECONDS stalled=0
-    current_pid=$pid
-    while kill -0 "$pid" 2>/dev/null; do
-        sleep 1
-        local now
-        now="$(grep -hoE 'processed=[0-9]+|commits=[0-9]+|published_alerts=[0-9]+|published_dead_letters=[0-9]+' "$err" | tail -n 4 | tr '\n' ' ' || true)"
-        if [[ "$now" != "$progress" ]]; then
-            progress="$now"
-            progress_at=$SECONDS
-        elif ((watch && SECONDS - progress_at >= stall_timeout)); then
-            log "  $name: no progress for ${stall_timeout}s ($progress); stopping it"
-            stalled=1
-            stop_tree "$pid"
-            break
-        fi
-        if ((SECONDS >= next)); then
-            next=$((SECONDS + 30))
-            local latest
-            latest="$( { grep -hoE 'processed=[0-9]+[^"]*rate=[0-9]+/s' "$err" || grep -hE '^\{' "$out" || true; } | tail -n 1)"
-            log "  $name running: ${latest:-no progress line yet}"
-        fi
-    done
-    wait "$pid" || status=$?
-    current_pid=""
-    ended="$(date +%s.%N)"
-    fact "load_after_$name" "$(cut -d' ' -f1-3 /proc/loadavg)"
-    fact "wall_$name" "$(awk -v a="$started" -v b="$ended" 'BEGIN { printf "%.3f", b - a }')"
-    if ((stalled)); then
-        tail -n 30 "$err" >&2
-        die "$name stalled: no progress for ${stall_timeout}s (output: $out, log: $err)"
-    fi
-    if ((status != 0)); then
-        tail -n 30 "$err" >&2
-        die "$name failed with status $status (output: $out, log: $err)"
-    fi
+    running=("${kept[@]}")
 }
 
 # stop_tree PID: TERM to PID's children and PID (processes this script
@@ -295,17 +228,153 @@ stop_tree() {
     kill -KILL "${pids[@]}" 2>/dev/null || true
 }
 
-# conscope_run NAME TOPIC MESSAGES WORKERS: conscope run --exit-at-end into a
-# fresh database bench_<ts>_NAME with its own alerts/DLQ topics and group.
+# messages_in TOPIC: how many messages the topic holds.
+messages_in() {
+    python3 scripts/kafka_offsets.py --brokers "$brokers" --count "$1"
+}
+
+# fresh_database NAME: creates it and applies conscope's migrations; fails
+# when it exists already (never reuses state).
+fresh_database() {
+    local exists
+    exists="$(psql_admin -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname='$1'")"
+    [[ -z "$exists" ]] || die "database $1 exists already; not reusing it"
+    databases+=("$1")
+    "$bin" migrate --database-url "$pg/$1" >"$results/$1.migrate.log" 2>&1 ||
+        { tail -n 20 "$results/$1.migrate.log" >&2; die "migrate $1 failed"; }
+}
+
+# add_rules DATABASE: the benchmark's rules (step 5) into DATABASE.
+add_rules() {
+    local event section currency price
+    while IFS='|' read -r event section currency price; do
+        local scope=()
+        [[ -n "$section" ]] && scope=(--section "$section")
+        "$bin" rules add --database-url "$pg/$1" --event "$event" "${scope[@]}" \
+            --currency "$currency" --max-price "$price" >>"$results/$1.rules.log" 2>&1 ||
+            { tail -n 20 "$results/$1.rules.log" >&2; die "rules add into $1 failed"; }
+    done <"$results/rules.txt"
+}
+
+# produce NAME TOPIC COUNT [ARGS...]: the mock producer, seed 1, under measure;
+# checks every message was delivered and the topic holds exactly COUNT messages.
+produce() {
+    local name="$1" to="$2" n="$3"
+    shift 3
+    phase "produce $n messages to $to ($partitions partitions, seed 1${*:+, $*})" \
+        measure "$name" 0 "$bin" produce --brokers "$brokers" --topic "$to" --partitions "$partitions" \
+        --count "$n" --seed 1 "$@"
+    local line
+    line="$(grep -E '^produced ' "$results/$name.out" | tail -n 1)"
+    [[ -n "$line" ]] || die "the producer printed no 'produced ...' line (see $results/$name.out)"
+    log "$line"
+    if ! [[ "$line" =~ \ ([0-9]+)\ delivered,\ 0\ failed ]] || ((BASH_REMATCH[1] != n)); then
+        die "not every message was delivered: $line"
+    fi
+    local held
+    held="$(messages_in "$to")"
+    ((held == n)) || die "topic $to holds $held messages, expected $n"
+    fact "produce_$name" "$line"
+}
+
+# postgres_ticks: CPU clock ticks every postgres process has used so far.
+postgres_ticks() {
+    "$tool" pg-cpu | sed -E 's/.*"postgres_cpu_ticks":([0-9]+).*/\1/'
+}
+
+# process_ticks PID: user+system clock ticks PID has used so far.
+process_ticks() {
+    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+}
+
+# machine_ticks: "TOTAL IDLE" clock ticks of all CPUs so far (/proc/stat; idle
+# includes iowait).
+machine_ticks() {
+    awk '/^cpu / { print $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $5 + $6 }' /proc/stat
+}
+
+# broker_ticks: the broker's CPU clock ticks so far, when its pid is known.
+broker_ticks() {
+    if [[ -n "$broker_pid" ]] && [[ -r "/proc/$broker_pid/stat" ]]; then
+        process_ticks "$broker_pid"
+    fi
+}
+
+# snapshot WHEN: the CPU counters the report compares, as facts *_WHEN.
+snapshot() {
+    fact "pg_ticks_$1" "$(postgres_ticks)"
+    fact "machine_ticks_$1" "$(machine_ticks)"
+    fact "broker_ticks_$1" "$(broker_ticks)"
+}
+
+# latest_metrics FILE: the job's latest metrics line in its log.
+latest_metrics() {
+    grep -hoE 'processed=[0-9]+ .*rate=[0-9]+/s' "$1" | tail -n 1 || true
+}
+
+# measure NAME WATCH COMMAND...: runs COMMAND with its stdout/stderr in the results
+# directory, under /usr/bin/time -v when available, and records the wall time,
+# the load average and the CPU counters (snapshot) around it. Logs the job's latest
+# metrics line every 30s. Watchdog (WATCH=1, conscope runs): when its metrics
+# lines show no progress (processed, commits, published alerts and dead letters
+# unchanged) for $stall_timeout seconds, the run is stopped and the step fails.
+measure() {
+    local name="$1" watch="$2"
+    shift 2
+    local out="$results/$name.out" err="$results/$name.err" timing="$results/$name.time"
+    local cmd=("$@")
+    [[ -n "$time_bin" ]] && cmd=("$time_bin" -v -o "$timing" "${cmd[@]}")
+    fact "load_before_$name" "$(cut -d' ' -f1-3 /proc/loadavg)"
+    snapshot "before_$name"
+    local started ended status=0
+    started="$(date +%s.%N)"
+    "${cmd[@]}" >"$out" 2>"$err" &
+    local pid=$! next=$((SECONDS + 30)) progress="" progress_at=$SECONDS stalled=0
+    running+=("$pid")
+    while kill -0 "$pid" 2>/dev/null; do
+        sleep 1
+        local now
+        now="$(grep -hoE 'processed=[0-9]+|commits=[0-9]+|published_alerts=[0-9]+|published_dead_letters=[0-9]+' "$err" | tail -n 4 | tr '\n' ' ' || true)"
+        if [[ "$now" != "$progress" ]]; then
+            progress="$now"
+            progress_at=$SECONDS
+        elif ((watch && SECONDS - progress_at >= stall_timeout)); then
+            log "  $name: no progress for ${stall_timeout}s ($progress); stopping it"
+            stalled=1
+            stop_tree "$pid"
+            break
+        fi
+        if ((SECONDS >= next)); then
+            next=$((SECONDS + 30))
+            local latest
+            latest="$(latest_metrics "$err")"
+            log "  $name running: ${latest:-no progress line yet}"
+        fi
+    done
+    wait "$pid" || status=$?
+    forget "$pid"
+    ended="$(date +%s.%N)"
+    snapshot "after_$name"
+    fact "load_after_$name" "$(cut -d' ' -f1-3 /proc/loadavg)"
+    fact "wall_$name" "$(awk -v a="$started" -v b="$ended" 'BEGIN { printf "%.3f", b - a }')"
+    if ((stalled)); then
+        tail -n 30 "$err" >&2
+        die "$name stalled: no progress for ${stall_timeout}s (output: $out, log: $err)"
+    fi
+    if ((status != 0)); then
+        tail -n 30 "$err" >&2
+        die "$name failed with status $status (output: $out, log: $err)"
+    fi
+}
+
+# conscope_run NAME TOPIC WORKERS: conscope run --exit-at-end into a fresh
+# database bench_<ts>_NAME (with the rules) with its own alerts/DLQ topics and group.
 conscope_run() {
-    local name="$1" from_topic="$2" n="$3" workers="$4"
+    local name="$1" from_topic="$2" workers="$3"
     local db="bench_${stamp}_$name"
     fresh_database "$db"
-    phase "migrate $db" "$bin" migrate --database-url "$pg/$db" \
-        >"$results/$name.migrate.log" 2>&1 ||
-        { tail -n 20 "$results/$name.migrate.log" >&2; die "migrate $db failed"; }
-    settle "$name" "$from_topic"
-    phase "conscope run -w $workers over $from_topic ($n messages) into $db" \
+    add_rules "$db"
+    phase "conscope run -w $workers --exit-at-end over $from_topic into $db" \
         measure "$name" 1 "$bin" run --brokers "$brokers" --database-url "$pg/$db" \
         --input-topic "$from_topic" --alerts-topic "$db.alerts" --dlq-topic "$db.dlq" \
         --group-id "$db" --exit-at-end --from earliest -w "$workers"
@@ -313,66 +382,197 @@ conscope_run() {
     summary="$(grep -E '^summary: ' "$results/$name.out" | tail -n 1)"
     [[ -n "$summary" ]] || die "conscope run printed no 'summary:' line (see $results/$name.out)"
     log "$summary"
-    printf 'run=%s|conscope -w %s|%s|%s|%s\n' "$name" "$workers" "$from_topic" "$n" "$db" >>"$manifest"
+    fact "topic_$name" "$from_topic"
+    fact "database_$name" "$db"
 }
 
-# --- 2-4. conscope on N messages ----------------------------------------------
+# --- 2-4. the topic, and what the broker and Postgres do on their own ----------
 
 produce main "$topic" "$count"
-conscope_run w1 "$topic" "$count" 1
-conscope_run w2 "$topic" "$count" 2
 
-# --- 5. the Python baseline and conscope on the same M messages ---------------
+phase "broker read limit: plain librdkafka consumer over $topic" \
+    measure drain 0 "$tool" --brokers "$brokers" drain --topic "$topic"
+log "drain: $(tail -n 1 "$results/drain.out")"
 
-venv_ok() {
-    [[ -x "$venv/bin/python" ]] &&
-        "$venv/bin/python" -c 'import confluent_kafka, psycopg, psycopg_pool' >/dev/null 2>&1
-}
-if venv_ok; then
-    log "python venv: reusing $venv"
-else
-    log "python venv: installing confluent-kafka, psycopg[binary], psycopg_pool into $venv"
-    [[ -x "$venv/bin/python" ]] || python3 -m venv "$venv" ||
-        die "python3 -m venv $venv failed (Debian: apt-get install python3-venv)"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        confluent-kafka 'psycopg[binary]' psycopg_pool ||
-        die "pip install into $venv failed"
-    venv_ok || die "$venv still cannot import confluent_kafka, psycopg, psycopg_pool"
+copy_db="bench_${stamp}_copy"
+fresh_database "$copy_db"
+psql_admin -d "$copy_db" -qc "CREATE TABLE copy_rows (LIKE price_history INCLUDING ALL)"
+phase "COPY limit: $topic's price_history rows into $copy_db.copy_rows" \
+    measure copy 0 "$tool" --brokers "$brokers" copy --topic "$topic" \
+    --database-url "$pg/$copy_db" --table copy_rows
+log "copy: $(tail -n 1 "$results/copy.out")"
+
+# --- 5. rules ------------------------------------------------------------------
+
+# The six busiest (event, currency) pairs among available observations: the
+# first three get a whole-event rule at the 2nd percentile of their prices, the
+# last three a rule on their busiest section at its 10th percentile, so rules
+# fire and re-arm during the runs.
+psql_admin -d "$copy_db" -tA -F '|' >"$results/rules.txt" <<'SQL'
+WITH busiest AS (
+    SELECT event_id, currency, row_number() OVER (ORDER BY count(*) DESC, event_id, currency) AS rank
+    FROM copy_rows WHERE available GROUP BY event_id, currency
+    ORDER BY rank LIMIT 6
+), sections AS (
+    SELECT DISTINCT ON (b.rank) b.rank, c.section
+    FROM busiest b JOIN copy_rows c USING (event_id, currency)
+    WHERE c.available AND b.rank > 3
+    GROUP BY b.rank, c.section
+    ORDER BY b.rank, count(*) DESC, c.section
+)
+SELECT b.event_id, coalesce(s.section, ''), b.currency,
+       percentile_disc(CASE WHEN s.section IS NULL THEN 0.02 ELSE 0.10 END) WITHIN GROUP (ORDER BY c.price)
+FROM busiest b
+LEFT JOIN sections s USING (rank)
+JOIN copy_rows c ON c.event_id = b.event_id AND c.currency = b.currency AND c.available
+     AND (s.section IS NULL OR c.section = s.section)
+GROUP BY b.rank, b.event_id, s.section, b.currency
+ORDER BY b.rank
+SQL
+rule_count="$(grep -c . "$results/rules.txt" || true)"
+((rule_count > 0)) || die "no rules could be derived from $copy_db.copy_rows"
+fact rules "$rule_count"
+log "rules for every conscope run (event|section|currency|max_price):"
+sed 's/^/    /' "$results/rules.txt" >&2
+
+# --- 6. conscope on N messages -------------------------------------------------
+
+conscope_run w1 "$topic" 1
+conscope_run w2 "$topic" 2
+
+# --- 7. the Python baseline, and conscope on its topic --------------------------
+
+if [[ "$python" == true ]]; then
+    venv_ok() {
+        [[ -x "$venv/bin/python" ]] &&
+            "$venv/bin/python" -c 'import confluent_kafka, psycopg, psycopg_pool' >/dev/null 2>&1
+    }
+    if venv_ok; then
+        log "python venv: reusing $venv"
+    else
+        log "python venv: installing confluent-kafka, psycopg[binary], psycopg_pool into $venv"
+        [[ -x "$venv/bin/python" ]] || python3 -m venv "$venv" ||
+            die "python3 -m venv $venv failed (Debian: apt-get install python3-venv)"
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+            confluent-kafka 'psycopg[binary]' psycopg_pool ||
+            die "pip install into $venv failed"
+        venv_ok || die "$venv still cannot import confluent_kafka, psycopg, psycopg_pool"
+    fi
+    fact python "$("$venv/bin/python" -c 'import sys, confluent_kafka, psycopg; print("Python", sys.version.split()[0], "confluent-kafka", confluent_kafka.version()[0], "librdkafka", confluent_kafka.libversion()[0], "psycopg", psycopg.__version__)')"
+
+    base_topic="$topic"
+    if ((baseline_count < count)); then
+        base_topic="bench_${stamp}_base"
+        produce base "$base_topic" "$baseline_count"
+    fi
+    py_db="bench_${stamp}_py"
+    py_schema="bench_py_$stamp"
+    fresh_database "$py_db"
+    # It loops until it has seen EXPECTED messages: bound it generously (>= 5 min,
+    # or 20 ms per message), so a missing message fails the run instead of hanging.
+    py_timeout=$((baseline_count / 50 > 300 ? baseline_count / 50 : 300))
+    phase "python baseline over $base_topic ($baseline_count messages) into $py_db, schema $py_schema" \
+        measure py 0 timeout "$py_timeout" "$venv/bin/python" "$python_consumer" \
+        "$brokers" "$base_topic" "$pg/$py_db" "$py_schema" "$baseline_count"
+    log "python: $(grep -E '^\{.*"msgs_per_s"' "$results/py.out" | tail -n 1)"
+    fact topic_py "$base_topic"
+    if [[ "$base_topic" != "$topic" ]]; then
+        conscope_run base_w1 "$base_topic" 1
+        conscope_run base_w2 "$base_topic" 2
+    fi
 fi
-fact python "$("$venv/bin/python" -c 'import sys, confluent_kafka, psycopg; print("Python", sys.version.split()[0], "confluent-kafka", confluent_kafka.version()[0], "librdkafka", confluent_kafka.libversion()[0], "psycopg", psycopg.__version__)')"
 
-produce base "$base_topic" "$baseline_count"
+# --- 8. latency under a steady load ---------------------------------------------
 
-py_db="bench_${stamp}_py"
-py_schema="bench_py_$stamp"
-fresh_database "$py_db"
-psql_admin -d postgres -qc "CREATE DATABASE $py_db"
-# It loops until it has seen EXPECTED messages: bound it generously (>= 5 min,
-# or 20 ms per message), so a missing message fails the run instead of hanging.
-py_timeout=$((baseline_count / 50 > 300 ? baseline_count / 50 : 300))
-settle py "$base_topic"
-phase "python baseline over $base_topic ($baseline_count messages) into $py_db, schema $py_schema" \
-    measure py 0 timeout "$py_timeout" "$venv/bin/python" "$python_consumer" \
-    "$brokers" "$base_topic" "$pg/$py_db" "$py_schema" "$baseline_count"
-py_line="$(grep -E '^\{.*"msgs_per_s"' "$results/py.out" | tail -n 1)"
-[[ -n "$py_line" ]] || die "the Python consumer printed no final JSON line (see $results/py.out)"
-log "python: $py_line"
-printf 'run=%s|%s|%s|%s|%s\n' py "python baseline" "$base_topic" "$baseline_count" "$py_db" >>"$manifest"
+lat_topic="bench_${stamp}_lat"
+lat_db="bench_${stamp}_lat"
+lat_count=$((latency_rate * latency_seconds))
+"$tool" --brokers "$brokers" create-topic --topic "$lat_topic" --partitions "$partitions" >/dev/null
+"$tool" --brokers "$brokers" create-topic --topic "$lat_db.alerts" --partitions "$partitions" \
+    --log-append-time >/dev/null
+fresh_database "$lat_db"
+add_rules "$lat_db"
+fact topic_lat "$lat_topic"
+fact database_lat "$lat_db"
 
-conscope_run base_w1 "$base_topic" "$baseline_count" 1
-conscope_run base_w2 "$base_topic" "$baseline_count" 2
+log "latency: starting conscope run -w 2 as a service over $lat_topic into $lat_db"
+epoch_args=()
+[[ -n "$latency_epoch_ms" ]] && epoch_args=(--epoch-ms "$latency_epoch_ms")
+# There before job_ready first reads it.
+: >"$results/lat_run.err"
+"$bin" run --brokers "$brokers" --database-url "$pg/$lat_db" --input-topic "$lat_topic" \
+    --alerts-topic "$lat_db.alerts" --dlq-topic "$lat_db.dlq" --group-id "$lat_db" \
+    --from earliest -w 2 --metrics-interval 1 "${epoch_args[@]}" \
+    >"$results/lat_run.out" 2>"$results/lat_run.err" &
+lat_pid=$!
+running+=("$lat_pid")
+# Ready: every partition assigned and a first metrics line out (or it ended).
+job_ready() {
+    ! kill -0 "$lat_pid" 2>/dev/null || {
+        (($(grep -c 'assigned partition' "$results/lat_run.err") >= partitions)) &&
+            [[ -n "$(latest_metrics "$results/lat_run.err")" ]]
+    }
+}
+if ! wait_for 120 "conscope to assign its partitions" job_ready || ! kill -0 "$lat_pid" 2>/dev/null; then
+    tail -n 30 "$results/lat_run.err" >&2
+    die "conscope run did not start (see $results/lat_run.err)"
+fi
+
+"$tool" --brokers "$brokers" alert-latency --alerts-topic "$lat_db.alerts" --input-topic "$lat_topic" \
+    --stop-file "$results/lat_alerts.stop" >"$results/lat_alerts.out" 2>"$results/lat_alerts.err" &
+alerts_pid=$!
+running+=("$alerts_pid")
+sleep 2
+
+job_ticks_before="$(process_ticks "$lat_pid")"
+produce lat "$lat_topic" "$lat_count" --rate "$latency_rate"
+
+# Caught up: every message committed (offsets start at 0 on a fresh topic) and
+# the outbox empty (every alert published).
+caught_up() {
+    ! kill -0 "$lat_pid" 2>/dev/null || {
+        local state
+        state="$(psql_admin -d "$lat_db" -tAc "SELECT (SELECT coalesce(sum(next_offset), 0) FROM kafka_offsets
+            WHERE topic = '$lat_topic') || ' ' || (SELECT count(*) FROM outbox)")"
+        [[ "$state" == "$lat_count 0" ]]
+    }
+}
+caught_up_started=$SECONDS
+if ! wait_for "$stall_timeout" "conscope to commit and publish everything" caught_up ||
+    ! kill -0 "$lat_pid" 2>/dev/null; then
+    tail -n 30 "$results/lat_run.err" >&2
+    die "conscope did not catch up within ${stall_timeout}s, or exited (see $results/lat_run.err)"
+fi
+fact lat_catch_up_s "$((SECONDS - caught_up_started))"
+fact lat_job_ticks "$(($(process_ticks "$lat_pid") - job_ticks_before))"
+snapshot caught_up_lat
+# One more metrics line, so the last one counts every commit.
+sleep 2
+fact lat_metrics "$(latest_metrics "$results/lat_run.err")"
+fact lat_alert_rows "$(psql_admin -d "$lat_db" -tAc "SELECT count(*) FROM price_alerts")"
+fact lat_peak_rss "$(awk '/^VmHWM:/ { print $2 $3 }' "/proc/$lat_pid/status")"
+
+touch "$results/lat_alerts.stop"
+wait_for 600 "the alert tail to finish" bash -c "! kill -0 $alerts_pid 2>/dev/null" ||
+    die "bench alert-latency did not finish (see $results/lat_alerts.err)"
+wait "$alerts_pid" || die "bench alert-latency failed (see $results/lat_alerts.err)"
+forget "$alerts_pid"
+log "alerts: $(tail -n 1 "$results/lat_alerts.out")"
+stop_tree "$lat_pid"
+wait "$lat_pid" 2>/dev/null || true
+forget "$lat_pid"
 
 fact load_end "$(cut -d' ' -f1-3 /proc/loadavg)"
 fact finished "$(date -Is)"
 
-# --- 6. report ----------------------------------------------------------------
+# --- 9. report ---------------------------------------------------------------------
 
 status=0
 python3 scripts/bench_report.py "$results" | tee "$results/report.txt" || status=$?
 cat <<DONE
 
 Raw outputs and this report: $results
-Topics stay (never delete a topic on tansu while a client reads it). Drop the databases with:
+Topics stay. Drop the databases with:
   for db in ${databases[*]}; do psql -h $PGHOST_DEFAULT -U $PGUSER_DEFAULT -d postgres -c "DROP DATABASE \$db"; done
 DONE
 if ((status != 0)); then

@@ -207,6 +207,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     let metrics = Metrics::new(&args.topics.alerts_topic);
+    if leader {
+        metrics.measure_commit_lag();
+    }
     metrics.spawn_reporter(Duration::from_secs(args.metrics_interval.max(1)));
 
     let mut leader_parts = None;

@@ -1,12 +1,21 @@
-//! Job metrics: what was committed, consumer lag, publish lag. A reporter thread
-//! logs them through `tracing` every few seconds; `summary` prints them on exit.
+//! Job metrics: what was committed, consumer lag, commit lag, publish lag. A
+//! reporter thread logs them through `tracing` every few seconds; `summary`
+//! prints them on exit.
 //!
 //! Only committed work is counted (the writer adds an epoch's counters after its
 //! transaction commits), so the figures never include rolled-back work.
+//!
+//! Commit lag is how long a message waited from its Kafka timestamp (the
+//! producer's CreateTime, or the broker's LogAppendTime) until the transaction
+//! holding its rows and offset committed: the Kafka source hands each message's
+//! timestamp over as it reads it, and the writer's report of the offsets it
+//! committed closes them. Measured on process 0's own partitions (the writer's
+//! process), over the whole run, in a fixed-size histogram.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use conscope_dataflows::model::Counters;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -42,6 +51,73 @@ impl RateLimited {
     }
 }
 
+/// A histogram of durations in microseconds with a fixed footprint (about 60
+/// KiB): exact below 256 µs, then 128 buckets per power of two, so a percentile
+/// is off by under 0.4 % (it reports its bucket's midpoint).
+#[derive(Default)]
+struct Histogram {
+    counts: Vec<u64>,
+    total: u64,
+}
+
+impl Histogram {
+    const SUB_BITS: u32 = 7;
+    const EXACT: u64 = 2 << Self::SUB_BITS;
+
+    fn index(micros: u64) -> usize {
+        if micros < Self::EXACT {
+            return micros as usize;
+        }
+        let exponent = 63 - micros.leading_zeros();
+        let shift = exponent - Self::SUB_BITS;
+        let sub = (micros >> shift) - (1 << Self::SUB_BITS);
+        Self::EXACT as usize + (((exponent - Self::SUB_BITS - 1) as usize) << Self::SUB_BITS) + sub as usize
+    }
+
+    /// The midpoint of bucket `index`.
+    fn value(index: usize) -> u64 {
+        if index < Self::EXACT as usize {
+            return index as u64;
+        }
+        let above = index - Self::EXACT as usize;
+        let shift = (above >> Self::SUB_BITS) as u32 + 1;
+        let sub = (above & ((1 << Self::SUB_BITS) - 1)) as u64 + (1 << Self::SUB_BITS);
+        (sub << shift) + (1 << shift) / 2
+    }
+
+    fn record(&mut self, micros: u64, count: u64) {
+        let index = Self::index(micros);
+        if self.counts.len() <= index {
+            self.counts.resize(Self::index(u64::MAX) + 1, 0);
+        }
+        self.counts[index] += count;
+        self.total += count;
+    }
+
+    /// The value at rank `round((total - 1) * fraction)`, as `percentile` ranks a sorted slice.
+    fn percentile(&self, fraction: f64) -> Option<u64> {
+        if self.total == 0 {
+            return None;
+        }
+        let rank = ((self.total - 1) as f64 * fraction).round() as u64;
+        let mut seen = 0;
+        for (index, count) in self.counts.iter().enumerate() {
+            seen += count;
+            if seen > rank {
+                return Some(Self::value(index));
+            }
+        }
+        None
+    }
+}
+
+/// Consecutive messages of one partition with one timestamp, read but not yet committed.
+struct Unconfirmed {
+    first_offset: i64,
+    timestamp_ms: i64,
+    messages: u64,
+}
+
 #[derive(Default)]
 struct Inner {
     committed: Counters,
@@ -56,12 +132,19 @@ struct Inner {
     committed_offsets: BTreeMap<i32, i64>,
     /// Last known high watermark per input partition.
     high_watermarks: BTreeMap<i32, i64>,
+    /// Messages read, per partition in offset order, waiting for their commit.
+    unconfirmed: BTreeMap<i32, VecDeque<Unconfirmed>>,
+    /// Commit lags (µs) of this run.
+    commit_lags: Histogram,
 }
 
 pub struct Metrics {
     inner: Mutex<Inner>,
     started: Instant,
     alerts_topic: String,
+    /// Whether sources hand over message timestamps: only where the writer runs
+    /// (process 0), which is what takes them back.
+    commit_lag: AtomicBool,
 }
 
 fn percentile(sorted: &[u64], fraction: f64) -> Option<u64> {
@@ -89,6 +172,12 @@ fn lag(inner: &Inner) -> Option<i64> {
     )
 }
 
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_micros() as i64)
+}
+
 fn millis(micros: Option<u64>) -> String {
     micros.map_or_else(
         || "-".to_owned(),
@@ -102,7 +191,45 @@ impl Metrics {
             inner: Mutex::new(Inner::default()),
             started: Instant::now(),
             alerts_topic: alerts_topic.to_owned(),
+            commit_lag: AtomicBool::new(false),
         })
+    }
+
+    /// Measures commit lag from now on: call in the process whose writer
+    /// reports commits through `committed`.
+    pub fn measure_commit_lag(&self) {
+        self.commit_lag.store(true, Ordering::Relaxed);
+    }
+
+    /// Messages a source just read, as `(partition, offset, Kafka timestamp in
+    /// ms)` in read order: their commit lag ends when `committed` reports an
+    /// offset past them.
+    pub fn read(&self, messages: &[(i32, i64, i64)]) {
+        if messages.is_empty() || !self.commit_lag.load(Ordering::Relaxed) {
+            return;
+        }
+        self.with(|inner| {
+            // Runs are merged within one read only, so that none straddles two epochs.
+            let mut opened: Vec<i32> = Vec::new();
+            for &(partition, offset, timestamp_ms) in messages {
+                let pending = inner.unconfirmed.entry(partition).or_default();
+                match pending.back_mut() {
+                    Some(last) if opened.contains(&partition) && last.timestamp_ms == timestamp_ms => {
+                        last.messages += 1;
+                    }
+                    _ => {
+                        pending.push_back(Unconfirmed {
+                            first_offset: offset,
+                            timestamp_ms,
+                            messages: 1,
+                        });
+                        if !opened.contains(&partition) {
+                            opened.push(partition);
+                        }
+                    }
+                }
+            }
+        });
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
@@ -110,11 +237,26 @@ impl Metrics {
         f(&mut inner)
     }
 
+    /// A transaction committed, with these next offsets: called right after the commit.
     pub fn committed(&self, counters: &Counters, rejected: u64, offsets: &BTreeMap<i32, i64>) {
+        let now = now_micros();
         self.with(|inner| {
             inner.committed.add(counters);
             inner.committed.rejected += rejected;
             inner.committed_offsets.extend(offsets);
+            for (partition, next) in offsets {
+                let Some(pending) = inner.unconfirmed.get_mut(partition) else {
+                    continue;
+                };
+                while let Some(run) = pending.front() {
+                    if run.first_offset >= *next {
+                        break;
+                    }
+                    let lag = (now - run.timestamp_ms.saturating_mul(1000)).max(0) as u64;
+                    inner.commit_lags.record(lag, run.messages);
+                    pending.pop_front();
+                }
+            }
         });
     }
 
@@ -176,8 +318,9 @@ impl Metrics {
         let processed = c.processed + c.rejected;
         format!(
             "processed={processed} events_created={} prices_stored={} duplicates={} stale={} rejected={} \
-             alerts[listing_drop={} event_low={} rule_match={}] commits={} lag={} published_alerts={} \
-             published_dead_letters={} publish_lag_p50={} publish_lag_p99={} elapsed={elapsed:.1}s rate={:.0}/s",
+             alerts[listing_drop={} event_low={} rule_match={}] commits={} lag={} commit_lag_p50={} \
+             commit_lag_p99={} published_alerts={} published_dead_letters={} publish_lag_p50={} \
+             publish_lag_p99={} elapsed={elapsed:.1}s rate={:.0}/s",
             c.events_created,
             c.prices_stored,
             c.duplicates,
@@ -188,6 +331,8 @@ impl Metrics {
             c.rule_match,
             inner.commits,
             lag(inner).map_or_else(|| "-".to_owned(), |lag| lag.to_string()),
+            millis(inner.commit_lags.percentile(0.5)),
+            millis(inner.commit_lags.percentile(0.99)),
             inner.published_alerts,
             inner.published_dead_letters,
             millis(percentile(lags, 0.5)),
@@ -196,7 +341,7 @@ impl Metrics {
         )
     }
 
-    /// The periodic line, with publish lag over recent alerts.
+    /// The periodic line, with publish lag over recent alerts (commit lag: the whole run).
     pub fn report(&self) -> String {
         self.with(|inner| {
             let mut lags: Vec<u64> = inner.recent_lags.iter().copied().collect();
@@ -240,4 +385,55 @@ pub fn peak_rss() -> String {
                 .map(|line| line.trim_start_matches("VmHWM:").trim().replace(' ', ""))
         })
         .unwrap_or_else(|| "unknown".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_percentiles_are_within_half_a_percent() {
+        let mut histogram = Histogram::default();
+        assert_eq!(histogram.percentile(0.5), None);
+        let values: Vec<u64> = (1..=100_000).map(|i| i * 37).collect();
+        for value in &values {
+            histogram.record(*value, 1);
+        }
+        for fraction in [0.0, 0.5, 0.99, 1.0] {
+            let exact = percentile(&values, fraction).unwrap_or_default() as f64;
+            let approx = histogram.percentile(fraction).unwrap_or_default() as f64;
+            assert!(
+                (approx - exact).abs() <= exact / 256.0,
+                "{fraction}: {approx} vs {exact}"
+            );
+        }
+        let mut small = Histogram::default();
+        small.record(7, 3);
+        small.record(u64::MAX, 1);
+        assert_eq!(small.percentile(0.5), Some(7));
+        assert!(small.percentile(1.0).is_some_and(|value| value > u64::MAX / 2));
+    }
+
+    #[test]
+    fn commit_lag_counts_each_message_once_when_its_offset_commits() {
+        let metrics = Metrics::new("alerts");
+        let now_ms = now_micros() / 1000;
+        // Not measuring yet: nothing is kept.
+        metrics.read(&[(0, 0, now_ms)]);
+        metrics.measure_commit_lag();
+        metrics.read(&[(0, 1, now_ms - 100), (1, 0, now_ms - 100), (0, 2, now_ms - 100)]);
+        metrics.read(&[(0, 3, now_ms - 50)]);
+        let counters = Counters::default();
+        metrics.committed(&counters, 0, &BTreeMap::from([(0, 3)]));
+        metrics.with(|inner| {
+            assert_eq!(inner.commit_lags.total, 2);
+            let p50 = inner.commit_lags.percentile(0.5).unwrap_or_default();
+            assert!((100_000..1_000_000).contains(&p50), "{p50}");
+        });
+        metrics.committed(&counters, 0, &BTreeMap::from([(0, 4), (1, 1)]));
+        metrics.with(|inner| {
+            assert_eq!(inner.commit_lags.total, 4);
+            assert!(inner.unconfirmed.values().all(VecDeque::is_empty));
+        });
+    }
 }

@@ -218,6 +218,8 @@ pub fn kafka_source<'scope>(
             }
 
             let mut read = 0;
+            // (partition, offset, Kafka timestamp) of what is read now, for commit lag.
+            let mut timestamps = Vec::new();
             let mut session = output.session(&*cap);
             while read < settings.max_batch {
                 match owned.consumer.poll(Duration::ZERO) {
@@ -241,6 +243,9 @@ pub fn kafka_source<'scope>(
                         if owned.next.get(&partition).is_some_and(|next| offset < *next) {
                             continue;
                         }
+                        if let Some(timestamp) = message.timestamp().to_millis() {
+                            timestamps.push((partition, offset, timestamp));
+                        }
                         session.give(SourceEvent::Message(RawMessage {
                             position: Position { partition, offset },
                             key: message.key().map(<[u8]>::to_vec),
@@ -252,6 +257,7 @@ pub fn kafka_source<'scope>(
                 }
             }
             drop(session);
+            owned.consumer.context().metrics.read(&timestamps);
             in_flight.read(read);
             if read == settings.max_batch || owned.finished() {
                 activator.activate();
