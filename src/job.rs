@@ -32,7 +32,7 @@ use crate::sink::postgres::{run_writer, WriterConfig};
 use crate::sink::publisher::{run_publisher, PublisherConfig, PublisherControl};
 use crate::sink::{postgres_sink, WriterStarter};
 use crate::source::file::{file_source, OpenFile};
-use crate::source::kafka::{kafka_source, OwnedPartitions, StartFrom};
+use crate::source::kafka::{check_isolation, kafka_source, OwnedPartitions, StartFrom};
 use crate::source::state::{initial_rules, load_slice, state_source, stored_offsets, LiveRules, RuleFeed};
 use crate::source::SourceSettings;
 
@@ -197,6 +197,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let input_partitions = match &args.input_file {
         Some(_) => 1,
         None => {
+            check_isolation(&args.kafka)?;
             let consumer: BaseConsumer = args
                 .kafka
                 .client_config()
