@@ -127,4 +127,16 @@ fn transactional_input_is_read_committed_to_its_end() {
     );
     assert!(summary.contains(" lag=0 "), "{summary}");
     assert_eq!(stored_offsets(&job.database_url, &input), highs);
+
+    // Reading uncommitted input would store what the producer aborted: refused.
+    let refused = job
+        .command(&["--exit-at-end", "--kafka", "isolation.level=read_uncommitted"])
+        .output()
+        .expect("run conscope");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("isolation.level=read_committed only"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
 }
