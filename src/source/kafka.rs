@@ -159,9 +159,9 @@ impl PartitionWatch {
                 loop {
                     std::thread::sleep(every);
                     let Some(count) = weak.upgrade() else { return };
-                    // Retries (and waits) by itself while the broker is away: only
-                    // this thread waits, the workers keep their last count.
-                    match crate::kafka::partition_count(&consumer, &topic) {
+                    // One request per tick: while the broker is away the workers
+                    // keep the last count and the next tick tries again.
+                    match crate::kafka::partition_count_once(&consumer, &topic) {
                         Ok(Some(now)) => {
                             let before = count.fetch_max(now, Ordering::SeqCst);
                             if now > before {
