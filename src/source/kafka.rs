@@ -297,8 +297,9 @@ impl OwnedPartitions {
     }
 
     /// Assigns the partitions this worker owns among those added to the topic
-    /// since it last looked, from their earliest offset. Local to librdkafka: the
-    /// count comes from the watcher thread.
+    /// since it last looked, from their earliest offset. No broker request here:
+    /// the count comes from the watcher thread, and `incremental_assign` only
+    /// hands the list to librdkafka's own thread (once per growth of the topic).
     fn adopt_new_partitions(&mut self) -> Result<(), SourceError> {
         let Some(count) = self.watch.as_ref().map(PartitionWatch::partitions) else {
             return Ok(());
