@@ -7,7 +7,8 @@
 //! ```
 //!
 //! Startup (each process): migrate, read stored offsets, create the output
-//! topics (process 0), start the writer and the outbox publisher (process 0), then
+//! topics (process 0), start the writer and the outbox publisher (process 0), in a
+//! live job the thread that watches the input topic for added partitions, then
 //! one timely worker per thread. Each worker restores its slice of the state,
 //! opens its partitions and steps the dataflow until the probe says everything is
 //! committed (`--exit-at-end`) or forever.
@@ -32,7 +33,9 @@ use crate::sink::postgres::{run_writer, WriterConfig};
 use crate::sink::publisher::{run_publisher, PublisherConfig, PublisherControl};
 use crate::sink::{postgres_sink, WriterStarter};
 use crate::source::file::{file_source, OpenFile};
-use crate::source::kafka::{kafka_source, OwnedPartitions, StartFrom};
+use crate::source::kafka::{
+    check_isolation, kafka_source, OwnedPartitions, PartitionWatch, StartFrom, PARTITION_POLL,
+};
 use crate::source::state::{initial_rules, load_slice, state_source, stored_offsets, LiveRules, RuleFeed};
 use crate::source::SourceSettings;
 
@@ -197,6 +200,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let input_partitions = match &args.input_file {
         Some(_) => 1,
         None => {
+            check_isolation(&args.kafka)?;
             let consumer: BaseConsumer = args
                 .kafka
                 .client_config()
@@ -205,6 +209,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             crate::kafka::partition_count(&consumer, &args.topics.input_topic)?
                 .with_context(|| format!("input topic {:?} does not exist", args.topics.input_topic))?
         }
+    };
+    // A bounded replay reads the partitions that exist now; a live job also
+    // takes up partitions added while it runs.
+    let watch = match (&args.input_file, args.exit_at_end) {
+        (None, false) => Some(PartitionWatch::spawn(
+            &args.kafka,
+            &args.topics.input_topic,
+            input_partitions,
+            PARTITION_POLL,
+        )?),
+        _ => None,
     };
     let metrics = Metrics::new(&args.topics.alerts_topic);
     if leader {
@@ -302,6 +317,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 args.exit_at_end,
                 Arc::clone(&worker_metrics),
                 args.metrics_interval,
+                watch.clone(),
             )
             .unwrap_or_else(|error| fatal(error)),
         };

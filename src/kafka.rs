@@ -40,11 +40,17 @@ pub fn retrying<T>(what: &str, mut request: impl FnMut() -> KafkaResult<T>) -> a
     }
 }
 
-/// The number of partitions of `topic`, or `None` when it does not exist.
+/// The number of partitions of `topic`, or `None` when it does not exist; waits
+/// and retries while the broker is away (see `retrying`).
 pub fn partition_count(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<Option<i32>> {
-    let metadata = retrying(&format!("reading metadata of topic {topic:?}"), || {
-        consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)
-    })?;
+    retrying(&format!("reading metadata of topic {topic:?}"), || {
+        partition_count_once(consumer, topic)
+    })
+}
+
+/// Like `partition_count`, with one metadata request and no retry.
+pub fn partition_count_once(consumer: &BaseConsumer, topic: &str) -> KafkaResult<Option<i32>> {
+    let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
     let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
         return Ok(None);
     };

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
@@ -69,6 +69,23 @@ pub fn create_topic(topic: &str, partitions: i32) {
     for result in results {
         result.expect("topic created");
     }
+    wait_for_partitions(topic, partitions);
+}
+
+/// Adds partitions to `topic` until it has `total`.
+pub fn add_partitions(topic: &str, total: usize) {
+    let admin: AdminClient<DefaultClientContext> = client_config().create().expect("admin client");
+    let results = runtime()
+        .block_on(admin.create_partitions([&NewPartitions::new(topic, total)], &AdminOptions::new()))
+        .expect("create partitions");
+    for result in results {
+        result.expect("partitions added");
+    }
+    wait_for_partitions(topic, total as i32);
+}
+
+/// Waits until the metadata shows `topic` with `partitions` partitions.
+fn wait_for_partitions(topic: &str, partitions: i32) {
     let consumer: BaseConsumer = client_config().create().expect("Kafka client");
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
@@ -82,7 +99,10 @@ pub fn create_topic(topic: &str, partitions: i32) {
         {
             return;
         }
-        assert!(Instant::now() < deadline, "topic {topic} never showed up");
+        assert!(
+            Instant::now() < deadline,
+            "topic {topic} never showed {partitions} partitions"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -341,14 +361,20 @@ impl Job {
     pub fn run_to_end(&self, extra: &[&str]) -> Output {
         let mut args = vec!["--exit-at-end"];
         args.extend_from_slice(extra);
-        let output = self.command(&args).output().expect("run conscope");
+        succeeded(self.command(&args).output().expect("run conscope"))
+    }
+
+    /// Applies the migrations to the job's database.
+    pub fn migrate(&self) {
+        let output = conscope()
+            .args(["migrate", "--database-url", &self.database_url])
+            .output()
+            .expect("run conscope migrate");
         assert!(
             output.status.success(),
-            "conscope run failed: {}\n{}",
-            String::from_utf8_lossy(&output.stdout),
+            "{}",
             String::from_utf8_lossy(&output.stderr)
         );
-        output
     }
 
     pub fn spawn(&self, extra: &[&str]) -> Child {
@@ -358,6 +384,17 @@ impl Job {
             .spawn()
             .expect("spawn conscope")
     }
+}
+
+/// `output` of a `conscope run` that must have succeeded.
+fn succeeded(output: Output) -> Output {
+    assert!(
+        output.status.success(),
+        "conscope run failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
 }
 
 /// Waits until `condition` holds, or panics after `limit`.
@@ -403,4 +440,81 @@ pub fn produce_generated(topic: &str, partitions: i32, count: u64, seed: u64, ex
         "conscope produce failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// Kills the child when dropped, so a failing test never leaves a job running.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Job {
+    /// Runs `conscope run --exit-at-end` and checks it succeeded within `limit`:
+    /// a job that never sees its end fails the test instead of hanging it.
+    pub fn run_to_end_within(&self, limit: Duration, extra: &[&str]) -> Output {
+        let mut args = vec!["--exit-at-end"];
+        args.extend_from_slice(extra);
+        let mut child = KillOnDrop(self.spawn(&args));
+        let deadline = Instant::now() + limit;
+        loop {
+            match child.0.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+                Ok(None) => {
+                    let _ = child.0.kill();
+                    let output = child.0.stdout.take().map(std::io::read_to_string);
+                    panic!("conscope run --exit-at-end did not finish within {limit:?} (stdout: {output:?})");
+                }
+                Err(error) => panic!("cannot wait for conscope: {error}"),
+            }
+        }
+        let stdout = child.0.stdout.take().map(std::io::read_to_string);
+        let stderr = child.0.stderr.take().map(std::io::read_to_string);
+        let status = child.0.wait().expect("exit status");
+        succeeded(Output {
+            status,
+            stdout: stdout.and_then(Result::ok).unwrap_or_default().into_bytes(),
+            stderr: stderr.and_then(Result::ok).unwrap_or_default().into_bytes(),
+        })
+    }
+}
+
+/// The high watermark of every partition of `topic`, by partition.
+pub fn high_watermarks(topic: &str) -> BTreeMap<i32, i64> {
+    let consumer: BaseConsumer = client_config().create().expect("Kafka client");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(60))
+        .expect("metadata");
+    let mut highs = BTreeMap::new();
+    for found in metadata.topics().iter().filter(|t| t.name() == topic) {
+        for partition in found.partitions() {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, partition.id(), Duration::from_secs(60))
+                .expect("watermarks");
+            highs.insert(partition.id(), high);
+        }
+    }
+    highs
+}
+
+/// `kafka_offsets` of a job's database, by partition.
+pub fn stored_offsets(url: &str, topic: &str) -> BTreeMap<i32, i64> {
+    runtime().block_on(async {
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("postgres");
+        tokio::spawn(connection);
+        client
+            .query(
+                "SELECT partition, next_offset FROM kafka_offsets WHERE topic = $1",
+                &[&topic],
+            )
+            .await
+            .expect("kafka_offsets")
+            .into_iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect()
+    })
 }
