@@ -587,6 +587,31 @@ mod tests {
         );
     }
 
+    /// Managed clusters (MSK, Confluent Cloud) need TLS and SASL: the build links
+    /// OpenSSL, so librdkafka accepts their settings.
+    #[test]
+    fn tls_and_sasl_settings_are_accepted() {
+        let args = parse(
+            "CONSCOPE_KAFKA_TEST_9",
+            Some(
+                "security.protocol=SASL_SSL,sasl.mechanism=SCRAM-SHA-512,sasl.username=u,\
+                 sasl.password=p,w,ssl.endpoint.identification.algorithm=https",
+            ),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            pairs(&args),
+            [
+                ("security.protocol", "SASL_SSL"),
+                ("sasl.mechanism", "SCRAM-SHA-512"),
+                ("sasl.username", "u"),
+                ("sasl.password", "p,w"),
+                ("ssl.endpoint.identification.algorithm", "https"),
+            ]
+        );
+    }
+
     #[test]
     fn help_hides_environment_values() {
         std::env::set_var("CONSCOPE_KAFKA_TEST_8", "sasl.password=hunter2");
