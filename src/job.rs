@@ -350,8 +350,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             };
             let (observations, source_records) = ingest(events);
             let state = state_source(scope, restored, rules, settings.epoch_ms);
-            let outputs = process(observations.concat(state), processor_config);
-            postgres_sink(outputs.concat(source_records), writer).probe_with(&committed);
+            let processed = process(observations.concat(state), processor_config);
+            postgres_sink(processed.records.concat(source_records), writer).probe_with(&committed);
         });
         while !committed.done() {
             worker.step_or_park(None);

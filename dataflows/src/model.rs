@@ -138,6 +138,15 @@ pub struct Stamped<V> {
     pub observed_at: Micros,
 }
 
+/// What the summaries need of a listing's current state: the value of the
+/// listing in the differential collection of current listings (SPEC §3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ListingPrice {
+    pub currency: Currency,
+    pub price: Cents,
+    pub available: bool,
+}
+
 /// One row of `events`, minus its wall-clock columns.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventRow {
