@@ -12,7 +12,10 @@ use tokio_postgres::{Client, NoTls};
 use crate::config::{redact_url, DbArgs};
 
 /// The migrations, in order. Embedded so the binary alone can set up a database.
-const MIGRATIONS: &[(&str, &str)] = &[("0001_core", include_str!("../migrations/0001_core.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_core", include_str!("../migrations/0001_core.sql")),
+    ("0004_summaries", include_str!("../migrations/0004_summaries.sql")),
+];
 
 /// Connects once; the connection task runs on the current tokio runtime.
 pub async fn connect(url: &str) -> anyhow::Result<Client> {
