@@ -18,6 +18,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0004_rule_generation",
         include_str!("../migrations/0004_rule_generation.sql"),
     ),
+    ("0005_summaries", include_str!("../migrations/0005_summaries.sql")),
 ];
 
 /// Connects once; the connection task runs on the current tokio runtime.

@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! KafkaSource/FileSource ─► ingest ─┬─► EventProcessor ◄── RestoreAndRules
-//!                                   │        │
-//!                                   └────────┴─► PostgresSink (worker 0) ─► probe
+//!                                   │        │      └─► current listings ─► summaries
+//!                                   │        │                                │
+//!                                   └────────┴─► PostgresSink (worker 0) ◄────┘ ─► probe
 //! ```
 //!
 //! Startup (each process): migrate, read stored offsets, create the output
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use conscope_dataflows::ingest::ingest;
 use conscope_dataflows::processor::{process, ProcessorConfig};
+use conscope_dataflows::summaries::{summarise, summary_records};
 use rdkafka::consumer::BaseConsumer;
 use timely::dataflow::operators::{Concat, Probe};
 use timely::dataflow::ProbeHandle;
@@ -369,8 +371,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             };
             let (observations, source_records) = ingest(events);
             let state = state_source(scope, restored, rules, settings.epoch_ms);
-            let outputs = process(observations.concat(state), processor_config);
-            postgres_sink(outputs.concat(source_records), writer).probe_with(&committed);
+            let processed = process(observations.concat(state), processor_config);
+            let summaries = summary_records(summarise(processed.listings));
+            let records = processed.records.concat(source_records).concat(summaries);
+            postgres_sink(records, writer).probe_with(&committed);
         });
         while !committed.done() {
             worker.step_or_park(None);

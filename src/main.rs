@@ -9,9 +9,13 @@
 //!        │                   ▼                                │
 //!        │       per-event processor: dedup → listing state   │
 //!        │       → event state → drops / get-in / rules       │
-//!        │                   │                                ▼
-//!        │       exchange to worker 0 ─► Postgres sink: rows + alerts + DLQ outbox
-//!        │                               + next offsets, ONE transaction per epoch
+//!        │                   │  └─► current listings          │
+//!        │                   │      (differential)            │
+//!        │                   │       └─► reduce by key:       │
+//!        │                   │     event/section_summary      ▼
+//!        │       exchange to worker 0 ─► Postgres sink: rows + summaries + alerts
+//!        │                               + DLQ outbox + next offsets,
+//!        │                               ONE transaction per batch of epochs
 //!        │                                        │
 //!        └─◄ resume from stored offsets           ▼
 //!                                 outbox publisher ─► price_alerts, raw_prices.dlq

@@ -1,6 +1,7 @@
 //! SPEC §2 Determinism: the same topic gives the same tables and the same alerts
 //! for 1 worker, 4 workers with other batch sizes and epochs, and a cluster of two
-//! processes of two workers each.
+//! processes of two workers each; the summaries equal the aggregates over
+//! `listings` after each.
 
 mod common;
 
@@ -73,6 +74,8 @@ fn same_tables_and_alerts_for_any_workers_batches_and_processes() {
     add_rules(&one, &events);
     one.run_to_end(&["-w", "1"]);
     let reference = dump(&one.database_url);
+    assert_summaries_match_listings(&one.database_url);
+    assert!(!reference["section_summary"].is_empty());
     assert!(
         reference["price_history"].len() > 15_000,
         "{}",
@@ -90,6 +93,7 @@ fn same_tables_and_alerts_for_any_workers_batches_and_processes() {
     let four = Job::new("det_w4", &input);
     add_rules(&four, &events);
     four.run_to_end(&["-w", "4", "--epoch-ms", "7", "--max-batch", "97"]);
+    assert_summaries_match_listings(&four.database_url);
     assert!(dump(&four.database_url) == reference, "-w 4 differs from -w 1");
 
     let cluster = Job::new("det_p2", &input);
@@ -133,6 +137,7 @@ fn same_tables_and_alerts_for_any_workers_batches_and_processes() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+    assert_summaries_match_listings(&cluster.database_url);
     assert!(
         dump(&cluster.database_url) == reference,
         "2 processes x 2 workers differ from -w 1"

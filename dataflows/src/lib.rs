@@ -2,9 +2,13 @@
 //! no IO, tested with in-memory inputs.
 //!
 //! ```text
-//! RawMessage ─► parse ─► ProcessorInput ─► exchange(event_id) ─► processor ─► SinkRecord
-//!                 └─► Rejected                       (dedup → listing_state → event_state
-//!                                                      → drops → rules, per message)
+//! RawMessage ─► parse ─► ProcessorInput ─► exchange(event_id) ─► processor ─┬─► SinkRecord
+//!                 └─► Rejected                       (dedup → listing_state  │
+//!                                                     → event_state → drops  │
+//!                                                     → rules, per message)  │
+//!                     current listings (differential collection, per epoch) ◄┘
+//!                        └─► summaries: reduce by (event, currency) and by
+//!                            (event, section, currency) ─► SinkRecord
 //! ```
 
 pub mod alert_id;
@@ -17,3 +21,4 @@ pub mod model;
 pub mod parse;
 pub mod processor;
 pub mod rules;
+pub mod summaries;

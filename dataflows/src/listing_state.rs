@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::model::{Cents, Currency, ListingKey, ListingRow, Micros, Observation, Seat};
+use crate::model::{Cents, Currency, ListingKey, ListingPrice, ListingRow, Micros, Observation, Seat};
 
 /// The state of a listing, without its key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +35,15 @@ impl Quote {
             currency: row.currency,
             available: row.available,
             observed_at: row.observed_at,
+        }
+    }
+
+    /// What the summaries count of this state.
+    pub fn price(&self) -> ListingPrice {
+        ListingPrice {
+            currency: self.currency,
+            price: self.price,
+            available: self.available,
         }
     }
 

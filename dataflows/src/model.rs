@@ -138,6 +138,60 @@ pub struct Stamped<V> {
     pub observed_at: Micros,
 }
 
+/// What the summaries need of a listing's current state: the value of the
+/// listing in the differential collection of current listings (SPEC §3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ListingPrice {
+    pub currency: Currency,
+    pub price: Cents,
+    pub available: bool,
+}
+
+/// The key of a row of `event_summary`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EventCurrency {
+    pub event_id: String,
+    pub currency: Currency,
+}
+
+/// A row of `event_summary` without its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EventSummary {
+    /// The event's listings in this currency.
+    pub listings: i64,
+    /// How many of them are available.
+    pub available: i64,
+    /// The lowest price among the available ones.
+    pub get_in_price: Option<Cents>,
+}
+
+/// The key of a row of `section_summary`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SectionCurrency {
+    pub event_id: String,
+    pub section: String,
+    pub currency: Currency,
+}
+
+/// A row of `section_summary` without its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SectionSummary {
+    /// Available listings of the section in this currency.
+    pub available: i64,
+    /// The lowest price among them.
+    pub low_price: Option<Cents>,
+}
+
+/// One update of a differential collection, as the sink receives it: `diff` > 0
+/// inserts `value` at `key`, < 0 retracts it. Within one epoch a key's old value
+/// is retracted and its new one inserted; a key with only a retraction is gone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change<K, V> {
+    pub key: K,
+    pub value: V,
+    pub diff: i64,
+}
+
 /// One row of `events`, minus its wall-clock columns.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventRow {
@@ -311,6 +365,10 @@ pub enum SinkRecord {
         below: bool,
     },
     Rejected(Rejected),
+    /// A change of `event_summary`.
+    EventSummary(Change<EventCurrency, EventSummary>),
+    /// A change of `section_summary`.
+    SectionSummary(Change<SectionCurrency, SectionSummary>),
     /// The next offset to read of an input partition, once this epoch is durable.
     Offset(Position),
     Counters(Counters),

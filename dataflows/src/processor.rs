@@ -8,13 +8,22 @@
 //! in `Position` order. Each observation runs through the stages in turn: dedup,
 //! event state, listing state, drops, rules. [`Processor`] is that logic without
 //! timely, so it can be driven and tested directly.
+//!
+//! A second output carries each epoch's net change of the collection of current
+//! listings as differential updates (the old state of a listing retracted, its
+//! new state inserted; restored listings inserted at epoch 0): the input of the
+//! summaries (`summaries.rs`), which need no per-message order.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use differential_dataflow::collection::vec::Collection as VecCollection;
+use differential_dataflow::AsCollection;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::{Capability, Operator};
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
 use crate::alert_id::alert_id;
@@ -23,8 +32,8 @@ use crate::drops;
 use crate::event_state;
 use crate::listing_state::{Applied, Listings, Quote};
 use crate::model::{
-    stable_hash, Alert, AlertKind, Cents, Counters, Currency, EventRow, ListingKey, ListingRow, Micros,
-    Observation, Position, ProcessorInput, Restore, Rule, RuleChange, SinkRecord,
+    stable_hash, Alert, AlertKind, Cents, Counters, Currency, EventRow, ListingKey, ListingPrice, ListingRow,
+    Micros, Observation, Position, ProcessorInput, Restore, Rule, RuleChange, SinkRecord,
 };
 use crate::rules::{Activation, Rules, Transition};
 
@@ -42,43 +51,100 @@ impl Default for ProcessorConfig {
     }
 }
 
+/// A change of the collection of current listings: `+1` a state a listing has
+/// now, `-1` one it no longer has.
+pub type ListingChange = ((ListingKey, ListingPrice), isize);
+
+/// An epoch waiting for its frontier: one capability per output, and its records.
+type Pending = (Capability<u64>, Capability<u64>, Vec<ProcessorInput>);
+
+/// What [`process`] produces: the sink's records, and the collection of current
+/// listings (each listing with its [`ListingPrice`]).
+pub struct Processed<'scope> {
+    pub records: Stream<'scope, u64, Vec<SinkRecord>>,
+    pub listings: VecCollection<'scope, u64, (ListingKey, ListingPrice)>,
+}
+
 /// The processor as a timely operator: exchanges by event, and emits each epoch's
-/// records at that epoch once the input frontier has passed it.
+/// records and listing changes at that epoch once the input frontier has passed it.
 pub fn process<'scope>(
     input: Stream<'scope, u64, Vec<ProcessorInput>>,
     config: ProcessorConfig,
-) -> Stream<'scope, u64, Vec<SinkRecord>> {
+) -> Processed<'scope> {
     let exchange = Exchange::new(|record: &ProcessorInput| stable_hash(record.event_id()));
-    input.unary_frontier::<CapacityContainerBuilder<Vec<SinkRecord>>, _, _, _>(
-        exchange,
-        "EventProcessor",
-        move |_capability, _info| {
-            let mut processor = Processor::new(config);
-            // Ordered by time so ready epochs are applied oldest first.
-            let mut stash: BTreeMap<u64, (Capability<u64>, Vec<ProcessorInput>)> = BTreeMap::new();
-            move |(input, frontier), output| {
-                input.for_each_stamp(|cap, data| {
-                    if let Some(cap) = cap.retain_least(output.output_index()) {
-                        let time = *cap.time();
-                        let (_, records) = stash.entry(time).or_insert_with(|| (cap, Vec::new()));
-                        for batch in data {
-                            records.append(batch);
-                        }
-                    }
-                });
-                while let Some(entry) = stash.first_entry() {
-                    if frontier.less_equal(entry.key()) {
-                        break;
-                    }
-                    let (cap, records) = entry.remove();
-                    let mut produced = processor.process_time(records);
-                    if !produced.is_empty() {
-                        output.session(&cap).give_container(&mut produced);
-                    }
+    // Two outputs from one operator: the listing changes come from the same state
+    // and the same pass over the epoch as the records.
+    let mut builder = OperatorBuilder::new("EventProcessor".to_owned(), input.scope());
+    let mut input = builder.new_input(input, exchange);
+    let (records_output, records) = builder.new_output();
+    let (listings_output, listings) = builder.new_output();
+    let mut records_output =
+        OutputBuilder::<_, CapacityContainerBuilder<Vec<SinkRecord>>>::from(records_output);
+    let mut listings_output = OutputBuilder::<
+        _,
+        CapacityContainerBuilder<Vec<((ListingKey, ListingPrice), u64, isize)>>,
+    >::from(listings_output);
+    builder.build(move |initial| {
+        drop(initial);
+        let mut processor = Processor::new(config);
+        // Ordered by time so ready epochs are applied oldest first.
+        let mut stash: BTreeMap<u64, Pending> = BTreeMap::new();
+        move |frontiers| {
+            let mut records_handle = records_output.activate();
+            let mut listings_handle = listings_output.activate();
+            input.for_each_stamp(|cap, data| {
+                let (Some(records_cap), Some(listings_cap)) = (
+                    cap.retain_least(records_handle.output_index()),
+                    cap.retain_least(listings_handle.output_index()),
+                ) else {
+                    return;
+                };
+                let time = *records_cap.time();
+                let (_, _, pending) = stash
+                    .entry(time)
+                    .or_insert_with(|| (records_cap, listings_cap, Vec::new()));
+                for batch in data {
+                    pending.append(batch);
+                }
+            });
+            while let Some(entry) = stash.first_entry() {
+                if frontiers[0].less_equal(entry.key()) {
+                    break;
+                }
+                let (records_cap, listings_cap, pending) = entry.remove();
+                let time = *records_cap.time();
+                let EpochOutput {
+                    mut records,
+                    listing_changes,
+                } = processor.process_epoch(pending);
+                if !records.is_empty() {
+                    records_handle.session(&records_cap).give_container(&mut records);
+                }
+                if !listing_changes.is_empty() {
+                    listings_handle
+                        .session(&listings_cap)
+                        .give_iterator(listing_changes.into_iter().map(|(data, diff)| (data, time, diff)));
                 }
             }
-        },
-    )
+        }
+    });
+    Processed {
+        records,
+        listings: listings.as_collection(),
+    }
+}
+
+/// What one epoch produced on one worker.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EpochOutput {
+    /// What the sink must write: history rows, alerts and rule states in the
+    /// order they arose, then the final state of every event and listing the epoch
+    /// changed, then counters.
+    pub records: Vec<SinkRecord>,
+    /// The epoch's net change of the collection of current listings, in listing
+    /// order: a listing whose price, currency or availability changed retracts its
+    /// state before the epoch and inserts its state after it.
+    pub listing_changes: Vec<ListingChange>,
 }
 
 /// Everything known about one event.
@@ -117,10 +183,8 @@ impl Processor {
         self.events.len()
     }
 
-    /// Applies all records of one epoch and returns what the sink must write for
-    /// it: history rows, alerts and rule states in the order they arose, then the
-    /// final state of every event and listing the epoch changed, then counters.
-    pub fn process_time(&mut self, records: Vec<ProcessorInput>) -> Vec<SinkRecord> {
+    /// Applies all records of one epoch and returns what it produced.
+    pub fn process_epoch(&mut self, records: Vec<ProcessorInput>) -> EpochOutput {
         let mut restores = Vec::new();
         let mut rule_changes = Vec::new();
         let mut observations = Vec::new();
@@ -139,7 +203,7 @@ impl Processor {
 
         let mut epoch = Epoch::default();
         for restore in restores {
-            self.restore(restore);
+            self.restore(restore, &mut epoch);
         }
         for change in rule_changes {
             match change {
@@ -153,7 +217,7 @@ impl Processor {
         self.finish(epoch)
     }
 
-    fn restore(&mut self, restore: Restore) {
+    fn restore(&mut self, restore: Restore, epoch: &mut Epoch) {
         match restore {
             Restore::Event(row) => {
                 let state = self.events.entry(row.event_id.clone()).or_default();
@@ -164,7 +228,11 @@ impl Processor {
                 // The current state is a stored observation, even if its `Seen`
                 // record is missing.
                 state.seen.insert(&row.listing.seat, row.observed_at);
+                let before = state.listings.get(&row.listing.seat).map(Quote::price);
                 state.listings.restore(&row.listing.seat, Quote::of_row(&row));
+                // Not a row to write (it is stored), but it enters the collection
+                // of current listings, so that later changes retract it.
+                epoch.priced.entry(row.listing).or_insert(before);
             }
             Restore::Seen { listing, observed_at } => {
                 let state = self.events.entry(listing.event_id).or_default();
@@ -293,6 +361,11 @@ impl Processor {
         if !epoch.listings.contains(listing) {
             epoch.listings.insert(listing.clone());
         }
+        if !epoch.priced.contains_key(listing) {
+            epoch
+                .priced
+                .insert(listing.clone(), previous.as_ref().map(Quote::price));
+        }
         let event_name = display_name(&state.row, &listing.event_id);
 
         if let Some((old, new)) = drops::listing_drop(previous.as_ref(), &quote, min_drop) {
@@ -358,13 +431,34 @@ impl Processor {
         }
     }
 
-    fn finish(&self, epoch: Epoch) -> Vec<SinkRecord> {
+    fn finish(&self, epoch: Epoch) -> EpochOutput {
         let Epoch {
             mut out,
             counters,
             events,
             listings,
+            priced,
         } = epoch;
+        let mut listing_changes = Vec::new();
+        for (listing, before) in priced {
+            let after = self
+                .events
+                .get(&listing.event_id)
+                .and_then(|state| state.listings.get(&listing.seat))
+                .map(Quote::price);
+            if before == after {
+                continue;
+            }
+            match (before, after) {
+                (Some(before), Some(after)) => {
+                    listing_changes.push(((listing.clone(), before), -1));
+                    listing_changes.push(((listing, after), 1));
+                }
+                (Some(before), None) => listing_changes.push(((listing, before), -1)),
+                (None, Some(after)) => listing_changes.push(((listing, after), 1)),
+                (None, None) => {}
+            }
+        }
         for event_id in events {
             if let Some(row) = self.events.get(&event_id).and_then(|state| state.row.as_ref()) {
                 out.push(SinkRecord::Event(row.clone()));
@@ -389,7 +483,10 @@ impl Processor {
         if !counters.is_empty() {
             out.push(SinkRecord::Counters(counters));
         }
-        out
+        EpochOutput {
+            records: out,
+            listing_changes,
+        }
     }
 }
 
@@ -401,6 +498,9 @@ struct Epoch {
     /// Ordered so the final rows come out in the same order on every run.
     events: BTreeSet<String>,
     listings: BTreeSet<ListingKey>,
+    /// Every listing the epoch set (observed or restored), with its price before
+    /// the epoch: the retraction its new state needs.
+    priced: BTreeMap<ListingKey, Option<ListingPrice>>,
 }
 
 impl Epoch {
@@ -519,10 +619,12 @@ mod tests {
         ];
         let mut reversed = records.clone();
         reversed.reverse();
-        let forward = Processor::new(ProcessorConfig::default()).process_time(records);
-        let backward = Processor::new(ProcessorConfig::default()).process_time(reversed);
+        let forward = Processor::new(ProcessorConfig::default()).process_epoch(records);
+        let backward = Processor::new(ProcessorConfig::default()).process_epoch(reversed);
         assert_eq!(forward, backward);
-        let counters = counters(&forward);
+        // Listing 1 went 1000 → 700 within the epoch: one insertion, its net.
+        assert_eq!(forward.listing_changes.len(), 2);
+        let counters = counters(&forward.records);
         assert_eq!(counters.processed, 4);
         assert_eq!(counters.listing_drop, 2);
         assert_eq!(counters.event_low, 3);
@@ -538,23 +640,23 @@ mod tests {
             currency: Currency::USD,
             max_price: Cents(100),
         };
-        let out = processor.process_time(vec![ProcessorInput::Rule(RuleChange::Activate {
+        let out = processor.process_epoch(vec![ProcessorInput::Rule(RuleChange::Activate {
             rule,
             below: None,
         })]);
         assert_eq!(
-            out,
+            out.records,
             vec![SinkRecord::RuleState {
                 rule_id: 1,
                 below: false
             }]
         );
         assert_eq!(processor.event_count(), 1);
-        let out = processor.process_time(vec![ProcessorInput::Rule(RuleChange::Deactivate {
+        let out = processor.process_epoch(vec![ProcessorInput::Rule(RuleChange::Deactivate {
             rule_id: 1,
             event_id: "other".into(),
         })]);
-        assert!(out.is_empty());
+        assert_eq!(out, EpochOutput::default());
         assert_eq!(processor.event_count(), 0);
     }
 
@@ -568,7 +670,7 @@ mod tests {
             max_price: Cents(100),
         };
         let mut processor = Processor::new(ProcessorConfig::default());
-        processor.process_time(vec![
+        processor.process_epoch(vec![
             ProcessorInput::Rule(RuleChange::Activate {
                 rule: rule.clone(),
                 below: None,
@@ -578,7 +680,7 @@ mod tests {
                 event_id: "ev".into(),
             }),
         ]);
-        let out = processor.process_time(vec![observation("1", 50, 1)]);
-        assert_eq!(counters(&out).rule_match, 1);
+        let out = processor.process_epoch(vec![observation("1", 50, 1)]);
+        assert_eq!(counters(&out.records).rule_match, 1);
     }
 }

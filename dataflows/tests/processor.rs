@@ -6,13 +6,16 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use conscope_dataflows::alert_id::alert_id;
 use conscope_dataflows::model::{
-    Alert, AlertKind, Cents, Counters, Currency, EventRow, ListingKey, ListingRow, Micros, Observation,
-    Position, ProcessorInput, Restore, Rule, RuleChange, Seat, SinkRecord, Stamped,
+    Alert, AlertKind, Cents, Counters, Currency, EventRow, ListingKey, ListingRow, Observation, Position,
+    ProcessorInput, Restore, Rule, RuleChange, Seat, SinkRecord, Stamped,
 };
 use conscope_dataflows::processor::{process, ProcessorConfig};
 use timely::dataflow::operators::capture::Event;
 use timely::dataflow::operators::Capture;
 use timely::dataflow::InputHandleVec;
+
+mod common;
+use common::{feed_and_finish, obs, Feed};
 
 const EUR: Currency = Currency(*b"EUR");
 
@@ -34,22 +37,12 @@ fn run_on(workers: usize, config: ProcessorConfig, epochs: Vec<Vec<ProcessorInpu
     let send = Arc::new(Mutex::new(send));
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let send = send.lock().unwrap().clone();
-        let (index, peers) = (worker.index(), worker.peers());
         let mut input = InputHandleVec::<u64, ProcessorInput>::new();
         let config = config.clone();
         worker.dataflow::<u64, _, _>(|scope| {
-            process(input.to_stream(scope), config).capture_into(send);
+            process(input.to_stream(scope), config).records.capture_into(send);
         });
-        for (time, records) in epochs.iter().enumerate() {
-            input.advance_to(time as u64);
-            for (i, record) in records.iter().enumerate() {
-                if i % peers == index {
-                    input.send(record.clone());
-                }
-            }
-        }
-        input.close();
-        while worker.step() {}
+        feed_and_finish(worker, input, &epochs);
     })
     .unwrap();
     for result in guards.join() {
@@ -199,90 +192,6 @@ fn of_kind(briefs: Vec<Brief>, kind: AlertKind) -> Vec<Brief> {
 
 // ---------------------------------------------------------------------------
 // Building inputs.
-
-/// An observation of event `ev`, section `A`, row `1`, source `s`, USD, available.
-#[derive(Clone)]
-struct Obs(Observation);
-
-fn obs(seat: &str, price: i64, observed_at: Micros) -> Obs {
-    Obs(Observation {
-        listing: ListingKey {
-            event_id: "ev".into(),
-            seat: Seat {
-                section: "A".into(),
-                row: "1".into(),
-                seat: seat.into(),
-                source: "s".into(),
-            },
-        },
-        event_name: None,
-        venue: None,
-        event_date: None,
-        price: Cents(price),
-        currency: Currency::USD,
-        available: true,
-        observed_at,
-    })
-}
-
-impl Obs {
-    fn event(mut self, event_id: &str) -> Obs {
-        self.0.listing.event_id = event_id.into();
-        self
-    }
-    fn section(mut self, section: &str) -> Obs {
-        self.0.listing.seat.section = section.into();
-        self
-    }
-    fn currency(mut self, currency: Currency) -> Obs {
-        self.0.currency = currency;
-        self
-    }
-    fn sold(mut self) -> Obs {
-        self.0.available = false;
-        self
-    }
-    fn named(mut self, name: &str) -> Obs {
-        self.0.event_name = Some(name.into());
-        self
-    }
-    fn key(&self) -> ListingKey {
-        self.0.listing.clone()
-    }
-    fn row(&self) -> ListingRow {
-        ListingRow {
-            listing: self.0.listing.clone(),
-            price: self.0.price,
-            currency: self.0.currency,
-            available: self.0.available,
-            observed_at: self.0.observed_at,
-        }
-    }
-}
-
-/// Hands out increasing offsets of partition 0, so the messages of a test are in
-/// partition order in the order they are written.
-#[derive(Default)]
-struct Feed {
-    offset: i64,
-}
-
-impl Feed {
-    fn msg(&mut self, obs: &Obs) -> ProcessorInput {
-        self.offset += 1;
-        ProcessorInput::Observation {
-            position: Position {
-                partition: 0,
-                offset: self.offset,
-            },
-            observation: obs.0.clone(),
-        }
-    }
-
-    fn epoch(&mut self, observations: &[Obs]) -> Vec<ProcessorInput> {
-        observations.iter().map(|obs| self.msg(obs)).collect()
-    }
-}
 
 fn rule(rule_id: i64, section: Option<&str>, max_price: i64) -> Rule {
     Rule {

@@ -9,7 +9,10 @@
 //! # Encoding
 //! History rows go in with binary `COPY`; listings, events and alerts are `COPY`'d
 //! into temporary tables and merged with one `INSERT … ON CONFLICT` each; rejects
-//! and alerts become `outbox` rows. No SQL is built from data.
+//! and alerts become `outbox` rows. Summary changes (differential updates) are
+//! folded into the new row of each changed key, or its absence, and merged the
+//! same way (upsert, or delete when the key has no listing left). No SQL is built
+//! from data.
 //!
 //! # Sinking
 //! Everything derived from the messages of the epochs, the next input offsets and
@@ -31,6 +34,7 @@
 //! skipping data.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,7 +42,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use conscope_dataflows::model::{
-    Alert, Cents, Counters, EventRow, ListingKey, ListingRow, Micros, Rejected, SinkRecord,
+    Alert, Cents, Change, Counters, EventCurrency, EventRow, EventSummary, ListingKey, ListingRow, Micros,
+    Rejected, SectionCurrency, SectionSummary, SinkRecord,
 };
 use futures_util::pin_mut;
 use rust_decimal::Decimal;
@@ -86,12 +91,17 @@ struct Merged {
     offsets: BTreeMap<i32, i64>,
     counters: Counters,
     records: usize,
+    /// Each changed summary key's row after the epochs; `None`: delete it.
+    event_summaries: HashMap<EventCurrency, Option<EventSummary>>,
+    section_summaries: HashMap<SectionCurrency, Option<SectionSummary>>,
 }
 
 impl Merged {
     fn absorb(&mut self, batch: EpochBatch) {
         self.epochs.push(batch.epoch);
         self.records += batch.records.len();
+        let mut event_summaries = Vec::new();
+        let mut section_summaries = Vec::new();
         for record in batch.records {
             match record {
                 SinkRecord::History(row) => self.history.push(row),
@@ -111,8 +121,26 @@ impl Merged {
                     *next = (*next).max(position.offset);
                 }
                 SinkRecord::Counters(counters) => self.counters.add(&counters),
+                SinkRecord::EventSummary(change) => event_summaries.push(change),
+                SinkRecord::SectionSummary(change) => section_summaries.push(change),
             }
         }
+        fold_changes(&mut self.event_summaries, event_summaries);
+        fold_changes(&mut self.section_summaries, section_summaries);
+    }
+}
+
+/// Applies one epoch's changes of a summary on top of the epochs merged before
+/// it (epochs arrive in order). Within an epoch a changed key has its old value
+/// retracted and, unless it has no listing left, its new value inserted, in any
+/// order: the insertion wins, a retraction alone deletes the row.
+fn fold_changes<K: Hash + Eq, V>(rows: &mut HashMap<K, Option<V>>, changes: Vec<Change<K, V>>) {
+    let (inserted, retracted): (Vec<_>, Vec<_>) = changes.into_iter().partition(|change| change.diff > 0);
+    for change in retracted {
+        rows.insert(change.key, None);
+    }
+    for change in inserted {
+        rows.insert(change.key, Some(change.value));
     }
 }
 
@@ -326,7 +354,13 @@ async fn prepare(client: &Client) -> anyhow::Result<()> {
              CREATE TEMP TABLE IF NOT EXISTS incoming_alerts (
                  alert_id TEXT, kind TEXT, event_id TEXT, section TEXT, \"row\" TEXT, seat TEXT, source TEXT,
                  rule_id BIGINT, old_price NUMERIC(12,2), new_price NUMERIC(12,2), currency CHAR(3),
-                 observed_at TIMESTAMPTZ) ON COMMIT DELETE ROWS;",
+                 observed_at TIMESTAMPTZ) ON COMMIT DELETE ROWS;
+             CREATE TEMP TABLE IF NOT EXISTS incoming_event_summary (
+                 event_id TEXT, currency CHAR(3), listings BIGINT, available BIGINT,
+                 get_in_price NUMERIC(12,2), present BOOLEAN) ON COMMIT DELETE ROWS;
+             CREATE TEMP TABLE IF NOT EXISTS incoming_section_summary (
+                 event_id TEXT, section TEXT, currency CHAR(3), available BIGINT,
+                 low_price NUMERIC(12,2), present BOOLEAN) ON COMMIT DELETE ROWS;",
         )
         .await
         .context("cannot create temporary tables")?;
@@ -505,6 +539,9 @@ async fn write(
             .context("cannot merge listings")?;
     }
 
+    // With the listings they summarise, in the same transaction.
+    write_summaries(&transaction, merged).await?;
+
     let mut outbox: Vec<OutboxRow> = Vec::new();
     if !merged.alerts.is_empty() {
         copy_in(
@@ -634,4 +671,136 @@ async fn write(
     fail_point("before_commit");
     transaction.commit().await.context("COMMIT failed")?;
     Ok(())
+}
+
+/// Upserts the changed keys of `event_summary` and `section_summary` and deletes
+/// the keys that have no listing left.
+async fn write_summaries(transaction: &Transaction<'_>, merged: &Merged) -> anyhow::Result<()> {
+    if !merged.event_summaries.is_empty() {
+        copy_in(
+            transaction,
+            "COPY incoming_event_summary FROM STDIN BINARY",
+            &[
+                Type::TEXT,
+                Type::BPCHAR,
+                Type::INT8,
+                Type::INT8,
+                Type::NUMERIC,
+                Type::BOOL,
+            ],
+            merged.event_summaries.iter().map(|(key, summary)| -> Values<'_> {
+                vec![
+                    Box::new(key.event_id.as_str()),
+                    Box::new(key.currency.as_str().to_owned()),
+                    Box::new(summary.map(|summary| summary.listings)),
+                    Box::new(summary.map(|summary| summary.available)),
+                    Box::new(summary.and_then(|summary| summary.get_in_price).map(decimal)),
+                    Box::new(summary.is_some()),
+                ]
+            }),
+        )
+        .await?;
+        transaction
+            .batch_execute(
+                "DELETE FROM event_summary s USING incoming_event_summary i
+                 WHERE NOT i.present AND s.event_id = i.event_id AND s.currency = i.currency;
+                 INSERT INTO event_summary (event_id, currency, listings, available, get_in_price)
+                 SELECT event_id, currency, listings, available, get_in_price
+                 FROM incoming_event_summary WHERE present
+                 ON CONFLICT (event_id, currency) DO UPDATE SET
+                     listings = EXCLUDED.listings, available = EXCLUDED.available,
+                     get_in_price = EXCLUDED.get_in_price",
+            )
+            .await
+            .context("cannot merge event_summary")?;
+    }
+    if !merged.section_summaries.is_empty() {
+        copy_in(
+            transaction,
+            "COPY incoming_section_summary FROM STDIN BINARY",
+            &[
+                Type::TEXT,
+                Type::TEXT,
+                Type::BPCHAR,
+                Type::INT8,
+                Type::NUMERIC,
+                Type::BOOL,
+            ],
+            merged
+                .section_summaries
+                .iter()
+                .map(|(key, summary)| -> Values<'_> {
+                    vec![
+                        Box::new(key.event_id.as_str()),
+                        Box::new(key.section.as_str()),
+                        Box::new(key.currency.as_str().to_owned()),
+                        Box::new(summary.map(|summary| summary.available)),
+                        Box::new(summary.and_then(|summary| summary.low_price).map(decimal)),
+                        Box::new(summary.is_some()),
+                    ]
+                }),
+        )
+        .await?;
+        transaction
+            .batch_execute(
+                "DELETE FROM section_summary s USING incoming_section_summary i
+                 WHERE NOT i.present AND s.event_id = i.event_id AND s.section = i.section
+                   AND s.currency = i.currency;
+                 INSERT INTO section_summary (event_id, section, currency, available, low_price)
+                 SELECT event_id, section, currency, available, low_price
+                 FROM incoming_section_summary WHERE present
+                 ON CONFLICT (event_id, section, currency) DO UPDATE SET
+                     available = EXCLUDED.available, low_price = EXCLUDED.low_price",
+            )
+            .await
+            .context("cannot merge section_summary")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use conscope_dataflows::model::{Cents, Change, Currency, EventCurrency, EventSummary};
+
+    use super::*;
+
+    fn key(event_id: &str) -> EventCurrency {
+        EventCurrency {
+            event_id: event_id.to_owned(),
+            currency: Currency::USD,
+        }
+    }
+
+    fn summary(listings: i64) -> EventSummary {
+        EventSummary {
+            listings,
+            available: listings,
+            get_in_price: Some(Cents(100)),
+        }
+    }
+
+    fn change(event_id: &str, listings: i64, diff: i64) -> Change<EventCurrency, EventSummary> {
+        Change {
+            key: key(event_id),
+            value: summary(listings),
+            diff,
+        }
+    }
+
+    #[test]
+    fn summary_changes_fold_into_the_last_state_of_each_key() {
+        let mut rows = HashMap::new();
+        fold_changes(&mut rows, vec![change("a", 1, 1), change("b", 1, 1)]);
+        // The insertion wins over the retraction whatever their order; a
+        // retraction alone deletes.
+        fold_changes(
+            &mut rows,
+            vec![change("a", 2, 1), change("a", 1, -1), change("b", 1, -1)],
+        );
+        assert_eq!(rows.get(&key("a")), Some(&Some(summary(2))));
+        assert_eq!(rows.get(&key("b")), Some(&None));
+        // A later epoch brings a deleted key back.
+        fold_changes(&mut rows, vec![change("b", 3, 1)]);
+        assert_eq!(rows.get(&key("b")), Some(&Some(summary(3))));
+    }
 }

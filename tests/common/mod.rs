@@ -304,7 +304,62 @@ pub fn dump(url: &str) -> BTreeMap<&'static str, Vec<String>> {
              FROM price_alerts ORDER BY alert_id",
         ),
     );
+    for (table, [stored, _]) in SUMMARIES {
+        tables.insert(table, query_strings(url, stored));
+    }
     tables
+}
+
+/// Per summary table: its rows, and the same aggregates computed over `listings`
+/// (SPEC §3), each row as one string, in the same order.
+const SUMMARIES: [(&str, [&str; 2]); 2] = [
+    (
+        "event_summary",
+        [
+            "SELECT concat_ws('|', event_id, currency, listings, available, coalesce(get_in_price::text, 'null'))
+             FROM event_summary ORDER BY event_id, currency",
+            "SELECT concat_ws('|', event_id, currency, count(*), count(*) FILTER (WHERE available),
+                              coalesce((min(price) FILTER (WHERE available))::text, 'null'))
+             FROM listings GROUP BY event_id, currency ORDER BY event_id, currency",
+        ],
+    ),
+    (
+        "section_summary",
+        [
+            "SELECT concat_ws('|', event_id, section, currency, available, coalesce(low_price::text, 'null'))
+             FROM section_summary ORDER BY event_id, section, currency",
+            "SELECT concat_ws('|', event_id, section, currency, count(*) FILTER (WHERE available),
+                              coalesce((min(price) FILTER (WHERE available))::text, 'null'))
+             FROM listings GROUP BY event_id, section, currency ORDER BY event_id, section, currency",
+        ],
+    ),
+];
+
+/// Checks that `event_summary` and `section_summary` equal the aggregates over
+/// `listings`, and are not empty when `listings` is not.
+pub fn assert_summaries_match_listings(url: &str) {
+    for (table, [stored, computed]) in SUMMARIES {
+        let stored = query_strings(url, stored);
+        let computed = query_strings(url, computed);
+        if stored != computed {
+            let missing: Vec<_> = computed
+                .iter()
+                .filter(|row| !stored.contains(row))
+                .take(5)
+                .collect();
+            let extra: Vec<_> = stored
+                .iter()
+                .filter(|row| !computed.contains(row))
+                .take(5)
+                .collect();
+            panic!(
+                "{table} differs from the aggregates over listings ({} rows, {} expected); \
+                 missing {missing:?}, unexpected {extra:?}",
+                stored.len(),
+                computed.len()
+            );
+        }
+    }
 }
 
 pub fn conscope() -> Command {
