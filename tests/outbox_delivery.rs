@@ -1,0 +1,84 @@
+//! The outbox publisher against the real broker (SPEC §4, §5): a dead letter
+//! too large for a broker is cut to 64 KiB.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+
+/// Long enough for a run of a few messages; a run that waits forever fails.
+const LIMIT: Duration = Duration::from_secs(90);
+
+fn obs(price: &str, minute: u32) -> Vec<u8> {
+    format!(
+        r#"{{"event_id":"e1","section":"A","row":"1","seat":"1","source":"s1","price":"{price}","timestamp":"2026-01-01T00:{minute:02}:00Z"}}"#
+    )
+    .into_bytes()
+}
+
+fn message(key: Option<&str>, value: Vec<u8>) -> Outgoing {
+    Outgoing {
+        partition: 0,
+        key: key.map(str::to_owned),
+        value,
+        headers: Vec::new(),
+    }
+}
+
+/// 100 -> 90 gives a listing_drop and an event_low alert.
+fn two_alerts_around(rejects: [Vec<u8>; 2]) -> Vec<Outgoing> {
+    let [first, second] = rejects;
+    vec![
+        message(Some("e1"), obs("100.00", 0)),
+        message(Some("big"), first),
+        message(Some("e1"), obs("90.00", 1)),
+        message(None, second),
+    ]
+}
+
+#[test]
+fn an_oversized_dead_letter_is_cut_to_64_kib_and_later_messages_flow() {
+    require_broker();
+    let input = unique("oversized");
+    create_topic(&input, 1);
+    let huge: Vec<u8> = (0..999_900u32).map(|i| b'a' + (i % 26) as u8).collect();
+    produce_with(
+        &input,
+        &two_alerts_around([huge.clone(), b"garbage".to_vec()]),
+        &[("message.max.bytes", "2000000")],
+    );
+    let job = Job::new("oversized", &input);
+
+    let summary = job.run_to_end_within(LIMIT, &[]);
+    assert!(summary.contains("published_dead_letters=2"), "{summary}");
+    assert!(summary.contains("published_alerts=2"), "{summary}");
+
+    let dead: Vec<Read> = read_all(&job.dlq);
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    let cut = &dead[0];
+    assert_eq!(cut.value.as_deref(), Some(&huge[..65_536]));
+    assert_eq!(cut.key.as_deref(), Some(&b"big"[..]));
+    let expected: BTreeMap<String, String> = [
+        ("conscope.topic", input.as_str()),
+        ("conscope.partition", "0"),
+        ("conscope.offset", "1"),
+        ("conscope.original_size", "999900"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    for (name, value) in &expected {
+        assert_eq!(cut.headers.get(name), Some(value), "{name}: {:?}", cut.headers);
+    }
+    assert!(
+        cut.headers["conscope.error"].contains("65536"),
+        "{:?}",
+        cut.headers
+    );
+    assert_eq!(dead[1].value.as_deref(), Some(&b"garbage"[..]));
+    assert!(!dead[1].headers.contains_key("conscope.original_size"));
+    assert_eq!(alert_ids_on_topic(&job.alerts).len(), 2);
+    assert_eq!(query_i64(&job.database_url, "SELECT count(*) FROM outbox"), 0);
+}
