@@ -1,5 +1,6 @@
 //! The outbox publisher against the real broker (SPEC §4, §5): a dead letter
-//! too large for a broker is cut to 64 KiB.
+//! too large for a broker is cut to 64 KiB; producer settings exactly-once
+//! publishing relies on cannot be switched off with `--kafka`.
 
 mod common;
 
@@ -81,4 +82,36 @@ fn an_oversized_dead_letter_is_cut_to_64_kib_and_later_messages_flow() {
     assert!(!dead[1].headers.contains_key("conscope.original_size"));
     assert_eq!(alert_ids_on_topic(&job.alerts).len(), 2);
     assert_eq!(query_i64(&job.database_url, "SELECT count(*) FROM outbox"), 0);
+}
+
+#[test]
+fn kafka_settings_that_break_exactly_once_publishing_are_refused_at_start() {
+    for (setting, name) in [
+        ("acks=1", "acks"),
+        ("enable.idempotence=false", "enable.idempotence"),
+        ("enable.gapless.guarantee=false", "enable.gapless.guarantee"),
+    ] {
+        let output = conscope()
+            .args([
+                "run",
+                "--exit-at-end",
+                "--input-topic",
+                &unique("never_read"),
+                "--database-url",
+                "postgres://nobody:hunter2@127.0.0.1:1/none",
+                "--kafka",
+                "sasl.password=hunter2",
+                "--kafka",
+                setting,
+            ])
+            .output()
+            .expect("run conscope");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{setting} was accepted");
+        assert!(
+            stderr.contains(&format!("--kafka {name}:")),
+            "{setting}: {stderr}"
+        );
+        assert!(!stderr.contains("hunter2"), "{stderr}");
+    }
 }

@@ -3,6 +3,7 @@
 //! - `postgres`: the writer thread, one transaction per batch of epochs (rows,
 //!   alerts, outbox, offsets).
 //! - `publisher`: the outbox publisher (alerts topic, dead-letter topic).
+//! - `delivery`: the producer settings the publisher relies on.
 //! - `encode`: the wire format of outbox messages.
 //!
 //! This module holds the timely side: the `PostgresSink` operator on worker 0
@@ -11,6 +12,7 @@
 //! committed. A probe on its output therefore tells every worker, in every
 //! process, which epochs are durable.
 
+pub mod delivery;
 pub mod encode;
 pub mod postgres;
 pub mod publisher;

@@ -14,10 +14,10 @@
 //!
 //! # Sinking
 //! Only committed rows are in the outbox, so nothing is published before it is
-//! durable. Within one producer session the idempotent producer keeps each
-//! partition in order, without gaps or duplicates, so "the last message of a
-//! partition has seq n" means every outbox row for that partition with seq ≤ n
-//! is on the topic.
+//! durable. Within one producer session the idempotent, gap-less producer (see
+//! `delivery`) keeps each partition in order, without gaps or duplicates, so
+//! "the last message of a partition has seq n" means every outbox row for that
+//! partition with seq ≤ n is on the topic.
 //!
 //! # Retries
 //! A failed delivery ends the producer session: after a pause the publisher
@@ -42,6 +42,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::Notify;
 use tokio_postgres::Client;
 
+use super::delivery::ProducerSettings;
 use crate::config::KafkaArgs;
 use crate::fail::fail_point;
 use crate::metrics::Metrics;
@@ -50,6 +51,10 @@ use crate::metrics::Metrics;
 const BATCH: i64 = 5_000;
 
 pub struct PublisherConfig {
+    /// From `delivery::producer_config`, which refuses `--kafka` settings that
+    /// would break exactly-once publishing.
+    pub producer: ProducerSettings,
+    /// For recovery's consumer.
     pub kafka: KafkaArgs,
     pub database_url: String,
     pub job_id: String,
@@ -101,26 +106,6 @@ pub fn run_publisher(
     })
 }
 
-fn producer(kafka: &KafkaArgs) -> anyhow::Result<FutureProducer> {
-    kafka
-        .client_config_with(&[
-            // Keeps each partition in order with no duplicates across
-            // librdkafka's internal retries: the recovery below relies on it.
-            ("enable.idempotence", "true"),
-            ("acks", "all"),
-            // Small batches, low publish lag.
-            ("linger.ms", "2"),
-            // A delivery that cannot finish in 30 s ends the session instead of
-            // stalling it: seen with a broker that answered retried batches with
-            // DUPLICATE_SEQUENCE_NUMBER and left librdkafka retrying forever.
-            // The next session starts a fresh producer and recovery skips what
-            // already landed.
-            ("message.timeout.ms", "30000"),
-        ])
-        .create()
-        .context("cannot create Kafka producer")
-}
-
 /// One producer session: recover, then publish until finished or a failure.
 async fn session(
     config: &PublisherConfig,
@@ -129,7 +114,11 @@ async fn session(
 ) -> anyhow::Result<()> {
     let client = crate::db::connect(&config.database_url).await?;
     recover(config, &client, metrics).await?;
-    let producer = producer(&config.kafka)?;
+    let producer: FutureProducer = config
+        .producer
+        .config()
+        .create()
+        .context("cannot create Kafka producer")?;
     loop {
         let rows = fetch(&client).await?;
         if rows.is_empty() {
