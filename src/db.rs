@@ -12,7 +12,13 @@ use tokio_postgres::{Client, NoTls};
 use crate::config::{redact_url, DbArgs};
 
 /// The migrations, in order. Embedded so the binary alone can set up a database.
-const MIGRATIONS: &[(&str, &str)] = &[("0001_core", include_str!("../migrations/0001_core.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_core", include_str!("../migrations/0001_core.sql")),
+    (
+        "0002_outbox_parked",
+        include_str!("../migrations/0002_outbox_parked.sql"),
+    ),
+];
 
 /// Connects once; the connection task runs on the current tokio runtime.
 pub async fn connect(url: &str) -> anyhow::Result<Client> {

@@ -1,5 +1,6 @@
 //! The outbox publisher against the real broker (SPEC §4, §5): a dead letter
-//! too large for a broker is cut to 64 KiB; producer settings exactly-once
+//! too large for a broker is cut to 64 KiB; a message the broker refuses for
+//! good is parked and blocks nothing; producer settings exactly-once
 //! publishing relies on cannot be switched off with `--kafka`.
 
 mod common;
@@ -55,6 +56,7 @@ fn an_oversized_dead_letter_is_cut_to_64_kib_and_later_messages_flow() {
     let summary = job.run_to_end_within(LIMIT, &[]);
     assert!(summary.contains("published_dead_letters=2"), "{summary}");
     assert!(summary.contains("published_alerts=2"), "{summary}");
+    assert!(summary.contains("parked=0"), "{summary}");
 
     let dead: Vec<Read> = read_all(&job.dlq);
     assert_eq!(dead.len(), 2, "{dead:?}");
@@ -82,6 +84,46 @@ fn an_oversized_dead_letter_is_cut_to_64_kib_and_later_messages_flow() {
     assert!(!dead[1].headers.contains_key("conscope.original_size"));
     assert_eq!(alert_ids_on_topic(&job.alerts).len(), 2);
     assert_eq!(query_i64(&job.database_url, "SELECT count(*) FROM outbox"), 0);
+}
+
+#[test]
+fn a_dead_letter_the_broker_refuses_is_parked_and_blocks_nothing() {
+    require_broker();
+    let input = unique("refused");
+    create_topic(&input, 1);
+    // Under 64 KiB, so not cut, but over what this dead-letter topic takes.
+    let long = vec![b'x'; 3_000];
+    produce(
+        &input,
+        &[
+            (0, Some("e1"), obs("100.00", 0)),
+            (0, Some("big"), long),
+            (0, Some("e1"), obs("90.00", 1)),
+            (0, None, b"garbage".to_vec()),
+        ],
+    );
+    let job = Job::new("refused", &input);
+    create_topic_with(&job.dlq, 1, &[("max.message.bytes", "2048")]);
+
+    let summary = job.run_to_end_within(LIMIT, &[]);
+    assert!(summary.contains("parked=1"), "{summary}");
+    assert!(summary.contains("published_dead_letters=1"), "{summary}");
+    assert!(summary.contains("published_alerts=2"), "{summary}");
+
+    let dead = read_all(&job.dlq);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].value.as_deref(), Some(&b"garbage"[..]));
+    assert_eq!(alert_ids_on_topic(&job.alerts).len(), 2);
+    let url = &job.database_url;
+    assert_eq!(query_i64(url, "SELECT count(*) FROM outbox"), 0);
+    assert_eq!(
+        query_strings(
+            url,
+            "SELECT concat_ws('|', topic, length(payload), headers[1]) FROM outbox_parked \
+             WHERE park_error ILIKE '%too large%' AND parked_at IS NOT NULL"
+        ),
+        [format!("{}|3000|conscope.error", job.dlq)]
+    );
 }
 
 #[test]

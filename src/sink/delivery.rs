@@ -1,9 +1,10 @@
 //! The outbox producer's contract with the broker: the settings the publisher
 //! and its recovery rely on (forced over `--kafka`, a conflicting one refused at
-//! startup).
+//! startup), and what a failed delivery means (refused for good, or not yet).
 //!
-//! Builds configurations; sends nothing itself.
+//! Builds configurations and classifies errors; sends nothing itself.
 
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::ClientConfig;
 
 use crate::config::KafkaArgs;
@@ -39,7 +40,9 @@ const REQUIRED: [Required; 3] = [
     },
     // A batch refused for good stops the producer instead of letting later
     // messages of the partition through around the hole: a publisher session
-    // then ends at the first failure and recovery re-reads the partition.
+    // then ends at the first failure and recovery re-reads the partition. The
+    // exception librdkafka documents, a message that timed out, is why
+    // recovery confirms each row on the topic rather than trusting order.
     Required {
         key: "enable.gapless.guarantee",
         aliases: &[],
@@ -113,6 +116,44 @@ pub fn producer_config(kafka: &KafkaArgs) -> Result<ProducerSettings, ProducerSe
     Ok(ProducerSettings(config))
 }
 
+/// Why a message did not reach its partition.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// The broker (or librdkafka's own size check) will refuse this message
+    /// whatever we do: retrying only blocks the rows behind it.
+    #[error("refused for good: {0}")]
+    Refused(RDKafkaErrorCode),
+    /// Might succeed later (broker away, timeout, a producer stopped by an
+    /// error elsewhere); the message may even have landed.
+    #[error("not delivered: {0}")]
+    NotYet(KafkaError),
+}
+
+impl DeliveryError {
+    pub fn classify(error: KafkaError) -> DeliveryError {
+        match error {
+            KafkaError::MessageProduction(code) if is_permanent(code) => DeliveryError::Refused(code),
+            other => DeliveryError::NotYet(other),
+        }
+    }
+}
+
+/// Produce errors that Kafka marks non-retriable and that depend on the message
+/// or its topic, not on the broker's health or the producer's state.
+fn is_permanent(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::MessageBatchTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::InvalidTopic
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::PolicyViolation
+            | RDKafkaErrorCode::UnsupportedForMessageFormat
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +191,32 @@ mod tests {
             let text = error.to_string();
             assert!(text.starts_with(&format!("--kafka {name}:")), "{text}");
             assert!(!text.contains("hunter2"), "{text}");
+        }
+    }
+
+    #[test]
+    fn size_and_authorization_refusals_are_permanent_timeouts_are_not() {
+        for code in [
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::InvalidRecord,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+        ] {
+            assert!(matches!(
+                DeliveryError::classify(KafkaError::MessageProduction(code)),
+                DeliveryError::Refused(_)
+            ));
+        }
+        for code in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::Fatal,
+            RDKafkaErrorCode::GaplessGuarantee,
+            RDKafkaErrorCode::NotLeaderForPartition,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+        ] {
+            assert!(matches!(
+                DeliveryError::classify(KafkaError::MessageProduction(code)),
+                DeliveryError::NotYet(_)
+            ));
         }
     }
 }

@@ -3,7 +3,8 @@
 //! - `postgres`: the writer thread, one transaction per batch of epochs (rows,
 //!   alerts, outbox, offsets).
 //! - `publisher`: the outbox publisher (alerts topic, dead-letter topic).
-//! - `delivery`: the producer settings the publisher relies on.
+//! - `delivery`: the producer settings the publisher relies on, and which
+//!   delivery failures are final.
 //! - `encode`: the wire format of outbox messages.
 //!
 //! This module holds the timely side: the `PostgresSink` operator on worker 0
