@@ -18,6 +18,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0002_outbox_parked",
         include_str!("../migrations/0002_outbox_parked.sql"),
     ),
+    (
+        "0003_outbox_partitions",
+        include_str!("../migrations/0003_outbox_partitions.sql"),
+    ),
 ];
 
 /// Connects once; the connection task runs on the current tokio runtime.

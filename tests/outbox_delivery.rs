@@ -1,7 +1,9 @@
 //! The outbox publisher against the real broker (SPEC §4, §5): a dead letter
 //! too large for a broker is cut to 64 KiB; a message the broker refuses for
-//! good is parked and blocks nothing; producer settings exactly-once
-//! publishing relies on cannot be switched off with `--kafka`.
+//! good is parked and blocks nothing; recovery deletes only the rows it finds
+//! on the topic (never trusting that delivery had no gaps), also behind other
+//! producers' messages; producer settings recovery relies on cannot be
+//! switched off with `--kafka`.
 
 mod common;
 
@@ -123,6 +125,103 @@ fn a_dead_letter_the_broker_refuses_is_parked_and_blocks_nothing() {
              WHERE park_error ILIKE '%too large%' AND parked_at IS NOT NULL"
         ),
         [format!("{}|3000|conscope.error", job.dlq)]
+    );
+}
+
+/// A migrated job (empty input, one-partition alerts topic) whose outbox holds
+/// alerts for `alerts[0]` with seqs `1..=count` and ids `{name}-{seq}`, as a
+/// crashed publisher session left them; the job and its id.
+fn job_with_pending_alerts(name: &str, count: i64) -> (Job, String) {
+    require_broker();
+    let input = unique(name);
+    create_topic(&input, 1);
+    let job = Job::new(name, &input);
+    job.migrate();
+    create_topic(&job.alerts, 1);
+    for seq in 1..=count {
+        execute(
+            &job.database_url,
+            &format!(
+                "INSERT INTO outbox (seq, topic, partition, key, payload, headers)
+                 VALUES ({seq}, '{topic}', 0, 'e1', convert_to('{{\"alert_id\":\"{name}-{seq}\"}}', 'UTF8'),
+                         ARRAY['conscope.alert_id', '{name}-{seq}'])",
+                topic = job.alerts
+            ),
+        );
+    }
+    execute(
+        &job.database_url,
+        &format!("SELECT setval('outbox_seq_seq', {count})"),
+    );
+    let id = job.job_id();
+    (job, id)
+}
+
+/// What an earlier session of `job_id` (or another job) left on the topic.
+fn published(job_id: &str, seq: i64, alert_id: &str) -> Outgoing {
+    Outgoing {
+        partition: 0,
+        key: Some("e1".into()),
+        value: format!(r#"{{"alert_id":"{alert_id}"}}"#).into_bytes(),
+        headers: vec![
+            ("conscope.seq".into(), seq.to_string()),
+            ("conscope.job".into(), job_id.into()),
+        ],
+    }
+}
+
+fn counts(ids: &[&str]) -> BTreeMap<String, usize> {
+    ids.iter().map(|id| ((*id).to_owned(), 1)).collect()
+}
+
+#[test]
+fn recovery_resends_a_row_missing_before_a_later_one_instead_of_deleting_it() {
+    let (job, me) = job_with_pending_alerts("gap", 3);
+    // Seq 2 never landed (a message timeout), seq 3 did after it.
+    produce_with(
+        &job.alerts,
+        &[published(&me, 1, "gap-1"), published(&me, 3, "gap-3")],
+        &[],
+    );
+
+    job.run_to_end_within(LIMIT, &[]);
+    assert_eq!(
+        alert_ids_on_topic(&job.alerts),
+        counts(&["gap-1", "gap-2", "gap-3"])
+    );
+    assert_eq!(query_i64(&job.database_url, "SELECT count(*) FROM outbox"), 0);
+}
+
+#[test]
+fn recovery_finds_its_messages_behind_other_producers_messages() {
+    let (job, me) = job_with_pending_alerts("mine", 3);
+    let mut stranger = message(Some("e9"), br#"{"alert_id":"theirs-1"}"#.to_vec());
+    stranger.headers.push(("x-origin".into(), "elsewhere".into()));
+    produce_with(
+        &job.alerts,
+        &[
+            published(&me, 1, "mine-1"),
+            published(&me, 2, "mine-2"),
+            stranger,
+            // Another job's seq 3 is not ours.
+            published("3d2a6c1e-0000-4000-8000-000000000000", 3, "theirs-2"),
+        ],
+        &[],
+    );
+
+    job.run_to_end_within(LIMIT, &[]);
+    assert_eq!(
+        alert_ids_on_topic(&job.alerts),
+        counts(&["mine-1", "mine-2", "mine-3", "theirs-1", "theirs-2"])
+    );
+    assert_eq!(query_i64(&job.database_url, "SELECT count(*) FROM outbox"), 0);
+    // The next recovery reads from after the last acknowledged message.
+    assert_eq!(
+        query_i64(
+            &job.database_url,
+            "SELECT scan_from FROM outbox_partitions WHERE partition = 0"
+        ),
+        5
     );
 }
 

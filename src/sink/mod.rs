@@ -5,6 +5,7 @@
 //! - `publisher`: the outbox publisher (alerts topic, dead-letter topic).
 //! - `delivery`: the producer settings the publisher relies on, and which
 //!   delivery failures are final.
+//! - `recovery`: after a crash, which outbox rows already reached their topic.
 //! - `encode`: the wire format of outbox messages.
 //!
 //! This module holds the timely side: the `PostgresSink` operator on worker 0
@@ -17,6 +18,7 @@ pub mod delivery;
 pub mod encode;
 pub mod postgres;
 pub mod publisher;
+pub mod recovery;
 
 use std::collections::BTreeMap;
 use std::sync::mpsc;

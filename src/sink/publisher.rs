@@ -9,24 +9,28 @@
 //!
 //! # Encoding
 //! Each message carries headers `conscope.seq` (its outbox sequence number) and
-//! `conscope.job` (this database's job id). Its partition was fixed at commit
-//! time (see `encode`).
+//! `conscope.job` (this database's job id), which is how recovery recognises it
+//! on a partition other producers may write to as well. Its partition was
+//! fixed at commit time (see `encode`).
 //!
 //! # Sinking
 //! Only committed rows are in the outbox, so nothing is published before it is
-//! durable. Within one producer session the idempotent, gap-less producer (see
-//! `delivery`) keeps each partition in order, without gaps or duplicates, so
-//! "the last message of a partition has seq n" means every outbox row for that
-//! partition with seq ≤ n is on the topic. A row is deleted when the broker
-//! acknowledged its message, or moved to `outbox_parked` when the broker
-//! refused it for good; each batch is settled in one transaction before the
-//! next is sent.
+//! durable. A row is deleted when the broker acknowledged its message (with
+//! `acks=all`: every in-sync replica has it), or moved to `outbox_parked` when
+//! the broker refused it for good. Rows go out in batches in seq order; each
+//! batch is settled (acknowledged rows deleted, refused ones parked, the
+//! partitions' `scan_from` moved past the acknowledged offsets) in one
+//! transaction before the next is sent.
 //!
 //! # Retries
-//! A delivery that fails without a definite refusal ends the producer session
-//! once the batch is settled: after a pause the publisher re-runs recovery
-//! (reads the last message of each partition it has rows for, drops the rows
-//! already there) and carries on with a fresh producer.
+//! A delivery that fails without a definite refusal (timeout, broker away, a
+//! producer stopped by librdkafka) ends the producer session once the batch is
+//! settled: after a pause the publisher re-runs recovery (`recovery`: reads
+//! each partition with pending rows back from its `scan_from` and deletes
+//! exactly the rows whose message it finds there) and carries on with a fresh
+//! producer, re-sending the rest. Recovery confirms each row instead of
+//! trusting order, because a message that timed out may leave a gap even with
+//! `enable.gapless.guarantee` (librdkafka's documented exception).
 //!
 //! # Error handling
 //! Nothing is skipped silently. A refusal the broker gives a batch may be the
@@ -36,22 +40,30 @@
 //! logged. Parked rows are out of the outbox, so they neither block later rows
 //! nor keep `--exit-at-end` waiting. Everything else stays in the outbox until
 //! acknowledged, whatever happens to the broker, the database or this process.
+//!
+//! The guarantee rests on: the producer settings `delivery` forces
+//! (idempotence, `acks=all`); this job being the only writer of messages
+//! carrying its job id; `scan_from` only ever being set at or below the first
+//! offset at which a pending row could land; and retention not deleting a
+//! message before recovery has read it (a row whose message is gone is sent
+//! again: a duplicate, never a loss). A message of a crashed process still in
+//! flight when recovery reads the partition can land after that read and be
+//! sent again: consumers dedup by `alert_id`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::Notify;
 use tokio_postgres::Client;
 
 use super::delivery::{DeliveryError, ProducerSettings};
+use super::recovery::{self, Marked};
 use crate::config::KafkaArgs;
 use crate::fail::fail_point;
 use crate::metrics::Metrics;
@@ -91,6 +103,7 @@ struct OutboxRow {
 /// What became of one row of a batch.
 enum Outcome {
     Acknowledged {
+        offset: i64,
         lag_micros: u64,
     },
     /// Refused for good: park it with this reason.
@@ -150,7 +163,7 @@ async fn session(
     carry: &mut Carry,
 ) -> anyhow::Result<()> {
     let mut client = crate::db::connect(&config.database_url).await?;
-    recover(config, &client, metrics).await?;
+    let mut marked = recovery::recover(&config.kafka, &config.job_id, &mut client, metrics).await?;
     let producer: FutureProducer = config
         .producer
         .config()
@@ -158,7 +171,16 @@ async fn session(
         .context("cannot create Kafka producer")?;
     // `publish` returns only with every delivery it started settled, so no
     // message of this producer is in flight when the next recovery reads back.
-    publish(config, control, metrics, carry, &mut client, &producer).await
+    publish(
+        config,
+        control,
+        metrics,
+        carry,
+        &mut client,
+        &producer,
+        &mut marked,
+    )
+    .await
 }
 
 async fn publish(
@@ -168,6 +190,7 @@ async fn publish(
     carry: &mut Carry,
     client: &mut Client,
     producer: &FutureProducer,
+    marked: &mut Marked,
 ) -> anyhow::Result<()> {
     loop {
         let mut rows = fetch(client).await?;
@@ -183,6 +206,13 @@ async fn publish(
             continue;
         }
         cut_before_alone(&mut rows, &carry.alone);
+        recovery::mark(
+            client,
+            producer.client(),
+            rows.iter().map(|row| (row.topic.as_str(), row.partition)),
+            marked,
+        )
+        .await?;
         fail_point("before_publish");
         let outcomes = send(producer, &rows, &config.job_id).await;
         settle(client, &rows, &outcomes).await?;
@@ -324,9 +354,10 @@ async fn send(producer: &FutureProducer, rows: &[OutboxRow], job_id: &str) -> Ve
         let outcome = match delivery {
             Err(outcome) => outcome,
             Ok(delivery) => match delivery.await {
-                Ok(Ok(_)) => {
+                Ok(Ok(delivered)) => {
                     let lag = Utc::now().signed_duration_since(row.committed_at);
                     Outcome::Acknowledged {
+                        offset: delivered.offset,
                         lag_micros: lag.num_microseconds().unwrap_or(0).max(0) as u64,
                     }
                 }
@@ -344,14 +375,27 @@ async fn send(producer: &FutureProducer, rows: &[OutboxRow], job_id: &str) -> Ve
     outcomes
 }
 
-/// One transaction: acknowledged rows deleted, refused ones parked.
+/// One transaction: acknowledged rows deleted, refused ones parked, and
+/// `scan_from` moved past the acknowledged offsets of every partition whose
+/// rows in this batch all have a definite outcome (a failed one may yet land).
 async fn settle(client: &mut Client, rows: &[OutboxRow], outcomes: &[Outcome]) -> anyhow::Result<()> {
-    let delivered: Vec<i64> = rows
-        .iter()
-        .zip(outcomes)
-        .filter(|(_, outcome)| matches!(outcome, Outcome::Acknowledged { .. }))
-        .map(|(row, _)| row.seq)
-        .collect();
+    let mut delivered = Vec::new();
+    let mut next: BTreeMap<(&str, i32), Option<i64>> = BTreeMap::new();
+    for (row, outcome) in rows.iter().zip(outcomes) {
+        let slot = next
+            .entry((row.topic.as_str(), row.partition))
+            .or_insert(Some(-1));
+        match outcome {
+            Outcome::Acknowledged { offset, .. } => {
+                delivered.push(row.seq);
+                if let Some(next) = slot {
+                    *next = (*next).max(offset + 1);
+                }
+            }
+            Outcome::Failed(_) => *slot = None,
+            Outcome::Park(_) | Outcome::Suspect | Outcome::Unsent => {}
+        }
+    }
     let transaction = client.transaction().await.context("BEGIN failed")?;
     transaction
         .execute("DELETE FROM outbox WHERE seq = ANY($1)", &[&delivered])
@@ -368,6 +412,11 @@ async fn settle(client: &mut Client, rows: &[OutboxRow], outcomes: &[Outcome]) -
                 )
                 .await
                 .context("cannot park an outbox row")?;
+        }
+    }
+    for ((topic, partition), next) in next {
+        if let Some(next) = next.filter(|next| *next >= 0) {
+            recovery::set_scan_from(&transaction, topic, partition, next).await?;
         }
     }
     transaction.commit().await.context("COMMIT failed")?;
@@ -396,97 +445,43 @@ async fn fetch(client: &Client) -> anyhow::Result<Vec<OutboxRow>> {
         .collect())
 }
 
-/// Drops the outbox rows a previous session already published: for each partition
-/// with pending rows, the `conscope.seq` of its last message (when this job's).
-async fn recover(config: &PublisherConfig, client: &Client, metrics: &Metrics) -> anyhow::Result<()> {
-    let pending = client
-        .query(
-            "SELECT topic, partition, min(seq) FROM outbox GROUP BY topic, partition",
-            &[],
-        )
-        .await
-        .context("cannot read the outbox")?;
-    if pending.is_empty() {
-        return Ok(());
-    }
-    let consumer: BaseConsumer = config
-        .kafka
-        .client_config()
-        .set("group.id", "conscope-outbox-recovery")
-        .set("enable.auto.commit", "false")
-        .create()
-        .context("cannot create Kafka consumer")?;
-    for row in pending {
-        let topic: String = row.get(0);
-        let partition: i32 = row.get(1);
-        let Some(last) = last_published_seq(&consumer, &topic, partition, &config.job_id)? else {
-            continue;
-        };
-        let cleared = client
-            .execute(
-                "DELETE FROM outbox WHERE topic = $1 AND partition = $2 AND seq <= $3",
-                &[&topic, &partition, &last],
-            )
-            .await?;
-        if cleared > 0 {
-            // Delivered by an earlier session whose acknowledgement was lost:
-            // published all the same.
-            metrics.found_published(&topic, cleared);
-            tracing::info!(
-                topic,
-                partition,
-                last,
-                cleared,
-                "outbox rows already on the topic"
-            );
-        }
-    }
-    Ok(())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The `conscope.seq` of the last message of `topic[partition]`, if this job
-/// wrote it.
-fn last_published_seq(
-    consumer: &BaseConsumer,
-    topic: &str,
-    partition: i32,
-    job_id: &str,
-) -> anyhow::Result<Option<i64>> {
-    let (low, high) = crate::kafka::retrying(&format!("reading watermarks of {topic}[{partition}]"), || {
-        consumer.fetch_watermarks(topic, partition, crate::kafka::METADATA_TIMEOUT)
-    })?;
-    if high <= low {
-        return Ok(None);
+    fn row(seq: i64, topic: &str, partition: i32) -> OutboxRow {
+        OutboxRow {
+            seq,
+            topic: topic.into(),
+            partition,
+            key: None,
+            payload: None,
+            headers: Vec::new(),
+            committed_at: DateTime::<Utc>::UNIX_EPOCH,
+        }
     }
-    let mut assignment = TopicPartitionList::new();
-    assignment.add_partition_offset(topic, partition, Offset::Offset(high - 1))?;
-    consumer.assign(&assignment)?;
-    let deadline = Instant::now() + crate::kafka::METADATA_TIMEOUT;
-    while Instant::now() < deadline {
-        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let message =
-            message.with_context(|| format!("cannot read the last message of {topic}[{partition}]"))?;
-        if message.offset() < high - 1 {
-            continue;
-        }
-        let mut fields: HashMap<&str, &[u8]> = HashMap::new();
-        if let Some(headers) = message.headers() {
-            for header in headers.iter() {
-                if let Some(value) = header.value {
-                    fields.insert(header.key, value);
-                }
-            }
-        }
-        if fields.get("conscope.job").copied() != Some(job_id.as_bytes()) {
-            return Ok(None);
-        }
-        let seq = fields
-            .get("conscope.seq")
-            .and_then(|value| std::str::from_utf8(value).ok())
-            .and_then(|value| value.parse().ok());
-        return Ok(seq);
+
+    fn seqs(rows: &[OutboxRow]) -> Vec<i64> {
+        rows.iter().map(|row| row.seq).collect()
     }
-    anyhow::bail!("timed out reading the last message of {topic}[{partition}]")
+
+    #[test]
+    fn a_row_to_send_alone_gets_a_batch_of_its_own() {
+        let batch = || vec![row(1, "a", 0), row(2, "a", 0), row(3, "d", 0), row(4, "a", 0)];
+        let mut rows = batch();
+        cut_before_alone(&mut rows, &BTreeSet::from([3]));
+        assert_eq!(seqs(&rows), [1, 2]);
+        let mut rows = batch();
+        cut_before_alone(&mut rows, &BTreeSet::from([1, 3]));
+        assert_eq!(seqs(&rows), [1]);
+        let mut rows = batch();
+        cut_before_alone(&mut rows, &BTreeSet::new());
+        assert_eq!(seqs(&rows), [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_refusal_is_the_rows_own_only_when_its_partition_had_nothing_else() {
+        let rows = [row(1, "a", 0), row(2, "a", 1), row(3, "a", 0), row(4, "d", 0)];
+        assert_eq!(alone_in_partition(&rows), [false, true, false, true]);
+    }
 }
