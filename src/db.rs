@@ -15,6 +15,14 @@ use crate::config::{redact_url, DbArgs};
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_core", include_str!("../migrations/0001_core.sql")),
     (
+        "0002_outbox_parked",
+        include_str!("../migrations/0002_outbox_parked.sql"),
+    ),
+    (
+        "0003_outbox_partitions",
+        include_str!("../migrations/0003_outbox_partitions.sql"),
+    ),
+    (
         "0004_rule_generation",
         include_str!("../migrations/0004_rule_generation.sql"),
     ),

@@ -181,6 +181,7 @@ fn fatal(error: anyhow::Error) -> ! {
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let min_drop_basis_points = basis_points(&args.min_drop_pct)?;
+    let producer = crate::sink::delivery::producer_config(&args.kafka)?;
     let config = timely_config(&args)?;
     let leader = args.process == 0;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -238,6 +239,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         let control = Arc::new(PublisherControl::default());
         let publisher = {
             let config = PublisherConfig {
+                producer,
                 kafka: args.kafka.clone(),
                 database_url: args.db.database_url.clone(),
                 job_id,

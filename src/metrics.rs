@@ -124,6 +124,8 @@ struct Inner {
     commits: u64,
     published_alerts: u64,
     published_dead_letters: u64,
+    /// Outbox rows the broker refused for good, moved to `outbox_parked`.
+    parked: u64,
     /// Recent publish lags (µs), for the periodic line.
     recent_lags: VecDeque<u64>,
     /// Every publish lag of this run (µs), for the summary.
@@ -292,6 +294,10 @@ impl Metrics {
         self.count_published(topic, 1, Some(lag_micros));
     }
 
+    pub fn parked(&self, count: u64) {
+        self.with(|inner| inner.parked += count);
+    }
+
     fn count_published(&self, topic: &str, count: u64, lag_micros: Option<u64>) {
         let is_alert = topic == self.alerts_topic;
         self.with(|inner| {
@@ -319,7 +325,7 @@ impl Metrics {
         format!(
             "processed={processed} events_created={} prices_stored={} duplicates={} stale={} rejected={} \
              alerts[listing_drop={} event_low={} rule_match={}] commits={} lag={} commit_lag_p50={} \
-             commit_lag_p99={} published_alerts={} published_dead_letters={} publish_lag_p50={} \
+             commit_lag_p99={} published_alerts={} published_dead_letters={} parked={} publish_lag_p50={} \
              publish_lag_p99={} elapsed={elapsed:.1}s rate={:.0}/s",
             c.events_created,
             c.prices_stored,
@@ -335,6 +341,7 @@ impl Metrics {
             millis(inner.commit_lags.percentile(0.99)),
             inner.published_alerts,
             inner.published_dead_letters,
+            inner.parked,
             millis(percentile(lags, 0.5)),
             millis(percentile(lags, 0.99)),
             processed as f64 / elapsed.max(1e-9),

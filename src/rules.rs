@@ -190,7 +190,7 @@ async fn list(client: &tokio_postgres::Client, all: bool) -> anyhow::Result<()> 
 }
 
 /// `rules disable` and `rules enable`. Enabling starts a new generation of the
-/// rule (migration 0004), so no arming state from before is ever restored.
+/// rule (migration 0004_rule_generation), so no arming state from before is ever restored.
 async fn set_active(client: &mut tokio_postgres::Client, id: i64, active: bool) -> anyhow::Result<()> {
     let (verb, past) = if active {
         ("enable", "enabled")

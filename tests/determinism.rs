@@ -41,15 +41,7 @@ fn some_event_ids(topic: &str, how_many: usize) -> Vec<String> {
 }
 
 fn add_rules(job: &Job, events: &[String]) {
-    let migrate = conscope()
-        .args(["migrate", "--database-url", &job.database_url])
-        .output()
-        .expect("migrate");
-    assert!(
-        migrate.status.success(),
-        "{}",
-        String::from_utf8_lossy(&migrate.stderr)
-    );
+    job.migrate();
     for (index, event) in events.iter().enumerate() {
         let max_price = 100 + 80 * index;
         execute(

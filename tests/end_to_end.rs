@@ -66,11 +66,7 @@ fn known_mix_lands_exactly_and_rejects_reach_the_dlq() {
     create_topic(&input, 2);
     produce(&input, &known_mix());
     let job = Job::new("e2e_mix", &input);
-    let migrate = conscope()
-        .args(["migrate", "--database-url", &job.database_url])
-        .output()
-        .expect("migrate");
-    assert!(migrate.status.success());
+    job.migrate();
     execute(
         &job.database_url,
         "INSERT INTO alert_rules (event_id, currency, max_price) VALUES ('e1', 'USD', 88)",

@@ -1,5 +1,6 @@
 //! How outbox messages look on the wire: the alert JSON of SPEC §3, the
-//! dead-letter headers of SPEC §5, and the partition each message goes to.
+//! dead letters of SPEC §5 (headers, values cut to 64 KiB), and the partition
+//! each message goes to.
 //!
 //! The partition is chosen here, at commit time, with the Java client's murmur2
 //! of the key, so the publisher can tell after a crash which messages a
@@ -66,9 +67,15 @@ pub fn alert_headers(alert: &Alert) -> Vec<String> {
     ]
 }
 
-/// SPEC §5: the reason, and where the message came from.
-pub fn dlq_headers(rejected: &Rejected, input_name: &str) -> Vec<String> {
-    vec![
+/// SPEC §5: a dead letter's value is at most this long, so that it fits any
+/// broker's default message size (the rest of the input value is dropped).
+pub const MAX_DEAD_LETTER_VALUE: usize = 64 * 1024;
+
+/// SPEC §5: the value (cut to `MAX_DEAD_LETTER_VALUE`) and the headers: the
+/// reason, where the message came from, and the original size when cut.
+pub fn dead_letter(rejected: &Rejected, input_name: &str) -> (Vec<u8>, Vec<String>) {
+    let value = rejected.payload.as_deref().unwrap_or_default();
+    let mut headers = vec![
         "conscope.error".into(),
         rejected.reason.clone(),
         "conscope.topic".into(),
@@ -77,7 +84,13 @@ pub fn dlq_headers(rejected: &Rejected, input_name: &str) -> Vec<String> {
         rejected.position.partition.to_string(),
         "conscope.offset".into(),
         rejected.position.offset.to_string(),
-    ]
+    ];
+    if value.len() > MAX_DEAD_LETTER_VALUE {
+        headers.push("conscope.original_size".into());
+        headers.push(value.len().to_string());
+    }
+    let kept = &value[..value.len().min(MAX_DEAD_LETTER_VALUE)];
+    (kept.to_vec(), headers)
 }
 
 #[cfg(test)]
@@ -117,19 +130,24 @@ mod tests {
         assert_eq!(value["row"], "A");
     }
 
-    #[test]
-    fn dlq_headers_name_the_origin_in_decimal() {
-        let rejected = Rejected {
+    fn rejected(payload: Vec<u8>) -> Rejected {
+        Rejected {
             position: Position {
                 partition: 3,
                 offset: 1234,
             },
             key: None,
-            payload: Some(b"{}".to_vec()),
+            payload: Some(payload),
             reason: "section: missing".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn dead_letter_headers_name_the_origin_in_decimal() {
+        let (value, headers) = dead_letter(&rejected(b"{}".to_vec()), "raw_prices");
+        assert_eq!(value, b"{}");
         assert_eq!(
-            dlq_headers(&rejected, "raw_prices"),
+            headers,
             [
                 "conscope.error",
                 "section: missing",
@@ -141,6 +159,17 @@ mod tests {
                 "1234"
             ]
         );
+    }
+
+    #[test]
+    fn a_long_value_is_cut_to_64_kib_with_its_original_size() {
+        let long: Vec<u8> = (0..999_900u32).map(|i| (i % 251) as u8).collect();
+        let (value, headers) = dead_letter(&rejected(long.clone()), "raw_prices");
+        assert_eq!(value, long[..65_536]);
+        assert_eq!(headers[8..], ["conscope.original_size", "999900"]);
+        let (value, headers) = dead_letter(&rejected(long[..65_536].to_vec()), "raw_prices");
+        assert_eq!(value.len(), 65_536);
+        assert_eq!(headers.len(), 8, "a value of exactly 64 KiB is not cut");
     }
 
     #[test]

@@ -3,6 +3,9 @@
 //! - `postgres`: the writer thread, one transaction per batch of epochs (rows,
 //!   alerts, outbox, offsets).
 //! - `publisher`: the outbox publisher (alerts topic, dead-letter topic).
+//! - `delivery`: the producer settings the publisher relies on, and which
+//!   delivery failures are final.
+//! - `recovery`: after a crash, which outbox rows already reached their topic.
 //! - `encode`: the wire format of outbox messages.
 //!
 //! This module holds the timely side: the `PostgresSink` operator on worker 0
@@ -11,9 +14,11 @@
 //! committed. A probe on its output therefore tells every worker, in every
 //! process, which epochs are durable.
 
+pub mod delivery;
 pub mod encode;
 pub mod postgres;
 pub mod publisher;
+pub mod recovery;
 
 use std::collections::BTreeMap;
 use std::sync::mpsc;

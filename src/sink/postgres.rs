@@ -51,7 +51,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Transaction};
 
-use super::encode::{alert_headers, alert_json, dlq_headers, OutboxTarget};
+use super::encode::{alert_headers, alert_json, dead_letter, OutboxTarget};
 use super::publisher::PublisherControl;
 use crate::config::KafkaArgs;
 use crate::fail::fail_point;
@@ -610,14 +610,15 @@ async fn write(
         }
     }
     for rejected in &merged.rejected {
+        let (payload, headers) = dead_letter(rejected, &config.input_name);
         outbox.push(OutboxRow {
             topic: &config.dlq.topic,
             partition: config
                 .dlq
                 .partition_for(rejected.key.as_deref(), rejected.position.partition),
             key: rejected.key.clone(),
-            payload: rejected.payload.clone().unwrap_or_default(),
-            headers: dlq_headers(rejected, &config.input_name),
+            payload,
+            headers,
         });
     }
     if !outbox.is_empty() {

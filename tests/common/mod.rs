@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Headers;
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio_postgres::NoTls;
@@ -61,8 +61,16 @@ pub fn require_broker() {
 }
 
 pub fn create_topic(topic: &str, partitions: i32) {
+    create_topic_with(topic, partitions, &[]);
+}
+
+/// Creates `topic` with topic-level `configs` (e.g. a small `max.message.bytes`).
+pub fn create_topic_with(topic: &str, partitions: i32, configs: &[(&str, &str)]) {
     let admin: AdminClient<DefaultClientContext> = client_config().create().expect("admin client");
-    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let mut new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for (key, value) in configs {
+        new_topic = new_topic.set(key, value);
+    }
     let results = runtime()
         .block_on(admin.create_topics([&new_topic], &AdminOptions::new()))
         .expect("create topic");
@@ -109,18 +117,51 @@ fn wait_for_partitions(topic: &str, partitions: i32) {
 
 /// Produces `(partition, key, value)` messages in order, waiting for each batch.
 pub fn produce(topic: &str, messages: &[(i32, Option<&str>, Vec<u8>)]) {
-    let producer: FutureProducer = client_config()
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer");
+    let messages: Vec<Outgoing> = messages
+        .iter()
+        .map(|(partition, key, value)| Outgoing {
+            partition: *partition,
+            key: key.map(str::to_owned),
+            value: value.clone(),
+            headers: Vec::new(),
+        })
+        .collect();
+    produce_with(topic, &messages, &[]);
+}
+
+/// A message for `produce_with`.
+#[derive(Clone, Debug, Default)]
+pub struct Outgoing {
+    pub partition: i32,
+    pub key: Option<String>,
+    pub value: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+/// Produces `messages` in order with extra producer `settings` (e.g. a larger
+/// `message.max.bytes`), waiting for each.
+pub fn produce_with(topic: &str, messages: &[Outgoing], settings: &[(&str, &str)]) {
+    let mut config = client_config();
+    config.set("enable.idempotence", "true").set("linger.ms", "5");
+    for (key, value) in settings {
+        config.set(*key, *value);
+    }
+    let producer: FutureProducer = config.create().expect("producer");
     runtime().block_on(async {
         let mut pending = Vec::new();
-        for (partition, key, value) in messages {
+        for message in messages {
+            let mut headers = OwnedHeaders::new();
+            for (key, value) in &message.headers {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value.as_bytes()),
+                });
+            }
             let mut record = FutureRecord::to(topic)
-                .partition(*partition)
-                .payload(value.as_slice());
-            if let Some(key) = key {
+                .partition(message.partition)
+                .payload(message.value.as_slice())
+                .headers(headers);
+            if let Some(key) = &message.key {
                 record = record.key(key.as_bytes());
             }
             pending.push(producer.send(record, Duration::from_secs(30)));
@@ -430,6 +471,61 @@ impl Job {
             "{}",
             String::from_utf8_lossy(&output.stderr)
         );
+    }
+
+    /// Runs `conscope run --exit-at-end`, killing it and failing the test when
+    /// it has not ended within `limit`; checks it succeeded. Returns stdout.
+    pub fn run_to_end_within(&self, limit: Duration, extra: &[&str]) -> String {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
+        let mut args = vec!["--exit-at-end"];
+        args.extend_from_slice(extra);
+        let mut child = self
+            .command(&args)
+            .stdout(std::fs::File::create(&out).expect("stdout file"))
+            .stderr(std::fs::File::create(&err).expect("stderr file"))
+            .spawn()
+            .expect("spawn conscope");
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break Some(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let stdout = std::fs::read_to_string(&out).unwrap_or_default();
+        let stderr = std::fs::read_to_string(&err).unwrap_or_default();
+        match status {
+            None => panic!("conscope run --exit-at-end did not end within {limit:?}\n{stdout}\n{stderr}"),
+            Some(status) => assert!(status.success(), "conscope run failed: {stdout}\n{stderr}"),
+        }
+        stdout
+    }
+
+    /// Applies the migrations to the job's database, as the job would at start.
+    pub fn migrate(&self) {
+        let output = conscope()
+            .args(["migrate", "--database-url", &self.database_url])
+            .output()
+            .expect("run conscope migrate");
+        assert!(
+            output.status.success(),
+            "conscope migrate failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// This job's id (the `conscope.job` header of what it publishes); the
+    /// database must be migrated.
+    pub fn job_id(&self) -> String {
+        query_strings(&self.database_url, "SELECT job_id::text FROM job_progress")
+            .pop()
+            .expect("job_progress row")
     }
 
     pub fn spawn(&self, extra: &[&str]) -> Child {
