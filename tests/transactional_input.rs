@@ -94,7 +94,7 @@ fn transactional_input_is_read_committed_to_its_end() {
 
     let job = Job::new("txn_input", &input);
     let output = job.run_to_end_within(Duration::from_secs(120), &["-w", "2"]);
-    let summary = String::from_utf8_lossy(&output.stdout).into_owned();
+    let summary = output;
     assert!(summary.contains("processed=5 "), "{summary}");
     assert!(summary.contains(" lag=0 "), "lag must reach 0: {summary}");
 
@@ -120,7 +120,7 @@ fn transactional_input_is_read_committed_to_its_end() {
     );
 
     let again = job.run_to_end_within(Duration::from_secs(120), &["-w", "2"]);
-    let summary = String::from_utf8_lossy(&again.stdout).into_owned();
+    let summary = again;
     assert!(
         summary.contains("processed=0 "),
         "a second run does nothing: {summary}"

@@ -460,19 +460,6 @@ impl Job {
         succeeded(self.command(&args).output().expect("run conscope"))
     }
 
-    /// Applies the migrations to the job's database.
-    pub fn migrate(&self) {
-        let output = conscope()
-            .args(["migrate", "--database-url", &self.database_url])
-            .output()
-            .expect("run conscope migrate");
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-
     /// Runs `conscope run --exit-at-end`, killing it and failing the test when
     /// it has not ended within `limit`; checks it succeeded. Returns stdout.
     pub fn run_to_end_within(&self, limit: Duration, extra: &[&str]) -> String {
@@ -600,37 +587,6 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-impl Job {
-    /// Runs `conscope run --exit-at-end` and checks it succeeded within `limit`:
-    /// a job that never sees its end fails the test instead of hanging it.
-    pub fn run_to_end_within(&self, limit: Duration, extra: &[&str]) -> Output {
-        let mut args = vec!["--exit-at-end"];
-        args.extend_from_slice(extra);
-        let mut child = KillOnDrop(self.spawn(&args));
-        let deadline = Instant::now() + limit;
-        loop {
-            match child.0.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
-                Ok(None) => {
-                    let _ = child.0.kill();
-                    let output = child.0.stdout.take().map(std::io::read_to_string);
-                    panic!("conscope run --exit-at-end did not finish within {limit:?} (stdout: {output:?})");
-                }
-                Err(error) => panic!("cannot wait for conscope: {error}"),
-            }
-        }
-        let stdout = child.0.stdout.take().map(std::io::read_to_string);
-        let stderr = child.0.stderr.take().map(std::io::read_to_string);
-        let status = child.0.wait().expect("exit status");
-        succeeded(Output {
-            status,
-            stdout: stdout.and_then(Result::ok).unwrap_or_default().into_bytes(),
-            stderr: stderr.and_then(Result::ok).unwrap_or_default().into_bytes(),
-        })
     }
 }
 
