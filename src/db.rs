@@ -27,6 +27,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../migrations/0004_rule_generation.sql"),
     ),
     ("0005_summaries", include_str!("../migrations/0005_summaries.sql")),
+    (
+        "0006_history_without_fk_check",
+        include_str!("../migrations/0006_history_without_fk_check.sql"),
+    ),
 ];
 
 /// Connects once; the connection task runs on the current tokio runtime.

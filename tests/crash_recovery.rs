@@ -108,7 +108,9 @@ fn crashes_at_any_moment_end_with_the_tables_of_an_uninterrupted_run() {
         assert!(got[table] == expected[table], "{table} differs after crashes");
     }
     assert_summaries_match_listings(&crashed.database_url);
+    assert_history_has_its_events(&crashed.database_url);
     assert_summaries_match_listings(&reference.database_url);
+    assert_history_has_its_events(&reference.database_url);
     let on_topic = alert_ids_on_topic(&crashed.alerts);
     let duplicates: Vec<_> = on_topic.iter().filter(|(_, count)| **count > 1).collect();
     assert!(duplicates.is_empty(), "alerts published twice: {duplicates:?}");

@@ -378,6 +378,17 @@ const SUMMARIES: [(&str, [&str; 2]); 2] = [
 
 /// Checks that `event_summary` and `section_summary` equal the aggregates over
 /// `listings`, and are not empty when `listings` is not.
+/// Every history row's event is in `events` (no foreign key checks it row by
+/// row: migration 0006).
+pub fn assert_history_has_its_events(url: &str) {
+    let orphans = query_i64(
+        url,
+        "SELECT count(*) FROM price_history h WHERE NOT EXISTS
+             (SELECT 1 FROM events e WHERE e.event_id = h.event_id)",
+    );
+    assert_eq!(orphans, 0, "history rows without their event in {url}");
+}
+
 pub fn assert_summaries_match_listings(url: &str) {
     for (table, [stored, computed]) in SUMMARIES {
         let stored = query_strings(url, stored);
