@@ -159,8 +159,11 @@ kafka_fetch() {
     log "kafka: fetching Apache Kafka $KAFKA_VERSION and its dependencies with Maven into $KAFKA_LIB"
     local tmp="$KAFKA_LIB.tmp.$$"
     rm -rf "$tmp"
+    # Maven colours its (quiet) output even in batch mode: strip the colours.
+    # pipefail (set above) makes a Maven failure the pipeline's.
     if ! mvn -B -q -Dstyle.color=never -f "$CONSCOPE_ROOT/scripts/kafka/pom.xml" \
-        dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp" >&2; then
+        dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp" 2>&1 |
+        sed 's/\x1b\[[0-9;]*m//g' >&2; then
         rm -rf "$tmp"
         die "kafka: Maven could not fetch kafka_2.13 $KAFKA_VERSION (see the output above)"
     fi
