@@ -87,19 +87,18 @@ SELECT 'events' AS \"table\", count(*) AS rows FROM events
 UNION ALL SELECT 'price_history', count(*) FROM price_history
 UNION ALL SELECT 'listings', count(*) FROM listings
 UNION ALL SELECT 'price_alerts', count(*) FROM price_alerts
+UNION ALL SELECT 'event_summary', count(*) FROM event_summary
+UNION ALL SELECT 'section_summary', count(*) FROM section_summary
 UNION ALL SELECT 'alert_rules', count(*) FROM alert_rules
 UNION ALL SELECT 'outbox (not yet published)', count(*) FROM outbox"
 q -c "SELECT kind, count(*) AS alerts FROM price_alerts GROUP BY kind ORDER BY kind"
 
-echo "== The 5 events with the most listings, and their get-in price"
+echo "== The 5 events with the most listings, and their get-in price (event_summary, kept by the job)"
 q -c "
-SELECT e.event_id, left(e.event_name, 40) AS event_name, l.currency,
-       count(*) AS listings,
-       count(*) FILTER (WHERE l.available) AS available,
-       min(l.price) FILTER (WHERE l.available) AS get_in_price
-FROM listings l JOIN events e USING (event_id)
-GROUP BY e.event_id, e.event_name, l.currency
-ORDER BY listings DESC, e.event_id, l.currency
+SELECT e.event_id, left(e.event_name, 40) AS event_name, s.currency,
+       s.listings, s.available, s.get_in_price
+FROM event_summary s JOIN events e USING (event_id)
+ORDER BY s.listings DESC, e.event_id, s.currency
 LIMIT 5"
 
 echo "== The 10 latest alerts"
