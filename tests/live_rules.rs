@@ -364,8 +364,8 @@ fn a_reenabled_rule_starts_afresh_running_or_restarted() {
         format!("rule_match|live1|A|1|2|s1|{rule}|null|90.00|USD|2026-01-01 00:01:00+00")
     );
 
-    // The same in the running job, also when disable and enable both happen
-    // between two of its polls.
+    // The same in the running job. (A disable and enable between two of its
+    // polls is a new generation too; the poller compares generations.)
     running.assert_alive();
     assert!(rules(&url, &["disable", &rule.to_string()]).contains("disabled rule"));
     std::thread::sleep(Duration::from_secs(1));
