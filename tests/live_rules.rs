@@ -177,6 +177,41 @@ fn wait_for_matches(url: &str, rule_id: i64, count: i64, limit: Duration) -> Dur
     started.elapsed()
 }
 
+/// Waits for the job to have migrated its database and stored listing A-1.
+fn wait_for_first_listing(url: &str) {
+    wait_until(Duration::from_secs(30), "A-1 stored", || {
+        // The job migrates the database first; before that the table is missing.
+        query_strings(
+            url,
+            "SELECT count(*)::text FROM information_schema.tables WHERE table_name = 'listings'",
+        ) == ["1"]
+            && listing_price(url, "A", "1").is_some()
+    });
+}
+
+/// Waits for every row of `price_alerts` to be on the job's alerts topic, then
+/// checks each is there exactly once.
+fn assert_alerts_published_once(job: &Job) {
+    let table_ids = || {
+        query_strings(
+            &job.database_url,
+            "SELECT alert_id FROM price_alerts ORDER BY alert_id",
+        )
+    };
+    wait_until(Duration::from_secs(20), "the publisher to catch up", || {
+        alert_ids_on_topic(&job.alerts).into_keys().collect::<Vec<_>>() == table_ids()
+    });
+    // A little longer: a late duplicate (or a second copy published with the
+    // first) would show by now.
+    std::thread::sleep(Duration::from_millis(500));
+    let on_topic = alert_ids_on_topic(&job.alerts);
+    assert_eq!(on_topic.keys().cloned().collect::<Vec<_>>(), table_ids());
+    assert!(
+        on_topic.values().all(|count| *count == 1),
+        "duplicates on the alerts topic: {on_topic:?}"
+    );
+}
+
 #[test]
 fn running_job_picks_up_rule_changes() {
     require_broker();
@@ -292,19 +327,7 @@ fn running_job_picks_up_rule_changes() {
     assert_eq!(rule_match_count(&url, section), 2);
 
     // 5. Every alert row reaches the alerts topic exactly once.
-    let table_ids = || query_strings(&url, "SELECT alert_id FROM price_alerts ORDER BY alert_id");
-    wait_until(Duration::from_secs(20), "the publisher to catch up", || {
-        alert_ids_on_topic(&job.alerts).into_keys().collect::<Vec<_>>() == table_ids()
-    });
-    // A little longer: no late duplicates.
-    std::thread::sleep(Duration::from_millis(500));
-    let on_topic = alert_ids_on_topic(&job.alerts);
-    let ids = table_ids();
-    assert_eq!(on_topic.keys().cloned().collect::<Vec<_>>(), ids);
-    assert!(
-        on_topic.values().all(|count| *count == 1),
-        "duplicates on the alerts topic: {on_topic:?}"
-    );
+    assert_alerts_published_once(&job);
     assert_eq!(
         query_i64(
             &url,
@@ -334,13 +357,7 @@ fn a_reenabled_rule_starts_afresh_running_or_restarted() {
 
     produce(&input, &[obs("A", "1", "100.00", "2026-01-01T00:00:00Z")]);
     let mut running = RunningJob::start(&job, &run_args);
-    wait_until(Duration::from_secs(30), "A-1 stored", || {
-        query_strings(
-            &url,
-            "SELECT count(*)::text FROM information_schema.tables WHERE table_name = 'listings'",
-        ) == ["1"]
-            && listing_price(&url, "A", "1").is_some()
-    });
+    wait_for_first_listing(&url);
     let rule = add_rule(&url, &["--event", EVENT, "--max-price", "150"]);
     wait_for_matches(&url, rule, 1, Duration::from_secs(20));
 
@@ -379,6 +396,88 @@ fn a_reenabled_rule_starts_afresh_running_or_restarted() {
     assert_eq!(
         rule_matches(&url, rule)[2],
         format!("rule_match|live1|A|1|3|s1|{rule}|null|80.00|USD|2026-01-01 00:02:00+00")
+    );
+    running.assert_alive();
+}
+
+/// Holds a row lock on `job_progress` in an open transaction, which makes the
+/// job's writer wait at the start of its next commit, so the epochs after it
+/// queue up and are merged into one transaction once the lock is released.
+struct WriterBlock {
+    runtime: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+}
+
+impl WriterBlock {
+    fn hold(url: &str) -> WriterBlock {
+        let runtime = runtime();
+        let client = runtime.block_on(async {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .expect("postgres");
+            tokio::spawn(connection);
+            client
+                .batch_execute("BEGIN; SELECT 1 FROM job_progress WHERE id = 1 FOR UPDATE")
+                .await
+                .expect("lock job_progress");
+            client
+        });
+        WriterBlock { runtime, client }
+    }
+
+    fn release(self) {
+        self.runtime
+            .block_on(self.client.batch_execute("COMMIT"))
+            .expect("release job_progress");
+    }
+}
+
+/// Issue 9 (b): a rule disabled and re-enabled while the writer is behind fires
+/// twice on the same observation, two alerts with one id, and both epochs are
+/// merged into one transaction. The table holds one row, and the alerts topic
+/// must hold that alert once, not once per firing.
+#[test]
+fn one_alert_id_twice_in_one_commit_is_published_once() {
+    require_broker();
+    let input = unique("same_id_commit");
+    create_topic(&input, 1);
+    let job = Job::new("same_id_commit", &input);
+    let url = job.database_url.clone();
+
+    produce(&input, &[obs("A", "1", "100.00", "2026-01-01T00:00:00Z")]);
+    let mut running = RunningJob::start(&job, &["-w", "1", "--rules-poll-ms", "100"]);
+    wait_for_first_listing(&url);
+
+    // The writer waits on the lock with A-2's epoch; what comes after queues.
+    let block = WriterBlock::hold(&url);
+    produce(&input, &[obs("A", "2", "200.00", "2026-01-01T00:01:00Z")]);
+    wait_until(Duration::from_secs(20), "the writer to wait on the lock", || {
+        query_i64(
+            &url,
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        ) >= 1
+    });
+
+    // Fires on being added (A-1 at 100 <= 150), and again, on the same
+    // observation, on being re-enabled: the same alert id twice.
+    let rule = add_rule(&url, &["--event", EVENT, "--max-price", "150"]);
+    std::thread::sleep(Duration::from_millis(600)); // several polls
+    assert!(rules(&url, &["disable", &rule.to_string()]).contains("disabled rule"));
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(rules(&url, &["enable", &rule.to_string()]).contains("enabled rule"));
+    std::thread::sleep(Duration::from_millis(600));
+    running.assert_alive();
+    assert_eq!(rule_match_count(&url, rule), 0, "the writer was blocked");
+    block.release();
+
+    wait_for_matches(&url, rule, 1, Duration::from_secs(20));
+    assert_alerts_published_once(&job);
+    assert_eq!(
+        rule_matches(&url, rule),
+        [format!(
+            "rule_match|live1|A|1|1|s1|{rule}|null|100.00|USD|2026-01-01 00:00:00+00"
+        )]
     );
     running.assert_alive();
 }
