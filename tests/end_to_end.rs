@@ -338,3 +338,62 @@ fn input_file_rejects_a_huge_line_and_goes_on() {
         BTreeMap::from([(0, 3)])
     );
 }
+
+/// A stored offset that retention has since deleted: the job resumes at the log
+/// start, warns, and counts the messages it never saw.
+#[test]
+fn messages_lost_to_retention_are_counted_and_warned_about() {
+    require_broker();
+    let input = unique("e2e_retention");
+    create_topic(&input, 1);
+    let message = |seat: usize| {
+        (
+            0,
+            Some("e1"),
+            obs("e1", "A", &seat.to_string(), "100", "2026-01-01T00:00:00Z", ""),
+        )
+    };
+    produce(&input, &(0..5).map(message).collect::<Vec<_>>());
+    let job = Job::new("e2e_retention", &input);
+    let first = job.run_to_end(&[]);
+    assert!(String::from_utf8_lossy(&first.stdout).contains("skipped_by_retention=0"));
+    assert_eq!(
+        stored_offsets(&job.database_url, &input),
+        BTreeMap::from([(0, 5)])
+    );
+
+    produce(&input, &(5..10).map(message).collect::<Vec<_>>());
+    delete_records(&input, 0, 8);
+    let again = job.run_to_end(&[]);
+    let summary = String::from_utf8_lossy(&again.stdout);
+    let log = without_colours(&String::from_utf8_lossy(&again.stderr));
+    for expected in ["processed=2", "skipped_by_retention=3"] {
+        assert!(summary.contains(expected), "summary lacks {expected}: {summary}");
+    }
+    assert!(
+        log.contains("WARN") && log.contains("retention") && log.contains("lost=3"),
+        "no warning: {log}"
+    );
+    assert_eq!(
+        stored_offsets(&job.database_url, &input),
+        BTreeMap::from([(0, 10)])
+    );
+}
+
+/// `text` without its ANSI colour codes (the log's field names are styled).
+fn without_colours(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
