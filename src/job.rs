@@ -178,7 +178,7 @@ fn fatal(error: anyhow::Error) -> ! {
     std::process::exit(1);
 }
 
-pub fn run(args: RunArgs) -> anyhow::Result<()> {
+pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let min_drop_basis_points = basis_points(&args.min_drop_pct)?;
     let producer = crate::sink::delivery::producer_config(&args.kafka)?;
@@ -190,7 +190,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     runtime.block_on(crate::db::migrate(&args.db.database_url))?;
     let client = runtime.block_on(crate::db::connect(&args.db.database_url))?;
     let input_name = match &args.input_file {
-        Some(path) => format!("file:{}", path.display()),
+        Some(path) => {
+            // Offsets are keyed by the canonical path: any name of the file resumes them.
+            let (canonical, name) = crate::source::file::input_name(path)?;
+            args.input_file = Some(canonical);
+            name
+        }
         None => args.topics.input_topic.clone(),
     };
     let stored = runtime.block_on(stored_offsets(&client, &input_name))?;

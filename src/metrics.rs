@@ -1,4 +1,5 @@
-//! Job metrics: what was committed, consumer lag, commit lag, publish lag. A
+//! Job metrics: what was committed, consumer lag, commit lag, publish lag,
+//! input messages skipped because retention deleted them before they were read. A
 //! reporter thread logs them through `tracing` every few seconds; `summary`
 //! prints them on exit.
 //!
@@ -126,6 +127,9 @@ struct Inner {
     published_dead_letters: u64,
     /// Outbox rows the broker refused for good, moved to `outbox_parked`.
     parked: u64,
+    /// Input messages between a stored offset and the log start at startup:
+    /// deleted by retention before the job read them.
+    skipped_by_retention: u64,
     /// Recent publish lags (µs), for the periodic line.
     recent_lags: VecDeque<u64>,
     /// Every publish lag of this run (µs), for the summary.
@@ -294,6 +298,12 @@ impl Metrics {
         self.count_published(topic, 1, Some(lag_micros));
     }
 
+    /// Input messages lost to retention: a partition resumed at its log start,
+    /// above its stored offset.
+    pub fn skipped_by_retention(&self, count: u64) {
+        self.with(|inner| inner.skipped_by_retention += count);
+    }
+
     pub fn parked(&self, count: u64) {
         self.with(|inner| inner.parked += count);
     }
@@ -324,7 +334,7 @@ impl Metrics {
         let processed = c.processed + c.rejected;
         format!(
             "processed={processed} events_created={} prices_stored={} duplicates={} stale={} rejected={} \
-             alerts[listing_drop={} event_low={} rule_match={}] commits={} lag={} commit_lag_p50={} \
+             skipped_by_retention={} alerts[listing_drop={} event_low={} rule_match={}] commits={} lag={} commit_lag_p50={} \
              commit_lag_p99={} published_alerts={} published_dead_letters={} parked={} publish_lag_p50={} \
              publish_lag_p99={} elapsed={elapsed:.1}s rate={:.0}/s",
             c.events_created,
@@ -332,6 +342,7 @@ impl Metrics {
             c.duplicates,
             c.stale,
             c.rejected,
+            inner.skipped_by_retention,
             c.listing_drop,
             c.event_low,
             c.rule_match,

@@ -264,3 +264,136 @@ fn input_file_gives_the_tables_of_the_same_messages_on_a_topic() {
     let again = from_file.run_to_end(&["--input-file", &path]);
     assert!(String::from_utf8_lossy(&again.stdout).contains("processed=0"));
 }
+
+/// Writes an input file of a valid line, the line `middle`, and a valid line.
+fn write_two_prices_around(path: &std::path::Path, middle: &[u8]) {
+    let mut lines = obs("e1", "A", "1", "100", "2026-01-01T00:00:00Z", "");
+    lines.push(b'\n');
+    lines.extend_from_slice(middle);
+    lines.push(b'\n');
+    lines.extend_from_slice(&obs("e1", "A", "2", "90", "2026-01-01T00:01:00Z", ""));
+    lines.push(b'\n');
+    std::fs::write(path, lines).expect("write input file");
+}
+
+/// `--input-file` stores its offsets under the file's canonical path: naming the
+/// same file another way resumes after the stored line and re-sends no reject.
+#[test]
+fn input_file_resumes_whatever_path_names_the_file() {
+    require_broker();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("x.jsonl");
+    write_two_prices_around(&path, b"garbage");
+    let job = Job::new("e2e_file_paths", "unused");
+
+    let first = job
+        .command(&["--exit-at-end", "--input-file", "./x.jsonl"])
+        .current_dir(dir.path())
+        .output()
+        .expect("run conscope");
+    let first_out = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        first.status.success(),
+        "{first_out}\n{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(first_out.contains("processed=3"), "{first_out}");
+
+    let absolute = path.canonicalize().expect("canonical path");
+    let again = job.run_to_end(&["--input-file", absolute.to_str().expect("path")]);
+    let again_out = String::from_utf8_lossy(&again.stdout);
+    assert!(again_out.contains("processed=0"), "{again_out}");
+    assert_eq!(read_all(&job.dlq).len(), 1, "each reject reaches the DLQ once");
+    assert_eq!(
+        query_strings(
+            &job.database_url,
+            "SELECT topic || ':' || next_offset FROM kafka_offsets"
+        ),
+        [format!("file:{}:3", absolute.display())]
+    );
+}
+
+/// A line far over the size limit, without a newline for megabytes, is rejected
+/// and the lines after it are still processed at their line numbers.
+#[test]
+fn input_file_rejects_a_huge_line_and_goes_on() {
+    require_broker();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("huge.jsonl");
+    write_two_prices_around(&path, &vec![b'x'; 5_000_000]);
+    let job = Job::new("e2e_file_huge", "unused");
+    let name = path.to_str().expect("path");
+    let output = job.run_to_end(&["--input-file", name]);
+    let summary = String::from_utf8_lossy(&output.stdout);
+    for expected in ["processed=3", "prices_stored=2", "rejected=1"] {
+        assert!(summary.contains(expected), "summary lacks {expected}: {summary}");
+    }
+    let dead = read_all(&job.dlq);
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        stored_offsets(
+            &job.database_url,
+            &format!("file:{}", path.canonicalize().expect("path").display())
+        ),
+        BTreeMap::from([(0, 3)])
+    );
+}
+
+/// A stored offset that retention has since deleted: the job resumes at the log
+/// start, warns, and counts the messages it never saw.
+#[test]
+fn messages_lost_to_retention_are_counted_and_warned_about() {
+    require_broker();
+    let input = unique("e2e_retention");
+    create_topic(&input, 1);
+    let message = |seat: usize| {
+        (
+            0,
+            Some("e1"),
+            obs("e1", "A", &seat.to_string(), "100", "2026-01-01T00:00:00Z", ""),
+        )
+    };
+    produce(&input, &(0..5).map(message).collect::<Vec<_>>());
+    let job = Job::new("e2e_retention", &input);
+    let first = job.run_to_end(&[]);
+    assert!(String::from_utf8_lossy(&first.stdout).contains("skipped_by_retention=0"));
+    assert_eq!(
+        stored_offsets(&job.database_url, &input),
+        BTreeMap::from([(0, 5)])
+    );
+
+    produce(&input, &(5..10).map(message).collect::<Vec<_>>());
+    delete_records(&input, 0, 8);
+    let again = job.run_to_end(&[]);
+    let summary = String::from_utf8_lossy(&again.stdout);
+    let log = without_colours(&String::from_utf8_lossy(&again.stderr));
+    for expected in ["processed=2", "skipped_by_retention=3"] {
+        assert!(summary.contains(expected), "summary lacks {expected}: {summary}");
+    }
+    assert!(
+        log.contains("WARN") && log.contains("retention") && log.contains("lost=3"),
+        "no warning: {log}"
+    );
+    assert_eq!(
+        stored_offsets(&job.database_url, &input),
+        BTreeMap::from([(0, 10)])
+    );
+}
+
+/// `text` without its ANSI colour codes (the log's field names are styled).
+fn without_colours(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}

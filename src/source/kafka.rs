@@ -255,7 +255,9 @@ impl OwnedPartitions {
             // Statistics carry each partition's watermarks from fetch responses:
             // consumer lag without extra requests to the broker.
             .set("statistics.interval.ms", &stats_interval_ms)
-            .create_with_context(LagContext { metrics })
+            .create_with_context(LagContext {
+                metrics: Arc::clone(&metrics),
+            })
             .context("cannot create Kafka consumer")?;
         let mut next = BTreeMap::new();
         let mut end = exit_at_end.then(BTreeMap::new);
@@ -266,7 +268,23 @@ impl OwnedPartitions {
                     consumer.fetch_watermarks(topic, partition, crate::kafka::METADATA_TIMEOUT)
                 })?;
             let start = match (stored.get(&partition), from) {
-                (Some(offset), _) => (*offset).max(low),
+                (Some(offset), _) => {
+                    if *offset < low {
+                        // Retention deleted these before the job read them: they
+                        // are gone for good, which must not pass as a quiet resume.
+                        let lost = low - *offset;
+                        tracing::warn!(
+                            topic,
+                            partition,
+                            stored = *offset,
+                            log_start = low,
+                            lost,
+                            "stored offset is below the partition's log start: messages deleted by retention are skipped"
+                        );
+                        metrics.skipped_by_retention(lost as u64);
+                    }
+                    (*offset).max(low)
+                }
                 (None, StartFrom::Earliest) => low,
                 (None, StartFrom::Latest) => high,
             };

@@ -80,6 +80,21 @@ pub fn create_topic_with(topic: &str, partitions: i32, configs: &[(&str, &str)])
     wait_for_partitions(topic, partitions);
 }
 
+/// Deletes the records of `topic`'s `partition` before `offset`, as retention
+/// would: the partition's log start moves up to `offset`.
+pub fn delete_records(topic: &str, partition: i32, offset: i64) {
+    let admin: AdminClient<DefaultClientContext> = client_config().create().expect("admin client");
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(topic, partition, Offset::Offset(offset))
+        .expect("partition offset");
+    let deleted = runtime()
+        .block_on(admin.delete_records(&list, &AdminOptions::new()))
+        .expect("delete records");
+    for element in deleted.elements() {
+        element.error().expect("records deleted");
+    }
+}
+
 /// Adds partitions to `topic` until it has `total`.
 pub fn add_partitions(topic: &str, total: usize) {
     let admin: AdminClient<DefaultClientContext> = client_config().create().expect("admin client");
