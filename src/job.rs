@@ -89,6 +89,10 @@ pub struct RunArgs {
     /// Seconds between metrics log lines.
     #[arg(long, env = "CONSCOPE_METRICS_INTERVAL", default_value_t = 5)]
     metrics_interval: u64,
+    /// Serve the metrics in Prometheus text format at http://HOST:PORT/metrics,
+    /// and /healthz (e.g. 127.0.0.1:9464; each process of a cluster its own).
+    #[arg(long, env = "CONSCOPE_METRICS_ADDR", value_name = "HOST:PORT")]
+    metrics_addr: Option<String>,
     /// How often a running job looks for rule changes.
     #[arg(long, env = "CONSCOPE_RULES_POLL_MS", default_value_t = 500)]
     rules_poll_ms: u64,
@@ -234,6 +238,9 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
         metrics.measure_commit_lag();
     }
     metrics.spawn_reporter(Duration::from_secs(args.metrics_interval.max(1)));
+    if let Some(addr) = &args.metrics_addr {
+        crate::metrics_server::spawn(addr, Arc::clone(&metrics))?;
+    }
 
     let mut leader_parts = None;
     if leader {

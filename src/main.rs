@@ -35,6 +35,7 @@ mod fail;
 mod job;
 mod kafka;
 mod metrics;
+mod metrics_server;
 mod produce;
 mod rules;
 mod sink;

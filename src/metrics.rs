@@ -377,6 +377,93 @@ impl Metrics {
         })
     }
 
+    /// Everything the metrics line says, in Prometheus text format (version
+    /// 0.0.4) for `conscope run --metrics-addr`: counters since start, consumer
+    /// lag per input partition (only partitions whose commits this process
+    /// records: in a cluster of several processes that is process 0), and commit
+    /// and publish lag as summaries.
+    pub fn prometheus(&self) -> String {
+        self.with(|inner| {
+            let c = &inner.committed;
+            let mut out = String::with_capacity(4096);
+            let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, String)]| {
+                out.push_str(&format!("# HELP conscope_{name} {help}\n# TYPE conscope_{name} {kind}\n"));
+                for (labels, value) in samples {
+                    out.push_str(&format!("conscope_{name}{labels} {value}\n"));
+                }
+            };
+            let plain = |value: u64| vec![(String::new(), value.to_string())];
+            let counters: [(&str, &str, u64); 11] = [
+                ("messages_processed_total", "Input messages committed, rejected ones included.", c.processed + c.rejected),
+                ("events_created_total", "Events seen for the first time.", c.events_created),
+                ("prices_stored_total", "Rows written to price_history.", c.prices_stored),
+                ("duplicates_total", "Observations whose identity was already stored.", c.duplicates),
+                ("stale_total", "Observations older than their listing's current one.", c.stale),
+                ("rejected_total", "Input messages rejected to the dead-letter topic.", c.rejected),
+                ("skipped_by_retention_total", "Input messages deleted by retention before they were read.", inner.skipped_by_retention),
+                ("commits_total", "PostgreSQL transactions committed by the writer.", inner.commits),
+                ("published_alerts_total", "Alerts acknowledged by the broker.", inner.published_alerts),
+                ("published_dead_letters_total", "Dead letters acknowledged by the broker.", inner.published_dead_letters),
+                ("outbox_parked_total", "Outbox rows the broker refused for good (kept in outbox_parked).", inner.parked),
+            ];
+            for (name, help, value) in counters {
+                metric(name, "counter", help, &plain(value));
+            }
+            metric(
+                "alerts_total",
+                "counter",
+                "Alerts committed, by kind.",
+                &[
+                    ("{kind=\"listing_drop\"}".to_owned(), c.listing_drop.to_string()),
+                    ("{kind=\"event_low\"}".to_owned(), c.event_low.to_string()),
+                    ("{kind=\"rule_match\"}".to_owned(), c.rule_match.to_string()),
+                ],
+            );
+            let lags: Vec<(String, String)> = inner
+                .high_watermarks
+                .iter()
+                .filter_map(|(partition, high)| {
+                    let committed = inner.committed_offsets.get(partition)?;
+                    Some((format!("{{partition=\"{partition}\"}}"), (high - committed).max(0).to_string()))
+                })
+                .collect();
+            metric(
+                "consumer_lag",
+                "gauge",
+                "Input messages not yet committed, per partition (high watermark from librdkafka's statistics).",
+                &lags,
+            );
+            let seconds = |micros: Option<u64>| micros.map_or_else(|| "NaN".to_owned(), |m| format!("{:.6}", m as f64 / 1e6));
+            metric(
+                "commit_lag_seconds",
+                "summary",
+                "From a message's Kafka timestamp to the commit of its rows, since start.",
+                &[
+                    ("{quantile=\"0.5\"}".to_owned(), seconds(inner.commit_lags.percentile(0.5))),
+                    ("{quantile=\"0.99\"}".to_owned(), seconds(inner.commit_lags.percentile(0.99))),
+                ],
+            );
+            let mut recent: Vec<u64> = inner.recent_lags.iter().copied().collect();
+            recent.sort_unstable();
+            metric(
+                "publish_lag_seconds",
+                "summary",
+                "From an alert's commit to its acknowledgement by the broker, recent alerts.",
+                &[
+                    ("{quantile=\"0.5\"}".to_owned(), seconds(percentile(&recent, 0.5))),
+                    ("{quantile=\"0.99\"}".to_owned(), seconds(percentile(&recent, 0.99))),
+                ],
+            );
+            metric(
+                "uptime_seconds",
+                "gauge",
+                "Seconds since the job started.",
+                &[(String::new(), format!("{:.3}", self.started.elapsed().as_secs_f64()))],
+            );
+            out
+        })
+    }
+
     /// Logs `report` every `interval` on its own thread.
     pub fn spawn_reporter(self: &Arc<Self>, interval: Duration) {
         let metrics = Arc::clone(self);
