@@ -10,8 +10,9 @@
 //! Startup (each process): migrate, read stored offsets, create the output
 //! topics (process 0), start the writer and the outbox publisher (process 0), in a
 //! live job the thread that watches the input topic for added partitions, then
-//! one timely worker per thread. Each worker restores its slice of the state,
-//! opens its partitions and steps the dataflow until the probe says everything is
+//! one timely worker per thread. Worker 0 streams the restored state (events
+//! and listings) and the rules into the dataflow; each worker opens its
+//! partitions and steps the dataflow until the probe says everything is
 //! committed (`--exit-at-end`) or forever.
 
 use std::path::PathBuf;
@@ -38,7 +39,8 @@ use crate::source::file::{file_source, OpenFile};
 use crate::source::kafka::{
     check_isolation, kafka_source, OwnedPartitions, PartitionWatch, StartFrom, PARTITION_POLL,
 };
-use crate::source::state::{initial_rules, load_slice, state_source, stored_offsets, LiveRules, RuleFeed};
+use crate::source::restore::{restore_source, stored_offsets, Checkpoint};
+use crate::source::rules::{initial_rules, LiveRules, RuleFeed};
 use crate::source::SourceSettings;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -176,7 +178,7 @@ fn timely_config(args: &RunArgs) -> anyhow::Result<timely::Config> {
 
 /// Ends the process with `error`: a worker that cannot go on must not leave the
 /// others waiting for it forever.
-fn fatal(error: anyhow::Error) -> ! {
+pub(crate) fn fatal(error: anyhow::Error) -> ! {
     tracing::error!("{error:#}");
     eprintln!("conscope: error: {error:#}");
     std::process::exit(1);
@@ -300,24 +302,24 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
             Ok(runtime) => runtime,
             Err(error) => fatal(error.into()),
         };
-        let startup = runtime.block_on(async {
-            let client = crate::db::connect(&args.db.database_url).await?;
-            let restored = load_slice(&client, peers, index).await?;
-            let rules = if index == 0 {
+        // Worker 0 restores everything (streamed by a reader of its own, see
+        // `source::restore`) and feeds the rules; the processor routes both.
+        let checkpoint = (index == 0).then(|| {
+            let startup = runtime.block_on(async {
+                let client = crate::db::connect(&args.db.database_url).await?;
                 let (initial, known) = initial_rules(&client).await?;
                 let live = (!args.exit_at_end).then(|| LiveRules {
                     database_url: args.db.database_url.clone(),
                     known,
                     interval: Duration::from_millis(args.rules_poll_ms.max(50)),
                 });
-                Some(RuleFeed { initial, live })
-            } else {
-                None
-            };
-            anyhow::Ok((restored, rules))
+                anyhow::Ok(Checkpoint {
+                    database_url: args.db.database_url.clone(),
+                    rules: RuleFeed { initial, live },
+                })
+            });
+            startup.unwrap_or_else(|error| fatal(error.context("cannot read the alert rules")))
         });
-        let (restored, rules) = startup.unwrap_or_else(|error| fatal(error.context("cannot restore state")));
-        tracing::info!(worker = index, records = restored.len(), "restored state");
 
         let owned = match &args.input_file {
             Some(_) => None,
@@ -384,7 +386,7 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
                 None => kafka_source(scope, owned, settings, committed.clone()),
             };
             let (observations, source_records) = ingest(events);
-            let state = state_source(scope, restored, rules, settings.epoch_ms);
+            let state = restore_source(scope, checkpoint, settings.epoch_ms);
             let processed = process(observations.concat(state), processor_config);
             let summaries = summary_records(summarise(processed.listings));
             let records = processed.records.concat(source_records).concat(summaries);

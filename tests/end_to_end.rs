@@ -397,3 +397,85 @@ fn without_colours(text: &str) -> String {
     }
     plain
 }
+
+/// Asserts the `name=value` fields of the `summary:` line, each compared exactly.
+fn assert_summary(stdout: &[u8], expected: &[(&str, &str)]) {
+    let text = String::from_utf8_lossy(stdout);
+    let line = text
+        .lines()
+        .find(|line| line.starts_with("summary:"))
+        .unwrap_or("");
+    for (name, value) in expected {
+        let found = line
+            .split_whitespace()
+            .find_map(|token| token.strip_prefix(name)?.strip_prefix('='));
+        assert_eq!(found, Some(*value), "{name} in {text}");
+    }
+}
+
+/// Observations older than their listing's current state are written by the
+/// Postgres writer with the first of each identity winning, in one batch and
+/// across runs; the duplicates among them change nothing (not the stored price,
+/// not the event's fields), the stale ones only history and `first_seen`.
+#[test]
+fn older_observations_first_of_an_identity_wins_and_duplicates_change_nothing() {
+    require_broker();
+    let input = unique("e2e_older");
+    create_topic(&input, 1);
+    let named = r#","event_name":"Show""#;
+    let dup_fields = r#","event_name":"Dup Name","venue":"Dup Hall""#;
+    let l1 = |price, at, extra| (0, Some("e1"), obs("e1", "A", "1", price, at, extra));
+    produce(
+        &input,
+        &[
+            l1("100", "2026-01-01T00:10:00Z", named),
+            // Older: stale, history only.
+            l1("50", "2026-01-01T00:05:00Z", ""),
+            // The same identity again, another price and event fields: a duplicate.
+            l1("60", "2026-01-01T00:05:00Z", dup_fields),
+        ],
+    );
+    let job = Job::new("e2e_older", &input);
+    assert_summary(
+        &job.run_to_end(&[]).stdout,
+        &[("prices_stored", "2"), ("stale", "1"), ("duplicates", "1")],
+    );
+
+    // After a restart: a duplicate of a stored older identity, and a stale
+    // observation before everything stored.
+    produce(
+        &input,
+        &[
+            l1("70", "2026-01-01T00:05:00Z", dup_fields),
+            l1("40", "2026-01-01T00:01:00Z", ""),
+        ],
+    );
+    assert_summary(
+        &job.run_to_end(&[]).stdout,
+        &[("prices_stored", "1"), ("stale", "1"), ("duplicates", "1")],
+    );
+
+    let url = &job.database_url;
+    assert_eq!(
+        query_strings(
+            url,
+            "SELECT concat_ws('|', price, observed_at) FROM price_history ORDER BY observed_at"
+        ),
+        [
+            "40.00|2026-01-01 00:01:00+00",
+            "50.00|2026-01-01 00:05:00+00",
+            "100.00|2026-01-01 00:10:00+00",
+        ]
+    );
+    assert_eq!(
+        query_strings(
+            url,
+            "SELECT concat_ws('|', event_name, coalesce(venue, '-'), first_seen, last_seen) FROM events"
+        ),
+        ["Show|-|2026-01-01 00:01:00+00|2026-01-01 00:10:00+00"]
+    );
+    assert_eq!(
+        query_strings(url, "SELECT concat_ws('|', price, observed_at) FROM listings"),
+        ["100.00|2026-01-01 00:10:00+00"]
+    );
+}

@@ -317,11 +317,6 @@ impl Counters {
 pub enum Restore {
     Event(EventRow),
     Listing(ListingRow),
-    /// An observation identity already stored in `price_history`.
-    Seen {
-        listing: ListingKey,
-        observed_at: Micros,
-    },
 }
 
 /// What the per-event processor consumes.
@@ -341,7 +336,6 @@ impl ProcessorInput {
         match self {
             ProcessorInput::Restore(Restore::Event(row)) => &row.event_id,
             ProcessorInput::Restore(Restore::Listing(row)) => &row.listing.event_id,
-            ProcessorInput::Restore(Restore::Seen { listing, .. }) => &listing.event_id,
             ProcessorInput::Rule(RuleChange::Activate { rule, .. }) => &rule.event_id,
             ProcessorInput::Rule(RuleChange::Deactivate { event_id, .. }) => event_id,
             ProcessorInput::Observation { observation, .. } => &observation.listing.event_id,
@@ -352,8 +346,15 @@ impl ProcessorInput {
 /// Everything the Postgres sink writes for one epoch, in one transaction.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SinkRecord {
-    /// A new row of `price_history`.
+    /// A new row of `price_history`: an observation newer than its listing's
+    /// current state (or its listing's first), so its identity is not stored yet.
     History(ListingRow),
+    /// A row for `price_history` of an observation older than its listing's
+    /// current state: stale, unless its identity is stored already (a
+    /// duplicate). Only the stored history can tell, so the writer decides: it
+    /// inserts these in partition order, first one of an identity wins, and
+    /// counts each as stale (inserted) or duplicate (skipped).
+    MaybeStale(ListingRow),
     /// The latest state of a listing at the end of the epoch.
     Listing(ListingRow),
     /// The latest state of an event at the end of the epoch.

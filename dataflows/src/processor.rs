@@ -5,7 +5,8 @@
 //! epoch. Once the frontier passes an epoch, all of its records are applied in one
 //! deterministic order, whatever the batching, arrival order or number of workers:
 //! restores, then rule changes (by rule id, deactivations first), then observations
-//! in `Position` order. Each observation runs through the stages in turn: dedup,
+//! in `Position` order. Each observation runs through the stages in turn: dedup
+//! (against its listing's current state: the processor keeps no history),
 //! event state, listing state, drops, rules. [`Processor`] is that logic without
 //! timely, so it can be driven and tested directly.
 //!
@@ -27,7 +28,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
 use crate::alert_id::alert_id;
-use crate::dedup::Seen;
+use crate::dedup::{classify, Verdict};
 use crate::drops;
 use crate::event_state;
 use crate::listing_state::{Applied, Listings, Quote};
@@ -152,14 +153,13 @@ pub struct EpochOutput {
 pub struct EventState {
     /// `None` until the event is observed or restored (it may have rules before).
     row: Option<EventRow>,
-    seen: Seen,
     listings: Listings,
     rules: Rules,
 }
 
 impl EventState {
     fn is_empty(&self) -> bool {
-        self.row.is_none() && self.seen.is_empty() && self.listings.is_empty() && self.rules.is_empty()
+        self.row.is_none() && self.listings.is_empty() && self.rules.is_empty()
     }
 }
 
@@ -225,18 +225,11 @@ impl Processor {
             }
             Restore::Listing(row) => {
                 let state = self.events.entry(row.listing.event_id.clone()).or_default();
-                // The current state is a stored observation, even if its `Seen`
-                // record is missing.
-                state.seen.insert(&row.listing.seat, row.observed_at);
                 let before = state.listings.get(&row.listing.seat).map(Quote::price);
                 state.listings.restore(&row.listing.seat, Quote::of_row(&row));
                 // Not a row to write (it is stored), but it enters the collection
                 // of current listings, so that later changes retract it.
                 epoch.priced.entry(row.listing).or_insert(before);
-            }
-            Restore::Seen { listing, observed_at } => {
-                let state = self.events.entry(listing.event_id).or_default();
-                state.seen.insert(&listing.seat, observed_at);
             }
         }
     }
@@ -305,9 +298,25 @@ impl Processor {
             return;
         };
 
-        if !state.seen.insert(seat, at) {
-            epoch.counters.duplicates += 1;
-            return;
+        let previous = state.listings.get(seat).copied();
+        match classify(previous.map(|quote| quote.observed_at), at) {
+            Verdict::New => {}
+            Verdict::Duplicate => {
+                epoch.counters.duplicates += 1;
+                return;
+            }
+            Verdict::Older => {
+                // Stale or a duplicate: the writer tells, and counts it.
+                epoch.out.push(SinkRecord::MaybeStale(
+                    Quote::of(&observation).row(&listing.event_id, seat),
+                ));
+                if let Some(row) = &mut state.row {
+                    if event_state::widen(row, at) && !epoch.events.contains(&listing.event_id) {
+                        epoch.events.insert(listing.event_id.clone());
+                    }
+                }
+                return;
+            }
         }
         let quote = Quote::of(&observation);
         epoch.counters.prices_stored += 1;
@@ -327,11 +336,6 @@ impl Processor {
             epoch.events.insert(listing.event_id.clone());
         }
 
-        let previous = state.listings.get(seat).copied();
-        if previous.is_some_and(|previous| at < previous.observed_at) {
-            epoch.counters.stale += 1;
-            return;
-        }
         // A listing only moves the scopes of its old and new currency.
         let mut currencies = vec![quote.currency];
         if let Some(previous) = previous {
@@ -356,7 +360,7 @@ impl Processor {
             .collect();
 
         let applied = state.listings.apply(seat, quote);
-        // Staleness was decided above, before the "lowest before" snapshots.
+        // Newer than `previous`, as decided above.
         debug_assert_eq!(applied, Applied::Current { previous });
         if !epoch.listings.contains(listing) {
             epoch.listings.insert(listing.clone());

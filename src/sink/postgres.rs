@@ -7,7 +7,12 @@
 //! ```
 //!
 //! # Encoding
-//! History rows go in with binary `COPY`; listings, events and alerts are `COPY`'d
+//! History rows go in with binary `COPY`. Rows of observations older than their
+//! listing's current state (`MaybeStale`: stale, or duplicates of a stored
+//! identity, which only the table knows) are `COPY`'d into a temporary table and
+//! inserted in partition order with `ON CONFLICT DO NOTHING`: the first of an
+//! identity wins, and the count inserted splits them into the stale and
+//! duplicate counters. Listings, events and alerts are `COPY`'d
 //! into temporary tables and merged with one `INSERT … ON CONFLICT` each; rejects
 //! and alerts become `outbox` rows. Summary changes (differential updates) are
 //! folded into the new row of each changed key, or its absence, and merged the
@@ -83,6 +88,10 @@ pub struct WriterConfig {
 struct Merged {
     epochs: Vec<u64>,
     history: Vec<ListingRow>,
+    /// Rows of observations older than their listing's current state, in
+    /// partition order per event (epochs are absorbed in order, and each
+    /// event's records come from one worker, in order).
+    maybe_stale: Vec<ListingRow>,
     listings: HashMap<ListingKey, ListingRow>,
     events: HashMap<String, EventRow>,
     alerts: Vec<Alert>,
@@ -97,6 +106,18 @@ struct Merged {
 }
 
 impl Merged {
+    /// Counts the `maybe_stale` rows once the commit told how many it inserted
+    /// (`stale`): the rest had a stored identity, so were duplicates.
+    fn count_maybe_stale(&mut self, stale: u64) {
+        let duplicates = self.maybe_stale.len() as u64 - stale;
+        self.counters.add(&Counters {
+            prices_stored: stale,
+            stale,
+            duplicates,
+            ..Counters::default()
+        });
+    }
+
     fn absorb(&mut self, batch: EpochBatch) {
         self.epochs.push(batch.epoch);
         self.records += batch.records.len();
@@ -105,6 +126,7 @@ impl Merged {
         for record in batch.records {
             match record {
                 SinkRecord::History(row) => self.history.push(row),
+                SinkRecord::MaybeStale(row) => self.maybe_stale.push(row),
                 SinkRecord::Listing(row) => {
                     self.listings.insert(row.listing.clone(), row);
                 }
@@ -181,7 +203,8 @@ pub fn run_writer(
                     Err(_) => break,
                 }
             }
-            writer.commit_with_retry(&merged, &metrics).await?;
+            let stale = writer.commit_with_retry(&merged, &metrics).await?;
+            merged.count_maybe_stale(stale);
             metrics.committed(&merged.counters, merged.rejected.len() as u64, &merged.offsets);
             for rejected in &merged.rejected {
                 if rejected_log.allow() {
@@ -270,17 +293,22 @@ impl Writer {
         })
     }
 
-    async fn commit_with_retry(&mut self, merged: &Merged, metrics: &Metrics) -> anyhow::Result<()> {
+    /// Commits `merged`; returns how many of its `maybe_stale` rows were
+    /// inserted (stale, not duplicates).
+    async fn commit_with_retry(&mut self, merged: &Merged, metrics: &Metrics) -> anyhow::Result<u64> {
         let mut delay = Duration::from_millis(100);
         let mut errors = crate::metrics::RateLimited::new(Duration::from_secs(10));
         loop {
-            let outcome = write(&mut self.client, &self.config, merged, self.commit_no).await;
+            // Set by the attempt before its COMMIT: what a commit that landed
+            // unacknowledged inserted.
+            let mut stale = None;
+            let outcome = write(&mut self.client, &self.config, merged, self.commit_no, &mut stale).await;
             match outcome {
                 Ok(()) => {
                     self.commit_no += 1;
                     metrics.commit_done();
                     fail_point("after_commit");
-                    return Ok(());
+                    return Ok(stale.unwrap_or(0));
                 }
                 Err(error) if is_transient(&error) || self.client.is_closed() => {
                     if errors.allow() {
@@ -313,7 +341,7 @@ impl Writer {
                             tracing::info!("the interrupted commit had landed");
                             self.commit_no = stored;
                             metrics.commit_done();
-                            return Ok(());
+                            return Ok(stale.unwrap_or(0));
                         }
                     }
                 }
@@ -347,6 +375,10 @@ async fn prepare(client: &Client) -> anyhow::Result<()> {
                  event_id TEXT, event_name TEXT, venue TEXT, event_date TIMESTAMPTZ,
                  first_seen TIMESTAMPTZ, last_seen TIMESTAMPTZ, event_name_observed_at TIMESTAMPTZ,
                  venue_observed_at TIMESTAMPTZ, event_date_observed_at TIMESTAMPTZ) ON COMMIT DELETE ROWS;
+             CREATE TEMP TABLE IF NOT EXISTS incoming_history (
+                 ord BIGINT, event_id TEXT, section TEXT, \"row\" TEXT, seat TEXT, source TEXT,
+                 price NUMERIC(12,2), currency CHAR(3), available BOOLEAN, observed_at TIMESTAMPTZ)
+                 ON COMMIT DELETE ROWS;
              CREATE TEMP TABLE IF NOT EXISTS incoming_listings (
                  event_id TEXT, section TEXT, \"row\" TEXT, seat TEXT, source TEXT,
                  price NUMERIC(12,2), currency CHAR(3), available BOOLEAN, observed_at TIMESTAMPTZ)
@@ -441,6 +473,7 @@ async fn write(
     config: &WriterConfig,
     merged: &Merged,
     commit_no: i64,
+    stale: &mut Option<u64>,
 ) -> anyhow::Result<()> {
     let transaction = client.transaction().await.context("BEGIN failed")?;
     let moved = transaction
@@ -518,6 +551,9 @@ async fn write(
         )
         .await?;
         fail_point("mid_copy");
+    }
+    if !merged.maybe_stale.is_empty() {
+        *stale = Some(insert_maybe_stale(&transaction, &merged.maybe_stale).await?);
     }
 
     if !merged.listings.is_empty() {
@@ -667,6 +703,36 @@ async fn write(
     fail_point("before_commit");
     transaction.commit().await.context("COMMIT failed")?;
     Ok(())
+}
+
+/// Inserts the rows of observations older than their listing's current state,
+/// in partition order, skipping every identity stored already (by an earlier
+/// commit, a row above, or the batch's new rows, COPY'd before): the first one
+/// of an identity wins, as SPEC §2's dedup asks. Returns how many it inserted.
+async fn insert_maybe_stale(transaction: &Transaction<'_>, rows: &[ListingRow]) -> anyhow::Result<u64> {
+    let mut types = vec![Type::INT8];
+    types.extend_from_slice(&LISTING_TYPES);
+    copy_in(
+        transaction,
+        "COPY incoming_history FROM STDIN BINARY",
+        &types,
+        rows.iter().enumerate().map(|(ord, row)| {
+            let mut values: Values<'_> = vec![Box::new(ord as i64)];
+            values.extend(listing_values(row));
+            values
+        }),
+    )
+    .await?;
+    transaction
+        .execute(
+            "INSERT INTO price_history (event_id, section, \"row\", seat, source, price, currency, available, observed_at)
+             SELECT event_id, section, \"row\", seat, source, price, currency, available, observed_at
+             FROM incoming_history ORDER BY ord
+             ON CONFLICT DO NOTHING",
+            &[],
+        )
+        .await
+        .context("cannot insert stale history rows")
 }
 
 /// The alerts of a merged batch to insert: the first of each `alert_id` in
