@@ -16,7 +16,9 @@
 //! summaries (`summaries.rs`), which need no per-message order.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
 
 use differential_dataflow::collection::vec::Collection as VecCollection;
 use differential_dataflow::AsCollection;
@@ -31,7 +33,7 @@ use crate::alert_id::alert_id;
 use crate::dedup::{classify, Verdict};
 use crate::drops;
 use crate::event_state;
-use crate::listing_state::{Applied, Listings, Quote};
+use crate::listing_state::{Applied, Listings, Quote, SeatId};
 use crate::model::{
     stable_hash, Alert, AlertKind, Cents, Counters, Currency, EventRow, ListingKey, ListingPrice, ListingRow,
     Micros, Observation, Position, ProcessorInput, Restore, Rule, RuleChange, SinkRecord,
@@ -155,6 +157,51 @@ pub struct EventState {
     row: Option<EventRow>,
     listings: Listings,
     rules: Rules,
+    /// What the epoch being applied changed of this event.
+    epoch: EventEpoch,
+}
+
+/// The part of an epoch's work that belongs to one event: which listings it
+/// set (with their state before the epoch, the retraction their new state
+/// needs) and whether the events row changed. Kept in the event's state so the
+/// per-message work is a lookup by seat id, not a clone of a [`ListingKey`]
+/// into a map of the whole epoch.
+#[derive(Clone, Debug, Default)]
+struct EventEpoch {
+    /// Listed in [`Epoch::events`].
+    listed: bool,
+    row_changed: bool,
+    /// Every listing the epoch set (observed or restored), once.
+    touched: Vec<Touch>,
+    /// Per seat id: its position in `touched` plus one; 0 = untouched. Reset
+    /// when the epoch finishes.
+    slot: Vec<u32>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Touch {
+    id: SeatId,
+    /// Its price before the epoch.
+    before: Option<ListingPrice>,
+    /// Observed (a `listings` row to write), not only restored.
+    observed: bool,
+}
+
+impl EventEpoch {
+    /// Records that the epoch set listing `id`, whose state before was `before`.
+    fn touch(&mut self, id: SeatId, before: Option<ListingPrice>, observed: bool) {
+        let index = id as usize;
+        if self.slot.len() <= index {
+            self.slot.resize(index + 1, 0);
+        }
+        match self.slot[index] {
+            0 => {
+                self.touched.push(Touch { id, before, observed });
+                self.slot[index] = self.touched.len() as u32;
+            }
+            position => self.touched[position as usize - 1].observed |= observed,
+        }
+    }
 }
 
 impl EventState {
@@ -174,7 +221,7 @@ impl Processor {
     pub fn new(config: ProcessorConfig) -> Processor {
         Processor {
             config,
-            events: HashMap::new(),
+            events: HashMap::default(),
         }
     }
 
@@ -225,11 +272,13 @@ impl Processor {
             }
             Restore::Listing(row) => {
                 let state = self.events.entry(row.listing.event_id.clone()).or_default();
-                let before = state.listings.get(&row.listing.seat).map(Quote::price);
+                let id = state.listings.intern(&row.listing.seat);
+                let before = state.listings.quote(id).map(Quote::price);
                 state.listings.restore(&row.listing.seat, Quote::of_row(&row));
                 // Not a row to write (it is stored), but it enters the collection
                 // of current listings, so that later changes retract it.
-                epoch.priced.entry(row.listing).or_insert(before);
+                state.epoch.touch(id, before, false);
+                epoch.list(&row.listing.event_id, &mut state.epoch);
             }
         }
     }
@@ -298,7 +347,8 @@ impl Processor {
             return;
         };
 
-        let previous = state.listings.get(seat).copied();
+        let id = state.listings.intern(seat);
+        let previous = state.listings.quote(id).copied();
         match classify(previous.map(|quote| quote.observed_at), at) {
             Verdict::New => {}
             Verdict::Duplicate => {
@@ -310,10 +360,9 @@ impl Processor {
                 epoch.out.push(SinkRecord::MaybeStale(
                     Quote::of(&observation).row(&listing.event_id, seat),
                 ));
-                if let Some(row) = &mut state.row {
-                    if event_state::widen(row, at) && !epoch.events.contains(&listing.event_id) {
-                        epoch.events.insert(listing.event_id.clone());
-                    }
+                if state.row.as_mut().is_some_and(|row| event_state::widen(row, at)) {
+                    state.epoch.row_changed = true;
+                    epoch.list(&listing.event_id, &mut state.epoch);
                 }
                 return;
             }
@@ -332,8 +381,8 @@ impl Processor {
                 true
             }
         };
-        if event_changed && !epoch.events.contains(&listing.event_id) {
-            epoch.events.insert(listing.event_id.clone());
+        if event_changed {
+            state.epoch.row_changed = true;
         }
 
         // A listing only moves the scopes of its old and new currency.
@@ -359,17 +408,11 @@ impl Processor {
             })
             .collect();
 
-        let applied = state.listings.apply(seat, quote);
+        let applied = state.listings.apply_id(id, quote);
         // Newer than `previous`, as decided above.
         debug_assert_eq!(applied, Applied::Current { previous });
-        if !epoch.listings.contains(listing) {
-            epoch.listings.insert(listing.clone());
-        }
-        if !epoch.priced.contains_key(listing) {
-            epoch
-                .priced
-                .insert(listing.clone(), previous.as_ref().map(Quote::price));
-        }
+        state.epoch.touch(id, previous.as_ref().map(Quote::price), true);
+        epoch.list(&listing.event_id, &mut state.epoch);
         let event_name = display_name(&state.row, &listing.event_id);
 
         if let Some((old, new)) = drops::listing_drop(previous.as_ref(), &quote, min_drop) {
@@ -435,55 +478,68 @@ impl Processor {
         }
     }
 
-    fn finish(&self, epoch: Epoch) -> EpochOutput {
+    fn finish(&mut self, epoch: Epoch) -> EpochOutput {
         let Epoch {
             mut out,
             counters,
-            events,
-            listings,
-            priced,
+            mut events,
         } = epoch;
+        // Listing order (event, then seat), the same on every run.
+        events.sort_unstable();
         let mut listing_changes = Vec::new();
-        for (listing, before) in priced {
-            let after = self
-                .events
-                .get(&listing.event_id)
-                .and_then(|state| state.listings.get(&listing.seat))
-                .map(Quote::price);
-            if before == after {
-                continue;
-            }
-            match (before, after) {
-                (Some(before), Some(after)) => {
-                    listing_changes.push(((listing.clone(), before), -1));
-                    listing_changes.push(((listing, after), 1));
-                }
-                (Some(before), None) => listing_changes.push(((listing, before), -1)),
-                (None, Some(after)) => listing_changes.push(((listing, after), 1)),
-                (None, None) => {}
-            }
-        }
+        let mut event_rows = Vec::new();
+        let mut listing_rows = Vec::new();
         for event_id in events {
-            if let Some(row) = self.events.get(&event_id).and_then(|state| state.row.as_ref()) {
-                out.push(SinkRecord::Event(row.clone()));
+            let Some(state) = self.events.get_mut(&event_id) else {
+                continue;
+            };
+            let mut work = std::mem::take(&mut state.epoch);
+            for touch in &work.touched {
+                work.slot[touch.id as usize] = 0;
             }
-        }
-        for listing in listings {
-            let quote = self
-                .events
-                .get(&listing.event_id)
-                .and_then(|state| state.listings.get(&listing.seat))
-                .copied();
-            if let Some(quote) = quote {
-                out.push(SinkRecord::Listing(ListingRow {
-                    listing,
-                    price: quote.price,
-                    currency: quote.currency,
-                    available: quote.available,
-                    observed_at: quote.observed_at,
-                }));
+            if work.row_changed {
+                if let Some(row) = &state.row {
+                    event_rows.push(SinkRecord::Event(row.clone()));
+                }
             }
+            let listings = &state.listings;
+            work.touched
+                .sort_unstable_by(|a, b| listings.seat(a.id).cmp(listings.seat(b.id)));
+            for touch in &work.touched {
+                let quote = listings.quote(touch.id).copied();
+                let listing = || ListingKey {
+                    event_id: event_id.clone(),
+                    seat: listings.seat(touch.id).clone(),
+                };
+                let after = quote.as_ref().map(Quote::price);
+                match (touch.before, after) {
+                    (before, after) if before == after => {}
+                    (Some(before), Some(after)) => {
+                        listing_changes.push(((listing(), before), -1));
+                        listing_changes.push(((listing(), after), 1));
+                    }
+                    (Some(before), None) => listing_changes.push(((listing(), before), -1)),
+                    (None, Some(after)) => listing_changes.push(((listing(), after), 1)),
+                    (None, None) => {}
+                }
+                if let (true, Some(quote)) = (touch.observed, quote) {
+                    listing_rows.push(SinkRecord::Listing(ListingRow {
+                        listing: listing(),
+                        price: quote.price,
+                        currency: quote.currency,
+                        available: quote.available,
+                        observed_at: quote.observed_at,
+                    }));
+                }
+            }
+            // Keep the allocations for the next epoch.
+            work.touched.clear();
+            work.listed = false;
+            work.row_changed = false;
+            state.epoch = work;
         }
+        out.append(&mut event_rows);
+        out.append(&mut listing_rows);
         if !counters.is_empty() {
             out.push(SinkRecord::Counters(counters));
         }
@@ -499,15 +555,19 @@ impl Processor {
 struct Epoch {
     out: Vec<SinkRecord>,
     counters: Counters,
-    /// Ordered so the final rows come out in the same order on every run.
-    events: BTreeSet<String>,
-    listings: BTreeSet<ListingKey>,
-    /// Every listing the epoch set (observed or restored), with its price before
-    /// the epoch: the retraction its new state needs.
-    priced: BTreeMap<ListingKey, Option<ListingPrice>>,
+    /// The events whose [`EventEpoch`] has work, each once.
+    events: Vec<String>,
 }
 
 impl Epoch {
+    /// Lists an event whose [`EventEpoch`] has work.
+    fn list(&mut self, event_id: &str, work: &mut EventEpoch) {
+        if !work.listed {
+            work.listed = true;
+            self.events.push(event_id.to_owned());
+        }
+    }
+
     fn alert(&mut self, alert: Alert) {
         self.counters.count_alert(alert.kind);
         self.out.push(SinkRecord::Alert(alert));

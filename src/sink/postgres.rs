@@ -47,8 +47,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use conscope_dataflows::model::{
-    Alert, Cents, Change, Counters, EventCurrency, EventRow, EventSummary, ListingKey, ListingRow, Micros,
-    Rejected, SectionCurrency, SectionSummary, SinkRecord,
+    Alert, Cents, Change, Counters, EventCurrency, EventRow, EventSummary, ListingRow, Micros, Rejected,
+    SectionCurrency, SectionSummary, SinkRecord,
 };
 use futures_util::pin_mut;
 use rust_decimal::Decimal;
@@ -92,8 +92,10 @@ struct Merged {
     /// partition order per event (epochs are absorbed in order, and each
     /// event's records come from one worker, in order).
     maybe_stale: Vec<ListingRow>,
-    listings: HashMap<ListingKey, ListingRow>,
-    events: HashMap<String, EventRow>,
+    /// Every epoch's final listing and event rows, in epoch order: a key can
+    /// appear once per epoch, and the last one wins (`latest`).
+    listings: Vec<ListingRow>,
+    events: Vec<EventRow>,
     alerts: Vec<Alert>,
     rule_states: BTreeMap<i64, bool>,
     rejected: Vec<Rejected>,
@@ -128,10 +130,10 @@ impl Merged {
                 SinkRecord::History(row) => self.history.push(row),
                 SinkRecord::MaybeStale(row) => self.maybe_stale.push(row),
                 SinkRecord::Listing(row) => {
-                    self.listings.insert(row.listing.clone(), row);
+                    self.listings.push(row);
                 }
                 SinkRecord::Event(row) => {
-                    self.events.insert(row.event_id.clone(), row);
+                    self.events.push(row);
                 }
                 SinkRecord::Alert(alert) => self.alerts.push(alert),
                 SinkRecord::RuleState { rule_id, below } => {
@@ -433,21 +435,71 @@ where
 
 type Values<'a> = Vec<Box<dyn ToSql + Sync + Send + 'a>>;
 
-fn listing_values(row: &ListingRow) -> Values<'_> {
-    vec![
-        Box::new(row.listing.event_id.as_str()),
-        Box::new(row.listing.seat.section.as_str()),
-        Box::new(row.listing.seat.row.as_str()),
-        Box::new(row.listing.seat.seat.as_str()),
-        Box::new(row.listing.seat.source.as_str()),
-        Box::new(decimal(row.price)),
-        Box::new(row.currency.as_str().to_owned()),
-        Box::new(row.available),
-        Box::new(timestamp(row.observed_at)),
-    ]
+/// `COPY … FROM STDIN BINARY` of listing-shaped rows (history, listings), the
+/// bulk of every commit: the values are borrowed on the stack, nothing is
+/// allocated per row. `ordered`: a first column numbers the rows (partition
+/// order, for `insert_maybe_stale`).
+async fn copy_listing_rows<'a>(
+    transaction: &Transaction<'_>,
+    statement: &str,
+    ordered: bool,
+    rows: impl IntoIterator<Item = &'a ListingRow>,
+) -> anyhow::Result<()> {
+    let sink = transaction
+        .copy_in(statement)
+        .await
+        .with_context(|| format!("{statement} failed"))?;
+    let types: &[Type] = if ordered {
+        &ORDERED_LISTING_TYPES
+    } else {
+        &ORDERED_LISTING_TYPES[1..]
+    };
+    let writer = BinaryCopyInWriter::new(sink, types);
+    pin_mut!(writer);
+    for (ord, row) in rows.into_iter().enumerate() {
+        let ord = ord as i64;
+        let price = decimal(row.price);
+        let currency = row.currency.as_str();
+        let observed_at = timestamp(row.observed_at);
+        let seat = &row.listing.seat;
+        let values: [&(dyn ToSql + Sync); 10] = [
+            &ord,
+            &row.listing.event_id,
+            &seat.section,
+            &seat.row,
+            &seat.seat,
+            &seat.source,
+            &price,
+            &currency,
+            &row.available,
+            &observed_at,
+        ];
+        let values = if ordered { &values[..] } else { &values[1..] };
+        writer
+            .as_mut()
+            .write(values)
+            .await
+            .with_context(|| format!("{statement} failed"))?;
+    }
+    writer
+        .finish()
+        .await
+        .with_context(|| format!("{statement} failed"))?;
+    Ok(())
 }
 
-const LISTING_TYPES: [Type; 9] = [
+/// The last row of each key, in any order: merged epochs hold a key once per
+/// epoch that changed it, the later epoch's row last.
+fn latest<'a, R, K: Hash + Eq + ?Sized + 'a>(rows: &'a [R], key: impl Fn(&'a R) -> &'a K) -> Vec<&'a R> {
+    let mut seen = HashSet::with_capacity(rows.len());
+    let mut out: Vec<&R> = rows.iter().rev().filter(|row| seen.insert(key(row))).collect();
+    out.reverse();
+    out
+}
+
+/// A row number, then the columns of a listing row.
+const ORDERED_LISTING_TYPES: [Type; 10] = [
+    Type::INT8,
     Type::TEXT,
     Type::TEXT,
     Type::TEXT,
@@ -492,7 +544,7 @@ async fn write(
 
     // Events first: history, listings and alerts reference them.
     if !merged.events.is_empty() {
-        let mut events: Vec<&EventRow> = merged.events.values().collect();
+        let mut events = latest(&merged.events, |event| &event.event_id);
         // A stable order keeps lock order stable between concurrent writers.
         events.sort_by(|a, b| a.event_id.cmp(&b.event_id));
         copy_in(
@@ -542,12 +594,12 @@ async fn write(
     }
 
     if !merged.history.is_empty() {
-        copy_in(
+        copy_listing_rows(
             &transaction,
             "COPY price_history (event_id, section, \"row\", seat, source, price, currency, available, observed_at)
              FROM STDIN BINARY",
-            &LISTING_TYPES,
-            merged.history.iter().map(listing_values),
+            false,
+            &merged.history,
         )
         .await?;
         fail_point("mid_copy");
@@ -557,11 +609,11 @@ async fn write(
     }
 
     if !merged.listings.is_empty() {
-        copy_in(
+        copy_listing_rows(
             &transaction,
             "COPY incoming_listings FROM STDIN BINARY",
-            &LISTING_TYPES,
-            merged.listings.values().map(listing_values),
+            false,
+            latest(&merged.listings, |row| &row.listing),
         )
         .await?;
         transaction
@@ -710,19 +762,7 @@ async fn write(
 /// commit, a row above, or the batch's new rows, COPY'd before): the first one
 /// of an identity wins, as SPEC §2's dedup asks. Returns how many it inserted.
 async fn insert_maybe_stale(transaction: &Transaction<'_>, rows: &[ListingRow]) -> anyhow::Result<u64> {
-    let mut types = vec![Type::INT8];
-    types.extend_from_slice(&LISTING_TYPES);
-    copy_in(
-        transaction,
-        "COPY incoming_history FROM STDIN BINARY",
-        &types,
-        rows.iter().enumerate().map(|(ord, row)| {
-            let mut values: Values<'_> = vec![Box::new(ord as i64)];
-            values.extend(listing_values(row));
-            values
-        }),
-    )
-    .await?;
+    copy_listing_rows(transaction, "COPY incoming_history FROM STDIN BINARY", true, rows).await?;
     transaction
         .execute(
             "INSERT INTO price_history (event_id, section, \"row\", seat, source, price, currency, available, observed_at)
@@ -848,7 +888,9 @@ async fn write_summaries(transaction: &Transaction<'_>, merged: &Merged) -> anyh
 
 #[cfg(test)]
 mod tests {
-    use conscope_dataflows::model::{AlertKind, Cents, Change, Currency, EventCurrency, EventSummary, Seat};
+    use conscope_dataflows::model::{
+        AlertKind, Cents, Change, Currency, EventCurrency, EventSummary, ListingKey, Seat,
+    };
 
     use super::*;
 
@@ -934,6 +976,16 @@ mod tests {
         // An id the INSERT skipped (stored by an earlier commit) is not published.
         let published = alerts_to_publish(&merged.alerts, ["other".to_owned()].into());
         assert_eq!(published.len(), 1);
+    }
+
+    /// Merged epochs hold a listing once per epoch that changed it: the later
+    /// epoch's row is the one written.
+    #[test]
+    fn merged_epochs_write_the_latest_row_of_each_key() {
+        let rows = [("a", 1), ("b", 1), ("a", 2), ("c", 1), ("b", 3)];
+        let mut latest: Vec<(&str, i32)> = latest(&rows, |row| row.0).into_iter().copied().collect();
+        latest.sort();
+        assert_eq!(latest, [("a", 2), ("b", 3), ("c", 1)]);
     }
 
     #[test]
