@@ -50,7 +50,6 @@ use conscope_dataflows::model::{
     Alert, Cents, Change, Counters, EventCurrency, EventRow, EventSummary, ListingRow, Micros, Rejected,
     SectionCurrency, SectionSummary, SinkRecord,
 };
-use futures_util::pin_mut;
 use rust_decimal::Decimal;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
@@ -411,26 +410,55 @@ async fn copy_in<'a, I>(
 where
     I: IntoIterator<Item = Vec<Box<dyn ToSql + Sync + Send + 'a>>>,
 {
-    let sink = transaction
-        .copy_in(statement)
-        .await
-        .with_context(|| format!("{statement} failed"))?;
-    let writer = BinaryCopyInWriter::new(sink, types);
-    pin_mut!(writer);
+    let mut copy = CopyIn::start(transaction, statement, types).await?;
     for row in rows {
         let refs: Vec<&(dyn ToSql + Sync)> =
             row.iter().map(|value| &**value as &(dyn ToSql + Sync)).collect();
-        writer
-            .as_mut()
-            .write(&refs)
+        copy.write(&refs).await?;
+    }
+    copy.finish().await
+}
+
+/// One `COPY … FROM STDIN BINARY` in progress; its errors name the statement.
+struct CopyIn<'a> {
+    statement: &'a str,
+    writer: std::pin::Pin<Box<BinaryCopyInWriter>>,
+}
+
+impl<'a> CopyIn<'a> {
+    async fn start(
+        transaction: &Transaction<'_>,
+        statement: &'a str,
+        types: &[Type],
+    ) -> anyhow::Result<Self> {
+        let sink = transaction
+            .copy_in(statement)
             .await
             .with_context(|| format!("{statement} failed"))?;
+        Ok(CopyIn {
+            statement,
+            writer: Box::pin(BinaryCopyInWriter::new(sink, types)),
+        })
     }
-    writer
-        .finish()
-        .await
-        .with_context(|| format!("{statement} failed"))?;
-    Ok(())
+
+    async fn write(&mut self, values: &[&(dyn ToSql + Sync)]) -> anyhow::Result<()> {
+        let statement = self.statement;
+        self.writer
+            .as_mut()
+            .write(values)
+            .await
+            .with_context(|| format!("{statement} failed"))
+    }
+
+    async fn finish(mut self) -> anyhow::Result<()> {
+        let statement = self.statement;
+        self.writer
+            .as_mut()
+            .finish()
+            .await
+            .with_context(|| format!("{statement} failed"))?;
+        Ok(())
+    }
 }
 
 type Values<'a> = Vec<Box<dyn ToSql + Sync + Send + 'a>>;
@@ -445,17 +473,12 @@ async fn copy_listing_rows<'a>(
     ordered: bool,
     rows: impl IntoIterator<Item = &'a ListingRow>,
 ) -> anyhow::Result<()> {
-    let sink = transaction
-        .copy_in(statement)
-        .await
-        .with_context(|| format!("{statement} failed"))?;
     let types: &[Type] = if ordered {
         &ORDERED_LISTING_TYPES
     } else {
         &ORDERED_LISTING_TYPES[1..]
     };
-    let writer = BinaryCopyInWriter::new(sink, types);
-    pin_mut!(writer);
+    let mut copy = CopyIn::start(transaction, statement, types).await?;
     for (ord, row) in rows.into_iter().enumerate() {
         let ord = ord as i64;
         let price = decimal(row.price);
@@ -474,18 +497,10 @@ async fn copy_listing_rows<'a>(
             &row.available,
             &observed_at,
         ];
-        let values = if ordered { &values[..] } else { &values[1..] };
-        writer
-            .as_mut()
-            .write(values)
-            .await
-            .with_context(|| format!("{statement} failed"))?;
+        copy.write(if ordered { &values[..] } else { &values[1..] })
+            .await?;
     }
-    writer
-        .finish()
-        .await
-        .with_context(|| format!("{statement} failed"))?;
-    Ok(())
+    copy.finish().await
 }
 
 /// The last row of each key, in any order: merged epochs hold a key once per
