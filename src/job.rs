@@ -12,7 +12,9 @@
 //! live job the thread that watches the input topic for added partitions, then
 //! one timely worker per thread. Each worker restores its slice of the state,
 //! opens its partitions and steps the dataflow until the probe says everything is
-//! committed (`--exit-at-end`) or forever.
+//! committed (`--exit-at-end`) or forever. Each step hands the probe's frontier
+//! to the metrics, which is how every process learns which of its offsets are
+//! durable ([`crate::lag`]); each process prints its own summary on exit.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -233,10 +235,7 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
         )?),
         _ => None,
     };
-    let metrics = Metrics::new(&args.topics.alerts_topic);
-    if leader {
-        metrics.measure_commit_lag();
-    }
+    let metrics = Metrics::new(&args.topics.alerts_topic, args.process);
     metrics.spawn_reporter(Duration::from_secs(args.metrics_interval.max(1)));
     if let Some(addr) = &args.metrics_addr {
         crate::metrics_server::spawn(addr, Arc::clone(&metrics))?;
@@ -390,9 +389,18 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
             let records = processed.records.concat(source_records).concat(summaries);
             postgres_sink(records, writer).probe_with(&committed);
         });
+        // The sink's probe says which epochs are committed, in every process:
+        // what makes this process's offsets durable (see `crate::lag`).
+        let mut durable_below = None;
         while !committed.done() {
             worker.step_or_park(None);
+            let frontier = committed.with_frontier(|frontier| frontier.first().copied());
+            if frontier != durable_below {
+                worker_metrics.durable_below(frontier);
+                durable_below = frontier;
+            }
         }
+        worker_metrics.durable_below(None);
     })
     .map_err(|error| anyhow::anyhow!("cannot start timely workers: {error}"))?;
     for result in guards.join() {
@@ -406,23 +414,17 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
             Ok(result) => result?,
             Err(_) => bail!("the alert publisher panicked"),
         }
-        if args.input_file.is_none() {
-            if let Ok(consumer) = args.kafka.client_config().create::<BaseConsumer>() {
-                metrics.measure_lag(&consumer, &args.topics.input_topic, input_partitions);
-            }
-        }
-        println!(
-            "summary: {} total_elapsed={:.1}s",
-            metrics.summary(),
-            started.elapsed().as_secs_f64()
-        );
-    } else {
-        println!(
-            "process {} finished: peak_rss={}",
-            args.process,
-            crate::metrics::peak_rss()
-        );
     }
+    if args.input_file.is_none() {
+        if let Ok(consumer) = args.kafka.client_config().create::<BaseConsumer>() {
+            metrics.measure_lag(&consumer, &args.topics.input_topic);
+        }
+    }
+    println!(
+        "summary: {} total_elapsed={:.1}s",
+        metrics.summary(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

@@ -27,6 +27,8 @@
 //! - `sink/`: restore state at start, the Postgres writer, the outbox publisher.
 //! - `job`: `conscope run`, wiring the timely dataflow of `conscope_dataflows`.
 //! - `produce`, `alerts`, `rules`: the other subcommands.
+//! - `metrics`, `metrics_server`, `lag`: the job's figures, `/metrics`, and the
+//!   consumer lag of each process's partitions.
 
 mod alerts;
 mod config;
@@ -34,12 +36,15 @@ mod db;
 mod fail;
 mod job;
 mod kafka;
+mod lag;
 mod metrics;
 mod metrics_server;
 mod produce;
 mod rules;
 mod sink;
 mod source;
+
+use std::io::IsTerminal;
 
 use clap::{Parser, Subcommand};
 
@@ -78,6 +83,8 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,librdkafka=warn,rdkafka=warn")),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal: piped logs stay plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     let result = match cli.command {

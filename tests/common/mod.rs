@@ -651,3 +651,48 @@ pub fn stored_offsets(url: &str, topic: &str) -> BTreeMap<i32, i64> {
             .collect()
     })
 }
+
+/// The `key=value` fields of a metrics line or summary, by key: `alerts[a=1 b=2]`
+/// gives `a` and `b`. Values as printed (`12`, `3.5ms`, `-`).
+pub fn metrics_fields(line: &str) -> BTreeMap<String, String> {
+    let mut fields = BTreeMap::new();
+    for token in line.split_whitespace() {
+        let token = token.trim_end_matches(']');
+        let token = token.rsplit_once('[').map_or(token, |(_, inner)| inner);
+        if let Some((key, value)) = token.split_once('=') {
+            let previous = fields.insert(key.to_owned(), value.to_owned());
+            assert!(previous.is_none(), "{key} twice in {line:?}");
+        }
+    }
+    fields
+}
+
+/// The fields of the `summary:` line `conscope run --exit-at-end` printed on
+/// `stdout` (its last one); fails the test when there is none.
+pub fn parse_summary(stdout: &str) -> BTreeMap<String, String> {
+    let line = stdout
+        .lines()
+        .rev()
+        .find_map(|line| line.strip_prefix("summary: "))
+        .unwrap_or_else(|| panic!("no summary line in {stdout:?}"));
+    metrics_fields(line)
+}
+
+/// A TCP port free on 127.0.0.1 now (for timely's hosts file, --metrics-addr).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A timely hosts file for `processes` processes on 127.0.0.1, each on a free port.
+pub fn hosts_file(processes: usize) -> tempfile::NamedTempFile {
+    use std::io::Write;
+    let mut file = tempfile::NamedTempFile::new().expect("hosts file");
+    for _ in 0..processes {
+        writeln!(file, "127.0.0.1:{}", free_port()).expect("write hosts");
+    }
+    file
+}
