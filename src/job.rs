@@ -32,6 +32,7 @@ use timely::{CommunicationConfig, WorkerConfig};
 
 use crate::config::{DbArgs, KafkaArgs, TopicArgs};
 use crate::metrics::Metrics;
+use crate::progress::Progress;
 use crate::sink::encode::OutboxTarget;
 use crate::sink::postgres::{run_writer, WriterConfig};
 use crate::sink::publisher::{run_publisher, PublisherConfig, PublisherControl};
@@ -241,6 +242,16 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
         crate::metrics_server::spawn(addr, Arc::clone(&metrics))?;
     }
 
+    // On a terminal, a bounded replay shows how far it has come.
+    let progress = match args.exit_at_end && args.input_file.is_none() {
+        true => Progress::start("replay", "messages", Some(0)).and_then(|bar| {
+            let metrics = Arc::clone(&metrics);
+            bar.follow(Duration::from_millis(200), move || metrics.progress())
+                .ok()
+        }),
+        false => None,
+    };
+
     let mut leader_parts = None;
     if leader {
         let alerts_partitions =
@@ -415,6 +426,7 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
             Err(_) => bail!("the alert publisher panicked"),
         }
     }
+    drop(progress);
     if args.input_file.is_none() {
         if let Ok(consumer) = args.kafka.client_config().create::<BaseConsumer>() {
             metrics.measure_lag(&consumer, &args.topics.input_topic);

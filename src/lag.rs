@@ -31,6 +31,10 @@ struct Partition {
     durable: i64,
     /// The last high watermark seen, once one is known.
     high: Option<i64>,
+    /// Where this run started reading, and the high watermark then (if known):
+    /// the span a bounded replay covers.
+    start: i64,
+    end: Option<i64>,
 }
 
 /// Owned partitions, their durable offsets and high watermarks.
@@ -46,7 +50,12 @@ impl Lag {
     /// stored offset, or where it starts when none is stored: nothing below is
     /// ever read), with the high watermark if known.
     pub fn own(&mut self, partition: i32, durable: i64, high: Option<i64>) {
-        let entry = self.partitions.entry(partition).or_default();
+        let entry = self.partitions.entry(partition).or_insert(Partition {
+            durable,
+            high,
+            start: durable,
+            end: high,
+        });
         entry.durable = entry.durable.max(durable);
         if high.is_some() {
             entry.high = high;
@@ -98,6 +107,20 @@ impl Lag {
             .reduce(|sum, lag| sum + lag)
     }
 
+    /// Messages committed since start and messages between the start offsets and
+    /// the high watermarks seen at start, over the owned partitions: how far a
+    /// bounded replay has come.
+    pub fn progress(&self) -> (u64, u64) {
+        self.partitions
+            .values()
+            .filter_map(|state| {
+                let end = state.end?;
+                let done = (state.durable.min(end) - state.start).max(0);
+                Some((done as u64, (end - state.start).max(0) as u64))
+            })
+            .fold((0, 0), |(done, total), (d, t)| (done + d, total + t))
+    }
+
     /// The partitions this process owns.
     pub fn owned(&self) -> impl Iterator<Item = i32> + '_ {
         self.partitions.keys().copied()
@@ -132,5 +155,8 @@ mod tests {
         lag.set_high(0, 50);
         assert_eq!(lag.by_partition().collect::<Vec<_>>(), vec![(0, 0), (2, 2)]);
         assert_eq!(lag.owned().collect::<Vec<_>>(), vec![0, 2]);
+        // From 10 to 70 of the 90 seen at start on partition 0; partition 2 had no
+        // high watermark at start.
+        assert_eq!(lag.progress(), (60, 90));
     }
 }

@@ -295,6 +295,12 @@ impl Metrics {
         self.with(|inner| inner.lag.set_high(partition, high));
     }
 
+    /// Messages committed since start and messages up to the high watermarks
+    /// seen at start, over this process's partitions.
+    pub fn progress(&self) -> (u64, u64) {
+        self.with(|inner| inner.lag.progress())
+    }
+
     /// Asks the broker for the high watermarks of this process's partitions now
     /// (blocking; for the exit summary, off the worker threads).
     pub fn measure_lag(&self, consumer: &BaseConsumer, topic: &str) {
