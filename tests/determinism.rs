@@ -3,11 +3,9 @@
 //! processes of two workers each; the summaries equal the aggregates over
 //! `listings` after each.
 
-mod common;
-
 use std::process::Stdio;
 
-use common::*;
+use conscope_testkit::*;
 
 /// Event ids of the first messages of `topic`, for rules present at start.
 fn some_event_ids(topic: &str, how_many: usize) -> Vec<String> {

@@ -4,11 +4,9 @@
 //! around it; without a terminal their output is plain lines, no escape
 //! sequence, no bar.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use conscope_testkit::*;
 
 /// Runs `program args` in a pseudo-terminal; everything it wrote there.
 fn in_terminal(env: &[(&str, &str)], program: &str, args: &[&str]) -> String {
