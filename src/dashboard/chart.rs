@@ -111,6 +111,21 @@ pub fn render(currency: &str, from: DateTime<Utc>, to: DateTime<Utc>, lines: &[L
             r#"<path class="{class}" d="{path}" fill="none" stroke="{color}" stroke-width="{width}" stroke-linejoin="round"><title>{}</title></path>"#,
             Esc(&line.label)
         );
+        if line.primary {
+            // Hover targets with the price from each change on.
+            for (at, value) in &line.points {
+                if let Some(value) = value {
+                    let _ = write!(
+                        svg,
+                        r#"<circle class="pt" cx="{:.1}" cy="{:.1}" r="4"><title>{} · {}</title></circle>"#,
+                        x(*at),
+                        y(*value),
+                        Esc(&format::when(*at)),
+                        Esc(&format::money(*value, currency))
+                    );
+                }
+            }
+        }
         if let Some((_, Some(last))) = line.points.last() {
             let (ex, ey) = (x(to), y(*last));
             let _ = write!(

@@ -93,9 +93,14 @@ pub fn when(time: DateTime<Utc>) -> String {
     time.format("%Y-%m-%d %H:%M UTC").to_string()
 }
 
-/// `May 01 19:30`, where the year goes without saying.
+/// `May 01 19:30` in the current year, `2027 May 01 19:30` in another.
 pub fn short(time: DateTime<Utc>) -> String {
-    time.format("%b %d %H:%M").to_string()
+    use chrono::Datelike;
+    if time.year() == Utc::now().year() {
+        time.format("%b %d %H:%M").to_string()
+    } else {
+        time.format("%Y %b %d %H:%M").to_string()
+    }
 }
 
 /// `Fri 01 May 2026, 19:30`, for an event's date.

@@ -312,6 +312,22 @@ pub fn event_page(viewer: &Viewer, view: &EventView<'_>) -> String {
             line.listings
         );
     }
+    if let Some(cheapest) = view
+        .sections
+        .iter()
+        .filter_map(|s| s.low_price.map(|low| (s, low)))
+        .min_by(|a, b| (a.0.currency.as_str(), a.1).cmp(&(b.0.currency.as_str(), b.1)))
+    {
+        let (section, low) = cheapest;
+        let _ = write!(
+            body,
+            r#"<div class="stat"><div class="label">Cheapest section</div><div class="value small">{}</div><div class="label">{} · {} sections, {} available</div></div>"#,
+            Esc(&section.section),
+            Esc(&format::money(low, &section.currency)),
+            view.sections.len(),
+            view.sections.iter().filter(|s| s.available > 0).count()
+        );
+    }
     let _ = write!(
         body,
         r#"<div class="stat"><div class="label">Observed</div><div class="value small">{}</div><div class="label">first {}</div></div></div>"#,
@@ -549,7 +565,7 @@ pub fn rules_page(
                 r#"<section class="card"><h2>New rule</h2><form method="post" action="/rules" class="rule-form" id="rule-form">
 <input type="hidden" name="csrf" value="{}">
 <label>Event id<input name="event" required maxlength="128" value="{}" placeholder="e.g. taylor-2026-05-01"></label>
-<label>Section <span class="muted">(optional)</span><input name="section" maxlength="64" value="{}" placeholder="whole event"></label>
+<label>Section<input name="section" maxlength="64" value="{}" placeholder="optional: whole event"></label>
 <label>Currency<input name="currency" required pattern="[A-Z]{{3}}" maxlength="3" value="{}"></label>
 <label>Max price<input name="max_price" required inputmode="decimal" pattern="[0-9]+(\.[0-9]{{1,2}})?" value="{}" placeholder="199.99"></label>
 <button type="submit">Create rule</button></form></section>"#,
