@@ -26,13 +26,14 @@
 //! - `source/`: Kafka and file sources (partition ownership, offsets, polling).
 //! - `sink/`: restore state at start, the Postgres writer, the outbox publisher.
 //! - `job`: `conscope run`, wiring the timely dataflow of `conscope_dataflows`.
-//! - `produce`, `alerts`, `rules`: the other subcommands.
+//! - `produce`, `alerts`, `rules`, `dashboard/`: the other subcommands.
 //! - `metrics`, `metrics_server`, `lag`: the job's figures, `/metrics`, and the
 //!   consumer lag of each process's partitions.
 //! - `progress`: progress bars on a terminal, and the log writer around them.
 
 mod alerts;
 mod config;
+mod dashboard;
 mod db;
 mod fail;
 mod job;
@@ -71,6 +72,9 @@ enum Command {
     Alerts(alerts::AlertsArgs),
     /// Manage alert rules.
     Rules(rules::RulesArgs),
+    /// Web dashboard: events, get-in prices, price-history charts, live
+    /// alerts, alert rules (writes need --token).
+    Dashboard(dashboard::DashboardArgs),
     /// Apply database migrations.
     Migrate {
         #[command(flatten)]
@@ -95,6 +99,7 @@ fn main() -> std::process::ExitCode {
         Command::Produce(args) => produce::run(args),
         Command::Alerts(args) => alerts::run(args),
         Command::Rules(args) => rules::run(args),
+        Command::Dashboard(args) => dashboard::run(args),
         Command::Migrate { db } => db::migrate_blocking(&db),
     };
     match result {
