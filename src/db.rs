@@ -31,6 +31,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0006_history_without_fk_check",
         include_str!("../migrations/0006_history_without_fk_check.sql"),
     ),
+    (
+        "0007_quarantine",
+        include_str!("../migrations/0007_quarantine.sql"),
+    ),
 ];
 
 /// Connects once; the connection task runs on the current tokio runtime.

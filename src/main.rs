@@ -34,10 +34,13 @@ mod db;
 mod fail;
 mod job;
 mod kafka;
+mod lease;
 mod metrics;
 mod metrics_server;
 mod produce;
 mod rules;
+mod runtime;
+mod shutdown;
 mod sink;
 mod source;
 
@@ -81,7 +84,8 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => job::run(args),
+        Command::Run(args) => shutdown::Shutdown::on_signals("committing what is in flight")
+            .and_then(|shutdown| job::run(args, shutdown)),
         Command::Produce(args) => produce::run(args),
         Command::Alerts(args) => alerts::run(args),
         Command::Rules(args) => rules::run(args),
