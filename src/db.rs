@@ -140,9 +140,7 @@ pub async fn migrate(url: &str) -> anyhow::Result<()> {
 
 /// `conscope migrate`.
 pub fn migrate_blocking(db: &DbArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = crate::runtime::current_thread()?;
     runtime.block_on(migrate(&db.database_url))?;
     println!("migrations applied to {}", redact_url(&db.database_url));
     Ok(())

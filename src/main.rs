@@ -43,6 +43,7 @@ mod runtime;
 mod shutdown;
 mod sink;
 mod source;
+mod text;
 
 use clap::{Parser, Subcommand};
 

@@ -189,7 +189,13 @@ pub fn run(args: AlertsArgs) -> anyhow::Result<()> {
         .create_with_context(AlertsContext)
         .context("cannot create the Kafka consumer")?;
     // Fail fast with a clear message when no broker answers.
-    match partition_count(&consumer, &args.alerts_topic)? {
+    let partitions = kafka::partition_count_once(&consumer, &args.alerts_topic).with_context(|| {
+        format!(
+            "cannot read metadata of topic {:?} (is the broker up?)",
+            args.alerts_topic
+        )
+    })?;
+    match partitions {
         Some(partitions) => tracing::info!(
             topic = %args.alerts_topic,
             partitions,
@@ -331,19 +337,6 @@ fn handle(
     recent.insert(notice.alert_id);
     counts.handled += 1;
     Ok(true)
-}
-
-/// The number of partitions of `topic`, `None` when it does not exist; an error
-/// when no broker answers within [`kafka::METADATA_TIMEOUT`].
-fn partition_count(consumer: &BaseConsumer<AlertsContext>, topic: &str) -> anyhow::Result<Option<usize>> {
-    let metadata = consumer
-        .fetch_metadata(Some(topic), kafka::METADATA_TIMEOUT)
-        .with_context(|| format!("cannot read metadata of topic {topic:?} (is the broker up?)"))?;
-    Ok(metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
-        .map(|t| t.partitions().len()))
 }
 
 fn final_commit(consumer: &BaseConsumer<AlertsContext>, done: &HashMap<(String, i32), i64>) {

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
-use super::format::printable;
 use crate::shutdown::Shutdown;
+use crate::text::printable;
 
 /// First webhook retry delay; doubles on every retry up to [`BACKOFF_CAP`].
 const BACKOFF_START: Duration = Duration::from_millis(100);

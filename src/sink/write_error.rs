@@ -184,10 +184,7 @@ mod tests {
         let url = std::env::var("CONSCOPE_TEST_PG")
             .map(|base| format!("{base}/postgres"))
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = crate::runtime::current_thread().unwrap();
         runtime.block_on(async {
             let Ok((client, connection)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await else {
                 panic!("no PostgreSQL at {url}; start one with scripts/stack-up.sh");
