@@ -254,3 +254,103 @@ fn subset(units: &[Unit<'_>]) -> Merged {
     }
     merged
 }
+
+#[cfg(test)]
+mod tests {
+    use conscope_dataflows::model::{Cents, Currency, ListingKey, Stamped};
+
+    use super::*;
+
+    fn row(seat: &str, observed_at: Micros) -> ListingRow {
+        ListingRow {
+            listing: ListingKey {
+                event_id: "e1".to_owned(),
+                seat: Seat {
+                    section: "A".to_owned(),
+                    row: String::new(),
+                    seat: seat.to_owned(),
+                    source: "s".to_owned(),
+                },
+            },
+            price: Cents(100),
+            currency: Currency::USD,
+            available: true,
+            observed_at,
+        }
+    }
+
+    fn batch() -> Merged {
+        let mut merged = Merged::default();
+        for (offset, seat, observed_at) in [(3, "1", 10), (1, "2", 20), (2, "1", 30)] {
+            merged.history.push(row(seat, observed_at));
+            merged.origins.push(Position { partition: 0, offset });
+        }
+        merged.listings.insert(row("1", 30).listing, row("1", 30));
+        merged.listings.insert(row("2", 20).listing, row("2", 20));
+        merged
+    }
+
+    /// A message's unit holds its history row, and the listing row only when
+    /// the listing's final state is that message's; units come in input order.
+    #[test]
+    fn message_units_carry_what_each_message_set() {
+        let merged = batch();
+        let units = message_units(&merged);
+        let summary: Vec<(i64, Micros, bool)> = units
+            .iter()
+            .filter_map(|unit| match unit {
+                Unit::Message {
+                    position,
+                    history,
+                    listing,
+                    ..
+                } => Some((position.offset, history.observed_at, listing.is_some())),
+                Unit::Event(_) => None,
+            })
+            .collect();
+        assert_eq!(summary, [(1, 20, true), (2, 30, true), (3, 10, false)]);
+    }
+
+    /// A refused event row points at the messages that set its text fields;
+    /// without those, at the ones that set first/last seen.
+    #[test]
+    fn an_event_row_is_traced_to_the_messages_behind_its_fields() {
+        let merged = batch();
+        let mut event = EventRow {
+            event_id: "e1".to_owned(),
+            event_name: Some(Stamped {
+                value: "Name".to_owned(),
+                observed_at: 20,
+            }),
+            venue: None,
+            event_date: None,
+            first_seen: 10,
+            last_seen: 30,
+        };
+        assert_eq!(
+            behind_event_row(&merged, &event),
+            [Position {
+                partition: 0,
+                offset: 1
+            }]
+        );
+        // A name stamped by an earlier commit: the first and last observations.
+        event.event_name = Some(Stamped {
+            value: "Name".to_owned(),
+            observed_at: 5,
+        });
+        assert_eq!(
+            behind_event_row(&merged, &event),
+            [
+                Position {
+                    partition: 0,
+                    offset: 3
+                },
+                Position {
+                    partition: 0,
+                    offset: 2
+                }
+            ]
+        );
+    }
+}

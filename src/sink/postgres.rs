@@ -993,6 +993,97 @@ mod tests {
         assert_eq!(published.len(), 1);
     }
 
+    fn listing_row(seat: &str, cents: i64, observed_at: Micros) -> ListingRow {
+        ListingRow {
+            listing: ListingKey {
+                event_id: "e1".to_owned(),
+                seat: Seat {
+                    section: "A".to_owned(),
+                    row: "1".to_owned(),
+                    seat: seat.to_owned(),
+                    source: "s1".to_owned(),
+                },
+            },
+            price: Cents(cents),
+            currency: Currency::USD,
+            available: true,
+            observed_at,
+        }
+    }
+
+    fn at(partition: i32, offset: i64) -> Position {
+        Position { partition, offset }
+    }
+
+    /// Epochs merged into one transaction: every history row once, with its
+    /// input position, in order; the last state of each listing; the highest
+    /// next offset per partition; counters and rejects summed.
+    #[test]
+    fn absorbed_epochs_keep_every_row_and_the_last_state() {
+        let counted = |processed| {
+            SinkRecord::Counters(Counters {
+                processed,
+                ..Counters::default()
+            })
+        };
+        let mut merged = Merged::default();
+        merged.absorb(EpochBatch {
+            epoch: 7,
+            records: vec![
+                SinkRecord::History {
+                    row: listing_row("1", 100, 10),
+                    position: at(0, 4),
+                },
+                SinkRecord::Listing(listing_row("1", 100, 10)),
+                SinkRecord::Offset(at(0, 5)),
+                SinkRecord::Offset(at(1, 9)),
+                SinkRecord::RuleState {
+                    rule_id: 3,
+                    below: true,
+                },
+                counted(2),
+            ],
+        });
+        merged.absorb(EpochBatch {
+            epoch: 8,
+            records: vec![
+                SinkRecord::History {
+                    row: listing_row("1", 90, 20),
+                    position: at(0, 5),
+                },
+                SinkRecord::Listing(listing_row("1", 90, 20)),
+                SinkRecord::Rejected(Rejected {
+                    position: at(1, 9),
+                    key: None,
+                    payload: None,
+                    reason: "bad".to_owned(),
+                }),
+                // Progress of another worker's partition can arrive late: the
+                // highest next offset wins.
+                SinkRecord::Offset(at(1, 10)),
+                SinkRecord::Offset(at(0, 6)),
+                SinkRecord::RuleState {
+                    rule_id: 3,
+                    below: false,
+                },
+                counted(3),
+            ],
+        });
+        assert_eq!(merged.epochs, [7, 8]);
+        assert_eq!(merged.records, 13);
+        assert_eq!(
+            merged.history.iter().map(|row| row.price).collect::<Vec<_>>(),
+            [Cents(100), Cents(90)]
+        );
+        assert_eq!(merged.origins, [at(0, 4), at(0, 5)]);
+        let listings: Vec<&ListingRow> = merged.listings.values().collect();
+        assert_eq!(listings, [&listing_row("1", 90, 20)]);
+        assert_eq!(merged.offsets, BTreeMap::from([(0, 6), (1, 10)]));
+        assert_eq!(merged.rule_states, BTreeMap::from([(3, false)]));
+        assert_eq!(merged.rejected.len(), 1);
+        assert_eq!(merged.counters.processed, 5);
+    }
+
     #[test]
     fn summary_changes_fold_into_the_last_state_of_each_key() {
         let mut rows = HashMap::new();
