@@ -18,6 +18,9 @@
 //! committed (`--exit-at-end`), the shutdown handle is triggered, or the writer
 //! stops the run. A writer that quarantined messages PostgreSQL refuses asks
 //! for another run, which replays from the last commit without them.
+//! Each step hands the probe's frontier to the metrics, which is how every
+//! process learns which of its offsets are durable ([`crate::lag`]); each
+//! process prints its own summary on exit.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +39,7 @@ use timely::{CommunicationConfig, WorkerConfig};
 use crate::config::{DbArgs, KafkaArgs, TopicArgs};
 use crate::lease::Lease;
 use crate::metrics::Metrics;
+use crate::progress::Progress;
 use crate::shutdown::Shutdown;
 use crate::sink::encode::OutboxTarget;
 use crate::sink::postgres::{WriterConfig, WriterExit};
@@ -259,14 +263,21 @@ pub fn run(mut args: RunArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         )?),
         _ => None,
     };
-    let metrics = Metrics::new(&args.topics.alerts_topic);
-    if leader {
-        metrics.measure_commit_lag();
-    }
+    let metrics = Metrics::new(&args.topics.alerts_topic, args.process);
     metrics.spawn_reporter(Duration::from_secs(args.metrics_interval.max(1)));
     if let Some(addr) = &args.metrics_addr {
         crate::metrics_server::spawn(addr, Arc::clone(&metrics))?;
     }
+
+    // On a terminal, a bounded replay shows how far it has come.
+    let progress = match args.exit_at_end && args.input_file.is_none() {
+        true => Progress::start("replay", "messages", Some(0)).and_then(|bar| {
+            let metrics = Arc::clone(&metrics);
+            bar.follow(Duration::from_millis(200), move || metrics.progress())
+                .ok()
+        }),
+        false => None,
+    };
 
     let mut publisher = None;
     let mut leader_parts = None;
@@ -344,25 +355,18 @@ pub fn run(mut args: RunArgs, shutdown: Shutdown) -> anyhow::Result<()> {
             }
         }
     }
+    drop(progress);
     outcome?;
-    if leader {
-        if args.input_file.is_none() {
-            if let Ok(consumer) = args.kafka.client_config().create::<BaseConsumer>() {
-                metrics.measure_lag(&consumer, &args.topics.input_topic, setup.input_partitions);
-            }
+    if args.input_file.is_none() {
+        if let Ok(consumer) = args.kafka.client_config().create::<BaseConsumer>() {
+            metrics.measure_lag(&consumer, &args.topics.input_topic);
         }
-        println!(
-            "summary: {} total_elapsed={:.1}s",
-            metrics.summary(),
-            started.elapsed().as_secs_f64()
-        );
-    } else {
-        println!(
-            "process {} finished: peak_rss={}",
-            args.process,
-            crate::metrics::peak_rss()
-        );
     }
+    println!(
+        "summary: {} total_elapsed={:.1}s",
+        metrics.summary(),
+        started.elapsed().as_secs_f64()
+    );
     drop(lease);
     Ok(())
 }
@@ -483,6 +487,9 @@ fn run_dataflow(setup: &Setup, shutdown: &Shutdown) -> anyhow::Result<WriterExit
             let records = processed.records.concat(source_records).concat(summaries);
             postgres_sink(records, writer).probe_with(&committed);
         });
+        // The sink's probe says which epochs are committed, in every process:
+        // what makes this process's offsets durable (see `crate::lag`).
+        let mut durable_below = None;
         while !committed.done() {
             if worker_stop.load(Ordering::SeqCst) || worker_shutdown.is_triggered() {
                 // Stopping mid-epoch is safe: what is not committed is read
@@ -493,7 +500,13 @@ fn run_dataflow(setup: &Setup, shutdown: &Shutdown) -> anyhow::Result<WriterExit
                 break;
             }
             worker.step_or_park(Some(PARK));
+            let frontier = committed.with_frontier(|frontier| frontier.first().copied());
+            if frontier != durable_below {
+                worker_metrics.durable_below(frontier);
+                durable_below = frontier;
+            }
         }
+        worker_metrics.durable_below(None);
     })
     .map_err(|error| anyhow::anyhow!("cannot start timely workers: {error}"))?;
     for result in guards.join() {

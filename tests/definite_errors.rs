@@ -9,12 +9,9 @@
 //! the job's database: one on `price_history` (a row of the message itself) and
 //! one on `events` (a row the message only contributes a field to).
 
-mod common;
-
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::*;
+use conscope_testkit::*;
 
 fn obs(event: &str, section: &str, seat: u32, cents: u64, minute: u32, extra: &str) -> Vec<u8> {
     format!(
@@ -59,21 +56,6 @@ fn with_poison(good: &[(i32, Option<&'static str>, Vec<u8>)]) -> Vec<(i32, Optio
         obs("e2", "A", 1, 9_000, 100, r#","event_name":"Poison Name""#),
     ));
     messages
-}
-
-/// `key=value` fields of the exit summary line.
-fn summary_fields(stdout: &str) -> BTreeMap<String, String> {
-    let line = stdout
-        .lines()
-        .find(|line| line.starts_with("summary:"))
-        .unwrap_or_else(|| panic!("no summary in {stdout}"));
-    line.split_whitespace()
-        .filter_map(|field| field.split_once('='))
-        .map(|(key, value)| {
-            let key = key.trim_start_matches("alerts[");
-            (key.to_owned(), value.trim_end_matches(']').to_owned())
-        })
-        .collect()
 }
 
 fn add_rule(job: &Job) {
@@ -157,8 +139,8 @@ fn a_message_postgres_refuses_goes_to_the_dlq_and_the_rest_lands_as_without_it()
         assert!(letter.headers.contains_key("conscope.offset"));
     }
 
-    let reference_summary = summary_fields(&reference_out);
-    let summary = summary_fields(&poisoned_out);
+    let reference_summary = parse_summary(&reference_out);
+    let summary = parse_summary(&poisoned_out);
     assert_eq!(
         summary.get("rejected").map(String::as_str),
         Some("2"),

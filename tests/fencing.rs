@@ -4,12 +4,10 @@
 //! anything, and the first goes on; after the first is killed (`kill -9`), a new
 //! one starts at once.
 
-mod common;
-
 use std::io::Read as _;
 use std::time::Duration;
 
-use common::*;
+use conscope_testkit::*;
 
 fn obs(event: &str, seat: u32, cents: u64, second: u32) -> (i32, Option<&'static str>, Vec<u8>) {
     let key = if event == "e1" { "e1" } else { "e2" };

@@ -6,13 +6,11 @@
 //! connection, in the publisher and in the job lease. The replay still ends,
 //! with the tables and topics of an uninterrupted run.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use conscope_testkit::*;
 
 /// Rounds of terminations: more than the run would last without them.
 const ROUNDS: usize = 12;

@@ -216,7 +216,7 @@ pub fn run_writer(
                 }
                 Err(error) => return Err(error.into()),
             }
-            metrics.committed(&merged.counters, merged.rejected.len() as u64, &merged.offsets);
+            metrics.committed(&merged.counters, merged.rejected.len() as u64);
             for rejected in &merged.rejected {
                 if rejected_log.allow() {
                     tracing::warn!(
