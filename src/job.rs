@@ -520,7 +520,95 @@ fn run_dataflow(setup: &Setup, shutdown: &Shutdown) -> anyhow::Result<WriterExit
 
 #[cfg(test)]
 mod tests {
-    use super::basis_points;
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    /// The job runs in-process and stops when its shutdown handle is
+    /// triggered (as mini-redis's server stops on its shutdown future), with
+    /// what it read committed, and releases its lease. Needs the dev stack (PostgreSQL and a broker,
+    /// for the output topics).
+    #[test]
+    fn a_live_job_stops_on_its_shutdown_handle() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let name = format!("inprocess_{}_{}", std::process::id(), nanos % 1_000_000_000);
+        let base =
+            std::env::var("CONSCOPE_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+        let url = format!("{base}/{name}");
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        for minute in 0..5 {
+            std::io::Write::write_all(
+                &mut file,
+                format!(
+                    "{{\"event_id\":\"e\",\"section\":\"A\",\"price\":\"{}\",\"timestamp\":\"2026-01-01T00:0{minute}:00Z\"}}\n",
+                    100 - minute
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+        }
+        let path = file.path().to_string_lossy().into_owned();
+        let brokers = std::env::var("CONSCOPE_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+        let args = Cli::try_parse_from([
+            "run",
+            "--brokers",
+            &brokers,
+            "--database-url",
+            &url,
+            "--input-file",
+            &path,
+            "--alerts-topic",
+            &format!("{name}.alerts"),
+            "--dlq-topic",
+            &format!("{name}.dlq"),
+        ])
+        .unwrap()
+        .run;
+
+        let shutdown = Shutdown::new();
+        let job = {
+            let shutdown = shutdown.clone();
+            std::thread::spawn(move || run(args, shutdown))
+        };
+        let runtime = crate::runtime::current_thread().unwrap();
+        let stored = || {
+            runtime.block_on(async {
+                let client = crate::db::connect(&url).await.ok()?;
+                let row = client
+                    .query_one("SELECT count(*) FROM price_history", &[])
+                    .await
+                    .ok()?;
+                Some(row.get::<_, i64>(0))
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while stored() != Some(5) {
+            assert!(Instant::now() < deadline, "the job never committed the file");
+            assert!(!job.is_finished(), "a live job ended by itself");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        shutdown.trigger();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !job.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "the job did not stop on its shutdown handle"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        job.join().unwrap().unwrap();
+        // Ended, it gives up the job: another instance may take it.
+        assert!(Lease::acquire(&url, 0, |_| {}).is_ok());
+    }
 
     #[test]
     fn drop_percentages_convert_exactly() {

@@ -146,6 +146,12 @@ impl Lease {
         let mut delay = Duration::from_millis(100);
         loop {
             tokio::time::sleep(CHECK_EVERY).await;
+            if Arc::strong_count(&self.holder_pid) == 1 {
+                // Every other handle is gone: the job has ended (in-process
+                // runs end without the process). Closing the session
+                // releases the lock.
+                return;
+            }
             if client.simple_query("").await.is_ok() {
                 continue;
             }
@@ -245,4 +251,53 @@ fn hostname() -> String {
         .ok()
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "unknown-host".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url() -> String {
+        let base =
+            std::env::var("CONSCOPE_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+        format!("{base}/postgres")
+    }
+
+    /// A process key no other test uses at the same time.
+    fn key() -> usize {
+        1_000_000 + std::process::id() as usize % 1_000_000
+    }
+
+    /// The lease of an instance whose session dies is taken by another; the
+    /// first finds it taken when it reconnects, and stops.
+    #[test]
+    fn an_instance_that_lost_its_lease_to_another_stops() {
+        let (lost, stopped) = mpsc::channel();
+        let first = Lease::acquire(&url(), key(), move |error| {
+            let _ = lost.send(error.to_string());
+        })
+        .unwrap();
+        let refused = Lease::acquire(&url(), key(), |_| {}).unwrap_err();
+        assert!(refused.to_string().contains("conscope run process="), "{refused}");
+
+        // The first instance's session ends (a PostgreSQL restart, a network cut).
+        let pid = first.holder_pid().unwrap();
+        let runtime = crate::runtime::current_thread().unwrap();
+        runtime.block_on(async {
+            let client = crate::db::connect(&url()).await.unwrap();
+            client
+                .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                .await
+                .unwrap();
+        });
+        let second = Lease::acquire(&url(), key(), |_| {}).unwrap();
+        assert!(second.is_held());
+
+        let reason = stopped.recv_timeout(Duration::from_secs(20)).unwrap();
+        assert!(
+            reason.contains("another `conscope run` holds this job"),
+            "{reason}"
+        );
+        assert!(!first.is_held(), "a lost lease must not look held");
+    }
 }
