@@ -24,8 +24,11 @@
 //! # Layout
 //! - `config`: shared flags. `db`: connections and migrations.
 //! - `source/`: Kafka and file sources (partition ownership, offsets, polling).
-//! - `sink/`: restore state at start, the Postgres writer, the outbox publisher.
-//! - `job`: `conscope run`, wiring the timely dataflow of `conscope_dataflows`.
+//! - `sink/`: the Postgres writer (and what it does with refused rows), the
+//!   outbox publisher.
+//! - `job`: `conscope run`, wiring the timely dataflow of `conscope_dataflows`;
+//!   stops on a `shutdown` handle. `lease`: one live instance per process of a job.
+//! - `runtime`, `text`: the tokio runtime builder; printable text and money.
 //! - `produce`, `alerts`, `rules`, `dashboard/`: the other subcommands.
 //! - `metrics`, `metrics_server`, `lag`: the job's figures, `/metrics`, and the
 //!   consumer lag of each process's partitions.
@@ -39,13 +42,17 @@ mod fail;
 mod job;
 mod kafka;
 mod lag;
+mod lease;
 mod metrics;
 mod metrics_server;
 mod produce;
 mod progress;
 mod rules;
+mod runtime;
+mod shutdown;
 mod sink;
 mod source;
+mod text;
 
 use std::io::IsTerminal;
 
@@ -95,7 +102,10 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => job::run(args),
+        Command::Run(args) => shutdown::Shutdown::on_signals(
+            "finishing the commit in progress and publishing what is committed",
+        )
+        .and_then(|shutdown| job::run(args, shutdown)),
         Command::Produce(args) => produce::run(args),
         Command::Alerts(args) => alerts::run(args),
         Command::Rules(args) => rules::run(args),

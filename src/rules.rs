@@ -17,10 +17,12 @@ use std::fmt::Write as _;
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
+use conscope_dataflows::parse::{price_cents, PriceProblem};
 use rust_decimal::Decimal;
 
 use crate::config::{redact_url, DbArgs};
 use crate::db;
+use crate::text::{money, printable};
 
 /// Largest accepted `--max-price` (SPEC §1: prices are ≤ 1000000).
 const MAX_PRICE_LIMIT: i64 = 1_000_000;
@@ -157,10 +159,7 @@ pub fn run(args: RulesArgs) -> anyhow::Result<()> {
         } => Some(validate(event, section.as_deref(), currency, max_price)?),
         _ => None,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
+    let runtime = crate::runtime::current_thread().context("cannot start the tokio runtime")?;
     runtime.block_on(async {
         let url = &args.db.database_url;
         db::migrate(url).await?;
@@ -259,7 +258,7 @@ async fn print_list(client: &tokio_postgres::Client, all: bool) -> anyhow::Resul
             printable(&rule.event_id),
             rule.section.as_deref().map_or_else(|| "*".to_owned(), printable),
             rule.currency,
-            format_price(rule.max_price),
+            money(rule.max_price),
             if rule.active { "yes" } else { "no" }.to_owned(),
             rule.created_at.format("%Y-%m-%d %H:%M:%SZ").to_string(),
         ]);
@@ -364,50 +363,33 @@ pub fn validate(
     })
 }
 
-/// Parses a rule's max price exactly: a plain decimal (`199`, `199.5`, `199.99`)
-/// greater than 0 and ≤ 1000000, at most 2 decimal places (trailing zeros do not count:
-/// `10.500` is 10.50). Returns it with scale 2; the error reads after the field's name.
+/// Parses a rule's max price exactly, by the rules of the input's `price` (SPEC §1:
+/// greater than 0, ≤ 1000000, at most 2 decimal places; trailing zeros do not
+/// count: `10.500` is 10.50), as a plain decimal (`199`, `199.5`, `199.99`: no
+/// exponent). Returns it with scale 2; the error reads after the field's name.
 fn parse_max_price(text: &str) -> Result<Decimal, String> {
     let trimmed = text.trim();
-    let unsigned = trimmed.strip_prefix('-').unwrap_or(trimmed);
-    let (whole, fraction) = match unsigned.split_once('.') {
-        Some((whole, fraction)) => (whole, Some(fraction)),
-        None => (unsigned, None),
+    let plain = !trimmed.is_empty()
+        && trimmed
+            .bytes()
+            .all(|byte| byte.is_ascii_digit() || byte == b'.' || byte == b'-');
+    let cents = if plain {
+        price_cents(trimmed)
+    } else {
+        Err(PriceProblem::NotANumber)
     };
-    let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
-    if !(digits(whole) && fraction.is_none_or(digits)) {
-        return Err(format!("must be a decimal number such as 199.99, got {text:?}"));
-    }
-    let value = Decimal::from_str_exact(trimmed)
-        .map_err(|_| format!("{text:?} is out of range: it must be > 0 and ≤ {MAX_PRICE_LIMIT}"))?;
-    if value <= Decimal::ZERO {
-        return Err(format!("must be greater than 0, got {text}"));
-    }
-    if value > Decimal::from(MAX_PRICE_LIMIT) {
-        return Err(format!("must be at most {MAX_PRICE_LIMIT}, got {text}"));
-    }
-    let mut value = value.normalize();
-    if value.scale() > 2 {
-        return Err(format!("must have at most 2 decimal places, got {text}"));
-    }
-    value.rescale(2);
-    Ok(value)
-}
-
-/// A price with at least 2 decimals, as stored in NUMERIC(12,2).
-fn format_price(price: Decimal) -> String {
-    let mut price = price;
-    if price.scale() < 2 {
-        price.rescale(2);
-    }
-    price.to_string()
-}
-
-/// Replaces control characters, so a stored value cannot garble the terminal.
-fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
-        .collect()
+    cents
+        .map(|cents| Decimal::new(cents.0, 2))
+        .map_err(|problem| match problem {
+            PriceProblem::NotANumber => {
+                format!("must be a decimal number such as 199.99, got {text:?}")
+            }
+            PriceProblem::NotPositive => format!("must be greater than 0, got {text}"),
+            PriceProblem::TooManyDecimals => {
+                format!("must have at most 2 decimal places, got {text}")
+            }
+            PriceProblem::TooLarge => format!("must be at most {MAX_PRICE_LIMIT}, got {text}"),
+        })
 }
 
 /// Left-aligned columns separated by two spaces; the price column right-aligned.
@@ -462,7 +444,7 @@ mod tests {
             ("-5", "greater than 0"),
             ("12.345", "2 decimal places"),
             ("1000000.01", "at most 1000000"),
-            ("99999999999999999999999999999999", "out of range"),
+            ("99999999999999999999999999999999", "at most 1000000"),
             ("abc", "decimal number"),
             ("1e3", "decimal number"),
             ("", "decimal number"),
