@@ -347,14 +347,22 @@ impl ProcessorInput {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SinkRecord {
     /// A new row of `price_history`: an observation newer than its listing's
-    /// current state (or its listing's first), so its identity is not stored yet.
-    History(ListingRow),
+    /// current state (or its listing's first), so its identity is not stored
+    /// yet; and where its message sits in the input: what lets the writer name
+    /// the message behind a row PostgreSQL refuses.
+    History {
+        row: ListingRow,
+        position: Position,
+    },
     /// A row for `price_history` of an observation older than its listing's
     /// current state: stale, unless its identity is stored already (a
     /// duplicate). Only the stored history can tell, so the writer decides: it
     /// inserts these in partition order, first one of an identity wins, and
     /// counts each as stale (inserted) or duplicate (skipped).
-    MaybeStale(ListingRow),
+    MaybeStale {
+        row: ListingRow,
+        position: Position,
+    },
     /// The latest state of a listing at the end of the epoch.
     Listing(ListingRow),
     /// The latest state of an event at the end of the epoch.

@@ -93,18 +93,18 @@ fn write_like_the_sink(
     let mut out = Vec::with_capacity(records.len());
     for record in records {
         match record {
-            SinkRecord::History(row) => {
+            SinkRecord::History { row, position } => {
                 assert!(
                     stored.insert((row.listing.clone(), row.observed_at)),
                     "a History row of a stored identity: {row:?}"
                 );
-                out.push(SinkRecord::History(row));
+                out.push(SinkRecord::History { row, position });
             }
-            SinkRecord::MaybeStale(row) => {
+            SinkRecord::MaybeStale { row, position } => {
                 if stored.insert((row.listing.clone(), row.observed_at)) {
                     uncounted.stale += 1;
                     uncounted.prices_stored += 1;
-                    out.push(SinkRecord::History(row));
+                    out.push(SinkRecord::History { row, position });
                 } else {
                     uncounted.duplicates += 1;
                 }
@@ -159,7 +159,7 @@ impl Output {
         self.records
             .iter()
             .filter_map(|(_, record)| match record {
-                SinkRecord::History(row) => Some(row.clone()),
+                SinkRecord::History { row, .. } => Some(row.clone()),
                 _ => None,
             })
             .collect()
@@ -296,7 +296,13 @@ fn first_observation_creates_event_and_listing_exactly() {
     assert_eq!(
         out.at(0),
         vec![
-            SinkRecord::History(a1.row()),
+            SinkRecord::History {
+                row: a1.row(),
+                position: Position {
+                    partition: 0,
+                    offset: 1
+                },
+            },
             SinkRecord::Event(EventRow {
                 event_id: "ev".into(),
                 event_name: Some(Stamped {
@@ -358,7 +364,13 @@ fn stale_observation_goes_to_history_and_first_seen_only() {
     assert_eq!(
         out.at(1),
         vec![
-            SinkRecord::History(stale.row()),
+            SinkRecord::History {
+                row: stale.row(),
+                position: Position {
+                    partition: 0,
+                    offset: 2
+                },
+            },
             SinkRecord::Event(EventRow {
                 event_id: "ev".into(),
                 // Stale: its name does not count (SPEC §2: it changes nothing
