@@ -77,7 +77,8 @@ fn terminator(
 fn sessions_terminated_over_and_over_change_nothing_in_the_result() {
     require_broker();
     let input = unique("lost_conn");
-    produce_generated(&input, 2, 8_000, 11, &[]);
+    // Enough messages that the run spans several rounds of the terminator.
+    produce_generated(&input, 2, 30_000, 11, &[]);
 
     let reference = Job::new("lost_conn_ref", &input);
     reference.run_to_end_within(Duration::from_secs(300), &["-w", "2"]);
