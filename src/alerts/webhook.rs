@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
-use super::format::printable;
+use conscope::alerts::format::printable;
 
 /// First webhook retry delay; doubles on every retry up to [`BACKOFF_CAP`].
 const BACKOFF_START: Duration = Duration::from_millis(100);
