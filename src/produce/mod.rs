@@ -36,8 +36,8 @@ mod render;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -50,6 +50,7 @@ pub use self::generator::{generate, GeneratorConfig, MessageKind};
 use crate::config::KafkaArgs;
 use crate::kafka::ensure_topic;
 use crate::progress::Progress;
+use crate::shutdown::Shutdown;
 
 // ---------------------------------------------------------------------------
 // Flags
@@ -249,65 +250,19 @@ fn progress_bar(args: &ProduceArgs) -> Option<Progress> {
 
 pub fn run(args: ProduceArgs) -> anyhow::Result<()> {
     let config = args.generator_config()?;
-    let stop = stop_on_signal();
+    // The first SIGINT/SIGTERM stops, flushes and summarizes.
+    let stop = Shutdown::on_signals("flushing what was produced")?;
     match &args.output {
         Some(path) => produce_to_file(&args, &config, path, &stop),
         None => produce_to_kafka(&args, &config, &stop),
     }
 }
 
-/// Set on the first SIGINT/SIGTERM (stop, flush, summarize); a second one exits at once.
-fn stop_on_signal() -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&stop);
-    let spawned = std::thread::Builder::new()
-        .name("produce-signals".to_owned())
-        .spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
-                return;
-            };
-            runtime.block_on(async move {
-                #[cfg(unix)]
-                {
-                    use tokio::signal::unix::{signal, SignalKind};
-                    let (Ok(mut interrupt), Ok(mut terminate)) =
-                        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-                    else {
-                        return;
-                    };
-                    loop {
-                        tokio::select! {
-                            _ = interrupt.recv() => {}
-                            _ = terminate.recv() => {}
-                        }
-                        if flag.swap(true, Ordering::SeqCst) {
-                            std::process::exit(130);
-                        }
-                        tracing::info!("stopping: flushing what was produced (signal again to abort)");
-                    }
-                }
-                #[cfg(not(unix))]
-                loop {
-                    if tokio::signal::ctrl_c().await.is_err() {
-                        return;
-                    }
-                    if flag.swap(true, Ordering::SeqCst) {
-                        std::process::exit(130);
-                    }
-                }
-            });
-        });
-    if let Err(error) = spawned {
-        tracing::warn!("cannot watch for signals: {error}");
-    }
-    stop
-}
-
 fn produce_to_file(
     args: &ProduceArgs,
     config: &GeneratorConfig,
     path: &std::path::Path,
-    stop: &AtomicBool,
+    stop: &Shutdown,
 ) -> anyhow::Result<()> {
     let to_stdout = path.as_os_str() == "-";
     let (mut out, target): (Box<dyn Write>, String) = if to_stdout {
@@ -330,13 +285,13 @@ fn produce_to_file(
     let bar = progress_bar(args);
     let result = (|| -> io::Result<()> {
         for message in generate(config) {
-            if stop.load(Ordering::Relaxed) {
+            if stop.is_triggered() {
                 break;
             }
             if let Some(delay) = pacer.delay() {
                 out.flush()?;
                 sleep_unless_stopped(delay, stop);
-                if stop.load(Ordering::Relaxed) {
+                if stop.is_triggered() {
                     break;
                 }
             }
@@ -370,11 +325,11 @@ fn produce_to_file(
     Ok(())
 }
 
-fn sleep_unless_stopped(delay: Duration, stop: &AtomicBool) {
+fn sleep_unless_stopped(delay: Duration, stop: &Shutdown) {
     let until = Instant::now() + delay;
     loop {
         let now = Instant::now();
-        if now >= until || stop.load(Ordering::Relaxed) {
+        if now >= until || stop.is_triggered() {
             return;
         }
         std::thread::sleep((until - now).min(Duration::from_millis(100)));
@@ -439,7 +394,7 @@ fn producer_config(kafka: &KafkaArgs) -> rdkafka::ClientConfig {
     ])
 }
 
-fn produce_to_kafka(args: &ProduceArgs, config: &GeneratorConfig, stop: &AtomicBool) -> anyhow::Result<()> {
+fn produce_to_kafka(args: &ProduceArgs, config: &GeneratorConfig, stop: &Shutdown) -> anyhow::Result<()> {
     let topic = args.topic.as_str();
     let partitions = ensure_topic(&args.kafka, topic, args.partitions)?;
     tracing::info!(topic, partitions, brokers = %args.kafka.brokers, "producing");
@@ -454,13 +409,13 @@ fn produce_to_kafka(args: &ProduceArgs, config: &GeneratorConfig, stop: &AtomicB
     let mut send_error = None;
     let bar = progress_bar(args);
     'messages: for message in generate(config) {
-        if stop.load(Ordering::Relaxed) {
+        if stop.is_triggered() {
             break;
         }
         while let Some(delay) = pacer.delay() {
             // Serve delivery reports while waiting for the next token.
             producer.poll(delay.min(Duration::from_millis(100)));
-            if stop.load(Ordering::Relaxed) {
+            if stop.is_triggered() {
                 break 'messages;
             }
         }

@@ -95,18 +95,7 @@ impl Job {
             .stderr(std::fs::File::create(&err).expect("stderr file"))
             .spawn()
             .expect("spawn conscope");
-        let deadline = Instant::now() + limit;
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                break Some(status);
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
+        let status = exit_within(&mut child, limit);
         let stdout = std::fs::read_to_string(&out).unwrap_or_default();
         let stderr = std::fs::read_to_string(&err).unwrap_or_default();
         match status {
@@ -155,6 +144,23 @@ fn succeeded(output: Output) -> Output {
         String::from_utf8_lossy(&output.stderr)
     );
     output
+}
+
+/// Waits for `child` to exit; kills it and returns `None` when it has not
+/// within `limit`.
+pub fn exit_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Waits until `condition` holds, or panics after `limit`.
