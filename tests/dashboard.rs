@@ -103,7 +103,24 @@ fn every_page_renders_with_its_content() {
     let (whole, cents) = get_in.split_once('.').expect("two decimals");
     let shown = format!("${}.{cents}", whole.parse::<u64>().map(group).expect("number"));
     assert!(events.body.contains(&shown), "get-in {shown} missing");
-    assert!(events.body.contains(r#"class="chg "#), "no 24 h change shown");
+    // The 24 h change starts from the get-in price as of the latest
+    // observation minus 24 h, computed here the slow, obvious way.
+    let day_ago = common::query_strings(
+        database(),
+        &format!(
+            "SELECT (min(price) FILTER (WHERE available))::text FROM (
+                 SELECT DISTINCT ON (section, \"row\", seat, source) price, available
+                 FROM price_history
+                 WHERE event_id = '{AURORA_ID}'
+                   AND observed_at <= (SELECT last_seen - interval '24 hours' FROM events WHERE event_id = '{AURORA_ID}')
+                 ORDER BY section, \"row\", seat, source, observed_at DESC) last"
+        ),
+    );
+    let day_ago = format!(
+        "get-in 24 h earlier: ${}",
+        day_ago.first().expect("a price 24 h earlier")
+    );
+    assert!(events.body.contains(&day_ago), "{day_ago} missing");
     assert!(events.body.contains("€"), "euro prices");
 
     // Search, sorts and pages: any value is accepted.
@@ -149,6 +166,16 @@ fn every_page_renders_with_its_content() {
         );
     }
     let page = dashboard.get(&format!("/events/{AURORA_ID}?window=all"));
+    // The chart's get-in line ends at the price the job keeps.
+    assert!(
+        page.body
+            .contains(&format!(r#"Get-in price <span class="muted">{shown}</span>"#)),
+        "the chart's get-in price is not {shown}"
+    );
+    assert!(
+        page.body.contains(&day_ago),
+        "{day_ago} missing from the event page"
+    );
     for needle in [
         "Price history",
         "Sections",
