@@ -12,7 +12,9 @@
 //! live job the thread that watches the input topic for added partitions, then
 //! one timely worker per thread. Each worker restores its slice of the state,
 //! opens its partitions and steps the dataflow until the probe says everything is
-//! committed (`--exit-at-end`) or forever.
+//! committed (`--exit-at-end`) or forever. Each step hands the probe's frontier
+//! to the metrics, which is how every process learns which of its offsets are
+//! durable ([`crate::lag`]); each process prints its own summary on exit.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -30,6 +32,7 @@ use timely::{CommunicationConfig, WorkerConfig};
 
 use crate::config::{DbArgs, KafkaArgs, TopicArgs};
 use crate::metrics::Metrics;
+use crate::progress::Progress;
 use crate::sink::encode::OutboxTarget;
 use crate::sink::postgres::{run_writer, WriterConfig};
 use crate::sink::publisher::{run_publisher, PublisherConfig, PublisherControl};
@@ -233,14 +236,21 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
         )?),
         _ => None,
     };
-    let metrics = Metrics::new(&args.topics.alerts_topic);
-    if leader {
-        metrics.measure_commit_lag();
-    }
+    let metrics = Metrics::new(&args.topics.alerts_topic, args.process);
     metrics.spawn_reporter(Duration::from_secs(args.metrics_interval.max(1)));
     if let Some(addr) = &args.metrics_addr {
         crate::metrics_server::spawn(addr, Arc::clone(&metrics))?;
     }
+
+    // On a terminal, a bounded replay shows how far it has come.
+    let progress = match args.exit_at_end && args.input_file.is_none() {
+        true => Progress::start("replay", "messages", Some(0)).and_then(|bar| {
+            let metrics = Arc::clone(&metrics);
+            bar.follow(Duration::from_millis(200), move || metrics.progress())
+                .ok()
+        }),
+        false => None,
+    };
 
     let mut leader_parts = None;
     if leader {
@@ -390,9 +400,18 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
             let records = processed.records.concat(source_records).concat(summaries);
             postgres_sink(records, writer).probe_with(&committed);
         });
+        // The sink's probe says which epochs are committed, in every process:
+        // what makes this process's offsets durable (see `crate::lag`).
+        let mut durable_below = None;
         while !committed.done() {
             worker.step_or_park(None);
+            let frontier = committed.with_frontier(|frontier| frontier.first().copied());
+            if frontier != durable_below {
+                worker_metrics.durable_below(frontier);
+                durable_below = frontier;
+            }
         }
+        worker_metrics.durable_below(None);
     })
     .map_err(|error| anyhow::anyhow!("cannot start timely workers: {error}"))?;
     for result in guards.join() {
@@ -406,23 +425,18 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
             Ok(result) => result?,
             Err(_) => bail!("the alert publisher panicked"),
         }
-        if args.input_file.is_none() {
-            if let Ok(consumer) = args.kafka.client_config().create::<BaseConsumer>() {
-                metrics.measure_lag(&consumer, &args.topics.input_topic, input_partitions);
-            }
-        }
-        println!(
-            "summary: {} total_elapsed={:.1}s",
-            metrics.summary(),
-            started.elapsed().as_secs_f64()
-        );
-    } else {
-        println!(
-            "process {} finished: peak_rss={}",
-            args.process,
-            crate::metrics::peak_rss()
-        );
     }
+    drop(progress);
+    if args.input_file.is_none() {
+        if let Ok(consumer) = args.kafka.client_config().create::<BaseConsumer>() {
+            metrics.measure_lag(&consumer, &args.topics.input_topic);
+        }
+    }
+    println!(
+        "summary: {} total_elapsed={:.1}s",
+        metrics.summary(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

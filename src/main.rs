@@ -27,6 +27,9 @@
 //! - `sink/`: restore state at start, the Postgres writer, the outbox publisher.
 //! - `job`: `conscope run`, wiring the timely dataflow of `conscope_dataflows`.
 //! - `produce`, `alerts`, `rules`, `dashboard/`: the other subcommands.
+//! - `metrics`, `metrics_server`, `lag`: the job's figures, `/metrics`, and the
+//!   consumer lag of each process's partitions.
+//! - `progress`: progress bars on a terminal, and the log writer around them.
 
 mod alerts;
 mod config;
@@ -35,12 +38,16 @@ mod db;
 mod fail;
 mod job;
 mod kafka;
+mod lag;
 mod metrics;
 mod metrics_server;
 mod produce;
+mod progress;
 mod rules;
 mod sink;
 mod source;
+
+use std::io::IsTerminal;
 
 use clap::{Parser, Subcommand};
 
@@ -81,7 +88,10 @@ fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("CONSCOPE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,librdkafka=warn,rdkafka=warn")),
         )
-        .with_writer(std::io::stderr)
+        // stderr, around a progress bar when one is drawn.
+        .with_writer(progress::LogWriter)
+        // Colours only for a person at a terminal: piped logs stay plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     let result = match cli.command {

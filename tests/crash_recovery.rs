@@ -3,11 +3,9 @@
 //! Crashes come from outside (SIGKILL) and from fault points at the dangerous
 //! moments: mid-COPY, before and after COMMIT, before and during publishing.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use conscope_testkit::*;
 
 // Small transactions, so every run commits often enough to reach its fault
 // point: against a fast broker the writer otherwise merges a run's epochs into
@@ -119,26 +117,37 @@ fn crashes_at_any_moment_end_with_the_tables_of_an_uninterrupted_run() {
         .map(|row| row.split('|').next().unwrap_or_default().to_owned())
         .collect();
     assert_eq!(on_topic.into_keys().collect::<Vec<_>>(), expected_ids);
-    // Dead letters too: each rejected input message exactly once, as in the reference.
-    assert_eq!(dead_letters(&crashed.dlq), dead_letters(&reference.dlq));
+    // Dead letters too: each rejected input message exactly once, as in the
+    // reference, with the same reason, key and value.
+    let (got_dead, expected_dead) = (dead_letters(&crashed.dlq), dead_letters(&reference.dlq));
+    assert!(
+        got_dead == expected_dead,
+        "dead letters differ after crashes: {} vs {} in the reference",
+        got_dead.len(),
+        expected_dead.len()
+    );
     assert_eq!(query_i64(&crashed.database_url, "SELECT count(*) FROM outbox"), 0);
 }
 
-/// The input positions of the dead letters on `topic`, sorted, duplicates kept.
-fn dead_letters(topic: &str) -> Vec<(String, String)> {
-    let mut positions: Vec<(String, String)> = read_all(topic)
+/// The dead letters on `topic` as (input partition, input offset, reason, key,
+/// value), sorted, duplicates kept: each must match the reference's exactly.
+type DeadLetter = (String, String, String, Option<Vec<u8>>, Option<Vec<u8>>);
+
+fn dead_letters(topic: &str) -> Vec<DeadLetter> {
+    let header = |read: &Read, name: &str| read.headers.get(name).cloned().unwrap_or_default();
+    let mut letters: Vec<DeadLetter> = read_all(topic)
         .into_iter()
         .map(|read| {
             (
-                read.headers
-                    .get("conscope.partition")
-                    .cloned()
-                    .unwrap_or_default(),
-                read.headers.get("conscope.offset").cloned().unwrap_or_default(),
+                header(&read, "conscope.partition"),
+                header(&read, "conscope.offset"),
+                header(&read, "conscope.error"),
+                read.key.clone(),
+                read.value.clone(),
             )
         })
         .collect();
-    positions.sort();
-    assert!(!positions.is_empty(), "no dead letters on {topic}");
-    positions
+    letters.sort();
+    assert!(!letters.is_empty(), "no dead letters on {topic}");
+    letters
 }

@@ -5,14 +5,12 @@
 //! through HTTP seen in `alert_rules` and by `conscope rules list`; hostile
 //! requests answered with 4xx while the server keeps serving.
 
-mod common;
-mod dashboard_support;
-
 use std::io::{BufRead, BufReader};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use dashboard_support::*;
+use conscope_testkit::dashboard::*;
+use conscope_testkit::*;
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 
@@ -36,7 +34,7 @@ fn encoded(id: &str) -> String {
 }
 
 fn rules_for(event: &str) -> Vec<String> {
-    common::query_strings(
+    query_strings(
         database(),
         &format!(
             "SELECT concat_ws('|', rule_id, coalesce(section, '*'), currency, max_price, active::text, generation)
@@ -46,7 +44,7 @@ fn rules_for(event: &str) -> Vec<String> {
 }
 
 fn cli_rules(args: &[&str]) -> String {
-    let output = common::conscope()
+    let output = conscope()
         .args(["rules", "list"])
         .args(args)
         .args(["--database-url", database()])
@@ -95,7 +93,7 @@ fn every_page_renders_with_its_content() {
             "{needle} missing from the events list"
         );
     }
-    let aurora_get_in = common::query_strings(
+    let aurora_get_in = query_strings(
         database(),
         &format!("SELECT get_in_price::text FROM event_summary WHERE event_id = '{AURORA_ID}'"),
     );
@@ -105,7 +103,7 @@ fn every_page_renders_with_its_content() {
     assert!(events.body.contains(&shown), "get-in {shown} missing");
     // The 24 h change starts from the get-in price as of the latest
     // observation minus 24 h, computed here the slow, obvious way.
-    let day_ago = common::query_strings(
+    let day_ago = query_strings(
         database(),
         &format!(
             "SELECT (min(price) FILTER (WHERE available))::text FROM (
@@ -186,7 +184,7 @@ fn every_page_renders_with_its_content() {
     ] {
         assert!(page.body.contains(needle), "{needle} missing from the event page");
     }
-    let listings = common::query_i64(
+    let listings = query_i64(
         database(),
         &format!("SELECT count(*) FROM listings WHERE event_id = '{AURORA_ID}'"),
     );
@@ -197,7 +195,7 @@ fn every_page_renders_with_its_content() {
     );
 
     // Alerts, newest first.
-    let newest = common::query_strings(
+    let newest = query_strings(
         database(),
         "SELECT to_char(observed_at AT TIME ZONE 'UTC', 'Mon DD HH24:MI') FROM price_alerts ORDER BY observed_at DESC, alert_id DESC LIMIT 1",
     );
@@ -715,8 +713,8 @@ fn live_alerts_arrive_over_server_sent_events() {
     assert_eq!(response.header("content-type"), Some("text/event-stream"));
     // Let the poller see the table as it is before the new alert.
     std::thread::sleep(Duration::from_secs(3));
-    let alert_id = common::unique("live-alert");
-    common::execute(
+    let alert_id = unique("live-alert");
+    execute(
         database(),
         &format!(
             "INSERT INTO price_alerts (alert_id, kind, event_id, section, \"row\", seat, source, old_price, new_price, currency, observed_at)

@@ -18,7 +18,7 @@
 //! - this file: the flags, `run`, writing to a file or stdout, sending to Kafka
 //!   (producer settings, pacing, delivery reports), the summary line. The only
 //!   part that touches the outside: Kafka (creates the topic if missing), the
-//!   output file or stdout, signals.
+//!   output file or stdout, signals, the progress bar on a terminal.
 //! - `generator`: the pure, deterministic message generator (config, message
 //!   kinds, the clock and the price walk).
 //! - `catalog`: the simulated world (events, venues, sections, sources).
@@ -49,6 +49,7 @@ use rdkafka::ClientContext;
 pub use self::generator::{generate, GeneratorConfig, MessageKind};
 use crate::config::KafkaArgs;
 use crate::kafka::ensure_topic;
+use crate::progress::Progress;
 
 // ---------------------------------------------------------------------------
 // Flags
@@ -236,7 +237,15 @@ impl Pacer {
     }
 }
 
+/// How often the plain progress line is logged when no bar is drawn.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// Messages between two updates of the bar (each update is cheap, not free).
+const BAR_EVERY: u64 = 512;
+
+/// On a terminal, a bar in place of the periodic progress lines.
+fn progress_bar(args: &ProduceArgs) -> Option<Progress> {
+    Progress::start("produce", "messages", (args.count > 0).then_some(args.count))
+}
 
 pub fn run(args: ProduceArgs) -> anyhow::Result<()> {
     let config = args.generator_config()?;
@@ -318,6 +327,7 @@ fn produce_to_file(
     let mut tally = Tally::default();
     let mut pacer = Pacer::new(args.rate);
     let mut broken_pipe = false;
+    let bar = progress_bar(args);
     let result = (|| -> io::Result<()> {
         for message in generate(config) {
             if stop.load(Ordering::Relaxed) {
@@ -334,7 +344,10 @@ fn produce_to_file(
             out.write_all(b"\n")?;
             pacer.sent();
             tally.count(message.kind);
-            if last_progress.elapsed() >= PROGRESS_EVERY {
+            if let Some(bar) = bar.as_ref().filter(|_| tally.sent % BAR_EVERY == 0) {
+                bar.set(tally.sent);
+            }
+            if bar.is_none() && last_progress.elapsed() >= PROGRESS_EVERY {
                 last_progress = Instant::now();
                 tracing::info!(sent = tally.sent, target = %target, "producing");
             }
@@ -345,6 +358,7 @@ fn produce_to_file(
         Err(error) if to_stdout && error.kind() == io::ErrorKind::BrokenPipe => broken_pipe = true,
         other => other.with_context(|| format!("cannot write to {target}"))?,
     }
+    drop(bar);
     let summary = tally.summary(&target, started.elapsed());
     if to_stdout {
         if !broken_pipe {
@@ -438,6 +452,7 @@ fn produce_to_kafka(args: &ProduceArgs, config: &GeneratorConfig, stop: &AtomicB
     let mut tally = Tally::default();
     let mut pacer = Pacer::new(args.rate);
     let mut send_error = None;
+    let bar = progress_bar(args);
     'messages: for message in generate(config) {
         if stop.load(Ordering::Relaxed) {
             break;
@@ -473,22 +488,27 @@ fn produce_to_kafka(args: &ProduceArgs, config: &GeneratorConfig, stop: &AtomicB
         }
         pacer.sent();
         tally.count(message.kind);
-        if tally.sent % 512 == 0 {
+        if tally.sent % BAR_EVERY == 0 {
             // Serve delivery reports.
             producer.poll(Duration::ZERO);
+            if let Some(bar) = &bar {
+                bar.set(tally.sent);
+            }
         }
         if last_progress.elapsed() >= PROGRESS_EVERY {
             last_progress = Instant::now();
             let context = producer.context();
             let seconds = started.elapsed().as_secs_f64();
-            tracing::info!(
-                sent = tally.sent,
-                delivered = context.delivered.load(Ordering::Relaxed),
-                failed = context.failed.load(Ordering::Relaxed),
-                in_flight = producer.in_flight_count(),
-                rate = format!("{:.0}/s", tally.sent as f64 / seconds.max(1e-9)),
-                "producing"
-            );
+            if bar.is_none() {
+                tracing::info!(
+                    sent = tally.sent,
+                    delivered = context.delivered.load(Ordering::Relaxed),
+                    failed = context.failed.load(Ordering::Relaxed),
+                    in_flight = producer.in_flight_count(),
+                    rate = format!("{:.0}/s", tally.sent as f64 / seconds.max(1e-9)),
+                    "producing"
+                );
+            }
             if context.failed.load(Ordering::Relaxed) > 0 {
                 if let Some((code, reason)) = producer.client().fatal_error() {
                     send_error = Some(format!("fatal producer error {code:?}: {reason}"));
@@ -498,6 +518,7 @@ fn produce_to_kafka(args: &ProduceArgs, config: &GeneratorConfig, stop: &AtomicB
         }
     }
 
+    drop(bar);
     let flushed = producer.flush(Duration::from_secs(120));
     let elapsed = started.elapsed();
     let context = producer.context();

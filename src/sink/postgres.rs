@@ -182,7 +182,7 @@ pub fn run_writer(
                 }
             }
             writer.commit_with_retry(&merged, &metrics).await?;
-            metrics.committed(&merged.counters, merged.rejected.len() as u64, &merged.offsets);
+            metrics.committed(&merged.counters, merged.rejected.len() as u64);
             for rejected in &merged.rejected {
                 if rejected_log.allow() {
                     tracing::warn!(

@@ -6,7 +6,9 @@
 //! Touches the input topic only (reads, `assign` with explicit offsets, metadata).
 //! Offsets are never committed here: they travel through the dataflow as
 //! [`SourceEvent::Progress`] and are stored by the Postgres sink in the same
-//! transaction as the rows derived from the messages before them.
+//! transaction as the rows derived from the messages before them. Each
+//! `Progress` is also handed to the metrics, which count it as committed once
+//! the sink's probe passes its epoch: consumer lag in every process.
 //!
 //! # Transactional producers
 //! The input is read with `isolation.level=read_committed` (forced): records of
@@ -292,6 +294,7 @@ impl OwnedPartitions {
                 end.insert(partition, high);
             }
             next.insert(partition, start);
+            metrics.own_partition(partition, start, Some(high));
             assignment
                 .add_partition_offset(topic, partition, Offset::Offset(start))
                 .context("bad partition assignment")?;
@@ -343,6 +346,10 @@ impl OwnedPartitions {
                 .map_err(|source| self.assign_error(*partition, source))?;
         }
         for (partition, next) in starts {
+            self.consumer
+                .context()
+                .metrics
+                .own_partition(partition, next, None);
             self.assigned.add_partition(&self.topic, partition);
             self.next.insert(partition, next);
             tracing::info!(topic = %self.topic, partition, worker = self.worker, "assigned a partition added while running");
@@ -441,6 +448,7 @@ pub fn kafka_source<'scope>(
             if closing || owned.finished() {
                 // Progress is emitted at the epoch its messages were emitted at.
                 let mut session = output.session(&*cap);
+                let mut moved = Vec::new();
                 for (partition, next) in &owned.next {
                     if reported.get(partition) != Some(next) {
                         session.give(SourceEvent::Progress(Position {
@@ -448,9 +456,12 @@ pub fn kafka_source<'scope>(
                             offset: *next,
                         }));
                         reported.insert(*partition, *next);
+                        moved.push((*partition, *next));
                     }
                 }
                 drop(session);
+                // Durable, and so no longer lag, once the sink's probe passes this epoch.
+                owned.consumer.context().metrics.reported(*cap.time(), &moved);
                 in_flight.close(*cap.time());
                 if owned.finished() {
                     tracing::info!(worker, "source reached the end offsets seen at start");
