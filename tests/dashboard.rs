@@ -694,6 +694,25 @@ fn hostile_requests_get_4xx() {
         query.status
     );
 
+    // A client that never finishes its request head is cut off.
+    let mut slow = std::net::TcpStream::connect(dashboard.host()).expect("connect");
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    std::io::Write::write_all(&mut slow, b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").expect("write");
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut slow, &mut rest);
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(25),
+        "a slow client held its connection {waited:?}"
+    );
+    assert!(
+        rest.is_empty() || rest.starts_with(b"HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&rest)
+    );
+
     // Still serving.
     assert_eq!(dashboard.get("/healthz").status, 200);
     assert_eq!(dashboard.get("/").status, 200);
