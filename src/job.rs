@@ -508,9 +508,12 @@ fn run_dataflow(setup: &Setup, shutdown: &Shutdown) -> anyhow::Result<WriterExit
                 durable_below = frontier;
             }
         }
-        // Everything reported is committed once the probe ran empty, not after
-        // a stop mid-epoch.
-        if !stopped {
+        // Everything reported is committed once the probe ran empty. After a
+        // stop mid-epoch what is still pending may never commit (a replay after
+        // a quarantine reads it again, at new epochs): forget it.
+        if stopped {
+            worker_metrics.forget_reported();
+        } else {
             worker_metrics.durable_below(None);
         }
     })
