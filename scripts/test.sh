@@ -4,12 +4,15 @@
 #
 #   scripts/test.sh [extra nextest / cargo test filter args...]
 #
-# Phases, each timed: stack-up, fmt, clippy, build, tests. A
+# Phases, each timed: stack-up, chromium, fmt, clippy, build, tests. A
 # failing phase does not hide the others: every phase runs, except the tests
 # when the stack or the build failed. Exits non-zero when any phase failed.
 #
 # Tests run with cargo-nextest when it is installed (`cargo test` otherwise),
 # two at a time: integration tests each run the job binary, and CI has 2 cores.
+# tests/dashboard_browser.rs drives Debian's headless `chromium` through
+# `chromedriver` (package chromium-driver): the chromium phase installs both
+# when missing (apt-get update first). Without them that test fails, saying so.
 # They find the stack through CONSCOPE_BROKERS (exported here) and the default
 # database URL, and create their own topics and databases.
 #
@@ -49,6 +52,22 @@ skip_phase() {
     failed=1
 }
 
+# Debian's chromium and chromedriver, for tests/dashboard_browser.rs.
+install_chromium() {
+    if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+        log "chromium: $(chromium --version 2>/dev/null | head -n 1) installed"
+        return
+    fi
+    log "chromium: not installed; installing Debian's chromium and chromium-driver"
+    local sudo=()
+    if [[ $EUID -ne 0 ]] && command -v sudo >/dev/null 2>&1; then
+        sudo=(sudo)
+    fi
+    "${sudo[@]}" apt-get update -qq &&
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            chromium chromium-driver
+}
+
 test_log="$(mktemp)"
 trap 'rm -f "$test_log"' EXIT
 run_tests() {
@@ -78,6 +97,7 @@ total_started=$SECONDS
 stack_ok=true
 build_ok=true
 run_phase stack-up bash scripts/stack-up.sh || stack_ok=false
+run_phase chromium install_chromium || true
 # tests/progress.rs draws its bars in a pseudo-terminal made by util-linux's
 # script(1), from Debian's bsdutils (essential, so normally there).
 if ! command -v script >/dev/null 2>&1; then

@@ -93,6 +93,16 @@ impl Lag {
         done
     }
 
+    /// Drops the reported offsets that are not durable yet: the dataflow that
+    /// reported them stopped, so their epochs may never commit, and a next run
+    /// (a replay) reports its own at new epochs. Without this an old entry would
+    /// pass for durable as soon as the next run's probe passed its epoch. Lag may
+    /// then overstate what a writer still committed after the stop, never
+    /// understate it.
+    pub fn forget_pending(&mut self) {
+        self.pending.clear();
+    }
+
     /// Lag per owned partition whose high watermark is known.
     pub fn by_partition(&self) -> impl Iterator<Item = (i32, i64)> + '_ {
         self.partitions.iter().filter_map(|(partition, state)| {
@@ -155,6 +165,11 @@ mod tests {
         lag.set_high(0, 50);
         assert_eq!(lag.by_partition().collect::<Vec<_>>(), vec![(0, 0), (2, 2)]);
         assert_eq!(lag.owned().collect::<Vec<_>>(), vec![0, 2]);
+        // A stopped run's pending offsets never count as durable later.
+        lag.reported(9, 0, 95);
+        lag.forget_pending();
+        assert!(lag.durable_below(Some(1_000)).is_empty());
+        assert_eq!(lag.by_partition().next(), Some((0, 0)));
         // From 10 to 70 of the 90 seen at start on partition 0; partition 2 had no
         // high watermark at start.
         assert_eq!(lag.progress(), (60, 90));

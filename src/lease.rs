@@ -230,7 +230,8 @@ async fn take(url: &str, process: i32) -> Result<Taken, LeaseError> {
                  FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
                  WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
                    AND l.classid::bigint = $1 AND l.objid::bigint = $2
-                   -- pg_locks lists every database's locks: other jobs' too.
+                   -- pg_locks lists every database's locks: other jobs on this
+                   -- server hold the same key in theirs.
                    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
                 &[&i64::from(LOCK_CLASS), &i64::from(process)],
             )

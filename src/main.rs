@@ -28,7 +28,8 @@
 //!   outbox publisher.
 //! - `job`: `conscope run`, wiring the timely dataflow of `conscope_dataflows`;
 //!   stops on a `shutdown` handle. `lease`: one live instance per process of a job.
-//! - `runtime`, `text`: the tokio runtime builder; printable text and money.
+//! - `runtime`: the tokio runtime builder. Printable text and money are the
+//!   library target's `conscope::text` (with the alert decoder, see `lib.rs`).
 //! - `produce`, `alerts`, `rules`, `dashboard/`: the other subcommands.
 //! - `metrics`, `metrics_server`, `lag`: the job's figures, `/metrics`, and the
 //!   consumer lag of each process's partitions.
@@ -52,7 +53,6 @@ mod runtime;
 mod shutdown;
 mod sink;
 mod source;
-mod text;
 
 /// Every message allocates and frees its strings (keys, rows, outbox payloads)
 /// on several threads; with glibc's malloc that was a fifth of the job's CPU

@@ -219,6 +219,12 @@ impl Metrics {
         });
     }
 
+    /// The dataflow stopped before its probe ran empty: offsets reported but
+    /// not durable yet are dropped (see [`Lag::forget_pending`]).
+    pub fn forget_reported(&self) {
+        self.with(|inner| inner.lag.forget_pending());
+    }
+
     /// Every epoch below `frontier` (the sink's probe; `None` once it is empty)
     /// is committed: moves the durable offsets and ends the commit lag of the
     /// messages below them.

@@ -22,7 +22,7 @@ use rust_decimal::Decimal;
 
 use crate::config::{redact_url, DbArgs};
 use crate::db;
-use crate::text::{money, printable};
+use conscope::text::{money, printable};
 
 /// Largest accepted `--max-price` (SPEC §1: prices are ≤ 1000000).
 const MAX_PRICE_LIMIT: i64 = 1_000_000;

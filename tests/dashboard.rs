@@ -1,17 +1,16 @@
 //! `conscope dashboard` over HTTP, against a database filled by the real job
-//! (`conscope_testkit::dashboard`): every endpoint's status, content type and key
+//! (`tests/dashboard_support`): every endpoint's status, content type and key
 //! content; hostile strings rendered inert on every page; writes refused
 //! without the token, a session, the CSRF token or this origin; rules made
 //! through HTTP seen in `alert_rules` and by `conscope rules list`; hostile
 //! requests answered with 4xx while the server keeps serving.
-
-use conscope_testkit as common;
 
 use std::io::{BufRead, BufReader};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use conscope_testkit::dashboard::*;
+use conscope_testkit::*;
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 
@@ -35,7 +34,7 @@ fn encoded(id: &str) -> String {
 }
 
 fn rules_for(event: &str) -> Vec<String> {
-    common::query_strings(
+    query_strings(
         database(),
         &format!(
             "SELECT concat_ws('|', rule_id, coalesce(section, '*'), currency, max_price, active::text, generation)
@@ -45,7 +44,7 @@ fn rules_for(event: &str) -> Vec<String> {
 }
 
 fn cli_rules(args: &[&str]) -> String {
-    let output = common::conscope()
+    let output = conscope()
         .args(["rules", "list"])
         .args(args)
         .args(["--database-url", database()])
@@ -94,7 +93,7 @@ fn every_page_renders_with_its_content() {
             "{needle} missing from the events list"
         );
     }
-    let aurora_get_in = common::query_strings(
+    let aurora_get_in = query_strings(
         database(),
         &format!("SELECT get_in_price::text FROM event_summary WHERE event_id = '{AURORA_ID}'"),
     );
@@ -102,7 +101,24 @@ fn every_page_renders_with_its_content() {
     let (whole, cents) = get_in.split_once('.').expect("two decimals");
     let shown = format!("${}.{cents}", whole.parse::<u64>().map(group).expect("number"));
     assert!(events.body.contains(&shown), "get-in {shown} missing");
-    assert!(events.body.contains(r#"class="chg "#), "no 24 h change shown");
+    // The 24 h change starts from the get-in price as of the latest
+    // observation minus 24 h, computed here the slow, obvious way.
+    let day_ago = query_strings(
+        database(),
+        &format!(
+            "SELECT (min(price) FILTER (WHERE available))::text FROM (
+                 SELECT DISTINCT ON (section, \"row\", seat, source) price, available
+                 FROM price_history
+                 WHERE event_id = '{AURORA_ID}'
+                   AND observed_at <= (SELECT last_seen - interval '24 hours' FROM events WHERE event_id = '{AURORA_ID}')
+                 ORDER BY section, \"row\", seat, source, observed_at DESC) last"
+        ),
+    );
+    let day_ago = format!(
+        "get-in 24 h earlier: ${}",
+        day_ago.first().expect("a price 24 h earlier")
+    );
+    assert!(events.body.contains(&day_ago), "{day_ago} missing");
     assert!(events.body.contains("€"), "euro prices");
 
     // Search, sorts and pages: any value is accepted.
@@ -148,6 +164,16 @@ fn every_page_renders_with_its_content() {
         );
     }
     let page = dashboard.get(&format!("/events/{AURORA_ID}?window=all"));
+    // The chart's get-in line ends at the price the job keeps.
+    assert!(
+        page.body
+            .contains(&format!(r#"Get-in price <span class="muted">{shown}</span>"#)),
+        "the chart's get-in price is not {shown}"
+    );
+    assert!(
+        page.body.contains(&day_ago),
+        "{day_ago} missing from the event page"
+    );
     for needle in [
         "Price history",
         "Sections",
@@ -158,7 +184,7 @@ fn every_page_renders_with_its_content() {
     ] {
         assert!(page.body.contains(needle), "{needle} missing from the event page");
     }
-    let listings = common::query_i64(
+    let listings = query_i64(
         database(),
         &format!("SELECT count(*) FROM listings WHERE event_id = '{AURORA_ID}'"),
     );
@@ -169,7 +195,7 @@ fn every_page_renders_with_its_content() {
     );
 
     // Alerts, newest first.
-    let newest = common::query_strings(
+    let newest = query_strings(
         database(),
         "SELECT to_char(observed_at AT TIME ZONE 'UTC', 'Mon DD HH24:MI') FROM price_alerts ORDER BY observed_at DESC, alert_id DESC LIMIT 1",
     );
@@ -668,6 +694,25 @@ fn hostile_requests_get_4xx() {
         query.status
     );
 
+    // A client that never finishes its request head is cut off.
+    let mut slow = std::net::TcpStream::connect(dashboard.host()).expect("connect");
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    std::io::Write::write_all(&mut slow, b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").expect("write");
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut slow, &mut rest);
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(25),
+        "a slow client held its connection {waited:?}"
+    );
+    assert!(
+        rest.is_empty() || rest.starts_with(b"HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&rest)
+    );
+
     // Still serving.
     assert_eq!(dashboard.get("/healthz").status, 200);
     assert_eq!(dashboard.get("/").status, 200);
@@ -687,8 +732,8 @@ fn live_alerts_arrive_over_server_sent_events() {
     assert_eq!(response.header("content-type"), Some("text/event-stream"));
     // Let the poller see the table as it is before the new alert.
     std::thread::sleep(Duration::from_secs(3));
-    let alert_id = common::unique("live-alert");
-    common::execute(
+    let alert_id = unique("live-alert");
+    execute(
         database(),
         &format!(
             "INSERT INTO price_alerts (alert_id, kind, event_id, section, \"row\", seat, source, old_price, new_price, currency, observed_at)

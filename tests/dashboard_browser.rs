@@ -7,9 +7,6 @@
 //! script runs under the Content-Security-Policy). Screenshots go to
 //! `target/dashboard-*.png`.
 
-use conscope_testkit as common;
-
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,7 +15,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 use conscope_testkit::dashboard::*;
-use conscope_testkit::KillOnDrop;
+use conscope_testkit::*;
 
 const TOKEN: &str = "browser-token-0123456789";
 /// The key WebDriver names element references with.
@@ -44,13 +41,6 @@ fn require(program: &str, package: &str) {
         "`{program}` is not installed: this test needs Debian's {package} \
          (scripts/test.sh installs it; by hand: apt-get update && apt-get install -y chromium chromium-driver)"
     );
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("a free port")
 }
 
 fn webdriver(method: &str, url: &str, body: Option<Value>) -> Value {
@@ -83,7 +73,7 @@ impl Browser {
             .expect("spawn chromedriver");
         let driver = KillOnDrop(driver);
         let base = format!("http://127.0.0.1:{port}");
-        common::wait_until(Duration::from_secs(60), "chromedriver to answer", || {
+        wait_until(Duration::from_secs(60), "chromedriver to answer", || {
             ureq::get(&format!("{base}/status"))
                 .call()
                 .ok()
@@ -306,7 +296,7 @@ fn the_dashboard_in_headless_chromium() {
             && row.contains("active")),
         "{listed:?}"
     );
-    let stored = common::query_strings(
+    let stored = query_strings(
         &database,
         "SELECT concat_ws('|', event_id, section, currency, max_price, active::text) FROM alert_rules",
     );
@@ -320,7 +310,7 @@ fn the_dashboard_in_headless_chromium() {
     });
     // Let the poller see the table as it is before the new alert.
     std::thread::sleep(Duration::from_secs(3));
-    common::execute(
+    execute(
         &database,
         &format!(
             "INSERT INTO price_alerts (alert_id, kind, event_id, section, \"row\", seat, source, old_price, new_price, currency, observed_at)

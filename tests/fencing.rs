@@ -64,6 +64,13 @@ fn a_second_instance_is_refused_before_it_restores_and_a_crash_frees_the_job() {
     let commits_before = query_i64(&job.database_url, "SELECT commit_no FROM job_progress");
     assert!(alerts_before > 0, "the first batch raised no alert");
 
+    // Another job on this server holds the same lease key in its own database:
+    // it must not pass for this job's holder.
+    let neighbour = Job::new("fencing_neighbour", &input);
+    neighbour.migrate();
+    let _neighbour = KillOnDrop(neighbour.spawn(&[]));
+    wait_committed(&neighbour, "the neighbouring job to commit");
+
     // The second instance: info logs, to see that it never restored anything.
     let second = job
         .command(&[])

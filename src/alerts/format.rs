@@ -8,7 +8,8 @@
 //! exactly (never through `f64`), computes the percent change, and replaces
 //! control characters so a message cannot garble the terminal.
 //!
-//! Pure: bytes in, a line or an error out; touches nothing.
+//! Pure: bytes in, a line or an error out; touches nothing. Part of the library
+//! target (`conscope::alerts::format`): `fuzz/` feeds it arbitrary bytes.
 
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::Deserialize;
@@ -47,13 +48,13 @@ struct Alert {
 
 /// The fields of an [`Alert`] the printed line uses, prices parsed exactly.
 #[derive(Debug)]
-pub(super) struct Notice {
-    pub(super) alert_id: String,
-    pub(super) line: String,
+pub struct Notice {
+    pub alert_id: String,
+    pub line: String,
 }
 
 /// Parses and validates one message value; the error says what is wrong.
-pub(super) fn parse_alert(payload: &[u8]) -> Result<Notice, String> {
+pub fn parse_alert(payload: &[u8]) -> Result<Notice, String> {
     let alert: Alert = serde_json::from_slice(payload).map_err(|e| format!("not an alert: {e}"))?;
     if alert.alert_id.is_empty() {
         return Err("empty alert_id".to_owned());

@@ -35,10 +35,10 @@
 //! # Layout
 //! - this file: the flags, the consumer loop (poll, dedup, print, deliver,
 //!   commit), shutdown on signals. Touches Kafka and stdout.
-//! - `format`: the readable line of an alert (pure).
+//! - `format`: the readable line of an alert (pure; in the library target,
+//!   `conscope::alerts::format`, so that `fuzz/` reaches it).
 //! - `webhook`: the POST with retries, backoff and URL redaction. Touches the webhook.
 
-mod format;
 mod webhook;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -53,11 +53,11 @@ use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
-use self::format::parse_alert;
 use self::webhook::{Delivery, Webhook};
 use crate::config::KafkaArgs;
 use crate::kafka;
 use crate::shutdown::Shutdown;
+use conscope::alerts::format::parse_alert;
 
 /// How many recent alert ids the in-memory dedup remembers.
 const DEDUP_CAPACITY: usize = 100_000;

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 
 use crate::shutdown::Shutdown;
-use crate::text::printable;
+use conscope::text::printable;
 
 /// First webhook retry delay; doubles on every retry up to [`BACKOFF_CAP`].
 const BACKOFF_START: Duration = Duration::from_millis(100);

@@ -6,6 +6,8 @@
 //! "New" means: among the newest [`WINDOW`] alerts (the order the alerts page
 //! shows) and not among them at the previous poll. More than [`WINDOW`] new
 //! alerts within one poll show as the newest [`WINDOW`]; a reload shows all.
+//! While no stream is open it polls every [`IDLE_POLL`] only; an alert the
+//! page already rendered may then come again, and the script skips it by id.
 //! Each message carries display strings only (escaped nowhere: the page's
 //! script sets them as text, never as HTML).
 
@@ -16,7 +18,7 @@ use std::time::Duration;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
-use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{broadcast, Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::format;
 use super::html::Seg;
@@ -24,6 +26,9 @@ use super::pages::{alert_change, kind_text, place};
 use super::queries::{self, Alert};
 
 pub const POLL: Duration = Duration::from_secs(1);
+/// The poll interval while nobody watches: the baseline stays fresh enough,
+/// and an idle dashboard costs the database little.
+pub const IDLE_POLL: Duration = Duration::from_secs(10);
 pub const WINDOW: i64 = 100;
 pub const MAX_STREAMS: usize = 64;
 
@@ -32,6 +37,8 @@ pub const MAX_STREAMS: usize = 64;
 pub struct Live {
     sender: broadcast::Sender<Arc<str>>,
     streams: Arc<Semaphore>,
+    /// Wakes an idle poller when a stream opens.
+    wake: Arc<Notify>,
 }
 
 impl Live {
@@ -41,8 +48,9 @@ impl Live {
         let live = Live {
             sender: sender.clone(),
             streams: Arc::new(Semaphore::new(MAX_STREAMS)),
+            wake: Arc::new(Notify::new()),
         };
-        tokio::spawn(poll(pool, sender));
+        tokio::spawn(poll(pool, sender, Arc::clone(&live.wake)));
         live
     }
 
@@ -50,6 +58,7 @@ impl Live {
     pub fn subscribe(&self) -> Option<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
         let permit = Arc::clone(&self.streams).try_acquire_owned().ok()?;
         let receiver = self.sender.subscribe();
+        self.wake.notify_one();
         let stream = futures_util::stream::unfold((receiver, permit), next_event);
         Some(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
     }
@@ -74,7 +83,7 @@ async fn next_event(
     }
 }
 
-async fn poll(pool: deadpool_postgres::Pool, sender: broadcast::Sender<Arc<str>>) {
+async fn poll(pool: deadpool_postgres::Pool, sender: broadcast::Sender<Arc<str>>, wake: Arc<Notify>) {
     let mut seen: Option<HashSet<String>> = None;
     let mut failing = false;
     loop {
@@ -100,7 +109,14 @@ async fn poll(pool: deadpool_postgres::Pool, sender: broadcast::Sender<Arc<str>>
                 }
             }
         }
-        tokio::time::sleep(POLL).await;
+        if sender.receiver_count() > 0 {
+            tokio::time::sleep(POLL).await;
+        } else {
+            tokio::select! {
+                _ = tokio::time::sleep(IDLE_POLL) => {}
+                _ = wake.notified() => {}
+            }
+        }
     }
 }
 

@@ -15,9 +15,12 @@
 //! - `static/`: the stylesheet and the one small script, served from `/static/`.
 //!
 //! # Requests are hostile
-//! Bodies are capped at [`MAX_BODY`], each response must be ready within
+//! At most [`MAX_CONNECTIONS`] connections at once (more are closed at once);
+//! a request head must arrive within [`HEADER_TIMEOUT`] (an idle keep-alive
+//! connection is closed after it too) and fit in [`MAX_HEAD`]; bodies are
+//! capped at [`MAX_BODY`]; each response must be ready within
 //! [`REQUEST_TIMEOUT`] (each query also within PostgreSQL's
-//! `statement_timeout`), and every scraper-supplied string is escaped. The
+//! `statement_timeout`); every scraper-supplied string is escaped. The
 //! Content-Security-Policy allows no inline script or style.
 //!
 //! Touches: the database at `--database-url` (applies the migrations at start;
@@ -49,6 +52,12 @@ use clap::Args;
 use crate::config::{redact_url, DbArgs};
 use crate::db;
 
+/// Connections served at once; a live stream holds one.
+pub const MAX_CONNECTIONS: usize = 256;
+/// The longest a client may take to send a request head (slow-loris clients).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest request head (request line, query string, headers) read.
+pub const MAX_HEAD: usize = 64 * 1024;
 /// The largest request body accepted (the forms are a few hundred bytes).
 pub const MAX_BODY: usize = 16 * 1024;
 /// The longest a response may take to start.
@@ -124,12 +133,40 @@ async fn serve(args: DashboardArgs) -> anyhow::Result<()> {
     // On stdout, for scripts and tests that asked for port 0.
     println!("conscope dashboard listening on http://{local}");
     tracing::info!(%local, writable = token.is_some(), database = %redact_url(url), "dashboard serving");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .context("the dashboard server failed")
+    let app = router(state);
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let shutdown = tokio::signal::ctrl_c();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                // Out of file descriptors and the like: wait, do not spin.
+                Err(error) => {
+                    tracing::warn!(%error, "dashboard: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => return Ok(()),
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            tracing::warn!(%peer, "dashboard: {MAX_CONNECTIONS} connections open; closing a new one");
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_HEAD)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            if let Err(error) = connection.await {
+                tracing::debug!(%peer, %error, "dashboard: connection ended");
+            }
+            drop(permit);
+        });
+    }
 }
 
 /// A few connections, each with a statement timeout, recycled when broken.

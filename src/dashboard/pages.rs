@@ -497,7 +497,8 @@ pub fn alerts_table(alerts: &[Alert], with_event: bool, id: &str) -> String {
         let (change, trend) = alert_change(alert);
         let _ = write!(
             out,
-            r#"<tr><td class="time" title="{}">{}</td><td><span class="kind {}">{}</span></td>"#,
+            r#"<tr data-alert="{}"><td class="time" title="{}">{}</td><td><span class="kind {}">{}</span></td>"#,
+            Esc(&alert.alert_id),
             Esc(&format::when(alert.observed_at)),
             Esc(&format::short(alert.observed_at)),
             Esc(&alert.kind),

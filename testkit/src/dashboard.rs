@@ -1,4 +1,4 @@
-//! Shared by `tests/dashboard.rs` and `tests/dashboard_browser.rs`: a seeded
+//! For `tests/dashboard.rs` and `tests/dashboard_browser.rs`: a seeded
 //! database (the real job over a generated JSON-lines file, hostile strings
 //! included), a running `conscope dashboard`, and a small HTTP client.
 
@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 
-use crate as common;
-use crate::{Job, KillOnDrop};
+use crate::{conscope, unique, Job, KillOnDrop};
 
 /// The hostile event: its id needs encoding in a path, its strings in HTML.
 pub const XSS_ID: &str = "xss/1?a=b&c";
@@ -134,7 +133,7 @@ pub fn seeded_database(name: &str) -> String {
     let dir = tempfile::tempdir().expect("temp dir");
     let path: PathBuf = dir.path().join("seed.jsonl");
     std::fs::write(&path, seed_lines()).expect("write seed");
-    let job = Job::new(name, &common::unique("dash-unused"));
+    let job = Job::new(name, &unique("dash-unused"));
     let path = path.to_str().expect("utf-8 path").to_owned();
     job.run_to_end_within(Duration::from_secs(180), &["--input-file", &path]);
     job.database_url
@@ -155,7 +154,7 @@ impl Dashboard {
     pub fn start(database_url: &str, token: Option<&str>) -> Dashboard {
         let dir = tempfile::tempdir().expect("temp dir");
         let stderr_path = dir.path().join("stderr");
-        let mut command = common::conscope();
+        let mut command = conscope();
         command
             .args([
                 "dashboard",

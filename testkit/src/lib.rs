@@ -9,11 +9,12 @@
 //! helper hides behind `allow(dead_code)`. Tests `use conscope_testkit::*;`.
 //!
 //! # Layout
-//! - `dashboard`: the dashboard tests' seeded database, server and HTTP client.
 //! - `kafka`: topics, producing, reading back, watermarks, alert ids.
 //! - `pg`: databases, queries, the dump of the output tables, table checks.
 //! - `run`: the `conscope` binary, a job's command line, child processes, cluster ports.
 //! - `summary`: the metrics lines and the exit summary, parsed into fields.
+//! - `dashboard`: a database seeded for the dashboard, a running dashboard, HTTP
+//!   requests (not glob-exported: `use conscope_testkit::dashboard::*`).
 
 pub mod dashboard;
 pub mod kafka;

@@ -15,11 +15,19 @@
     row.appendChild(td);
     return td;
   }
+  function shown(id) {
+    for (var i = 0; i < body.rows.length; i++) {
+      if (body.rows[i].getAttribute("data-alert") === id) { return true; }
+    }
+    return false;
+  }
   function add(alert) {
+    if (shown(alert.id)) { return; }
     var placeholder = body.querySelector("tr.placeholder");
     if (placeholder) { placeholder.remove(); }
     var row = document.createElement("tr");
     row.className = "fresh";
+    row.setAttribute("data-alert", alert.id);
     cell(row, alert.at, "time").title = alert.at_full;
     var kind = document.createElement("span");
     kind.className = "kind " + alert.kind;
