@@ -193,6 +193,10 @@ fn fatal(error: anyhow::Error) -> ! {
     std::process::exit(1);
 }
 
+/// How long startup reads (offsets, quarantine, restore) ride out PostgreSQL
+/// being away before the job gives up.
+const STARTUP_PATIENCE: Duration = Duration::from_secs(120);
+
 /// How long a worker parks at most before it looks at the stop flags again.
 const PARK: Duration = Duration::from_millis(100);
 
@@ -218,7 +222,9 @@ pub fn run(mut args: RunArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     timely_config(&args)?;
     let leader = args.process == 0;
     let runtime = crate::runtime::current_thread()?;
-    runtime.block_on(crate::db::migrate(&args.db.database_url))?;
+    runtime.block_on(crate::db::with_patience(STARTUP_PATIENCE, || {
+        crate::db::migrate(&args.db.database_url)
+    }))?;
     // Before anything is restored or published: one live instance per process.
     let lease = Lease::acquire(&args.db.database_url, args.process, |error| {
         fatal(anyhow::Error::from(error).context("this instance lost the job to another one"))
@@ -377,12 +383,12 @@ fn run_dataflow(setup: &Setup, shutdown: &Shutdown) -> anyhow::Result<WriterExit
     let args = &setup.args;
     let config = timely_config(args)?;
     let runtime = crate::runtime::current_thread()?;
-    let (stored, quarantine) = runtime.block_on(async {
+    let (stored, quarantine) = runtime.block_on(crate::db::with_patience(STARTUP_PATIENCE, || async {
         let client = crate::db::connect(&args.db.database_url).await?;
         let stored = stored_offsets(&client, &setup.input_name).await?;
         let quarantine = crate::sink::quarantine::load(&client, &setup.input_name).await?;
         anyhow::Ok((stored, Arc::new(quarantine)))
-    })?;
+    }))?;
 
     // Set by the writer when it ends for another reason than its input closing.
     let stop = Arc::new(AtomicBool::new(false));
@@ -420,7 +426,7 @@ fn run_dataflow(setup: &Setup, shutdown: &Shutdown) -> anyhow::Result<WriterExit
             Ok(runtime) => runtime,
             Err(error) => fatal(error.into()),
         };
-        let startup = runtime.block_on(async {
+        let startup = runtime.block_on(crate::db::with_patience(STARTUP_PATIENCE, || async {
             let client = crate::db::connect(&args.db.database_url).await?;
             let restored = load_slice(&client, peers, index).await?;
             let rules = if index == 0 {
@@ -435,7 +441,7 @@ fn run_dataflow(setup: &Setup, shutdown: &Shutdown) -> anyhow::Result<WriterExit
                 None
             };
             anyhow::Ok((restored, rules))
-        });
+        }));
         let (restored, rules) = startup.unwrap_or_else(|error| fatal(error.context("cannot restore state")));
         tracing::info!(worker = index, records = restored.len(), "restored state");
 
