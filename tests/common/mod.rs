@@ -17,6 +17,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio_postgres::NoTls;
 
+pub mod compare;
+
 pub fn brokers() -> String {
     std::env::var("CONSCOPE_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
 }
@@ -42,8 +44,13 @@ pub fn runtime() -> tokio::runtime::Runtime {
 }
 
 pub fn client_config() -> ClientConfig {
+    client_config_at(&brokers())
+}
+
+/// A client of the broker at `brokers` (a test's own broker).
+pub fn client_config_at(brokers: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", brokers());
+    config.set("bootstrap.servers", brokers);
     config
 }
 
@@ -199,7 +206,12 @@ pub struct Read {
 
 /// Every message of `topic` (all partitions, up to the high watermarks now).
 pub fn read_all(topic: &str) -> Vec<Read> {
-    let consumer: BaseConsumer = client_config()
+    read_all_at(&brokers(), topic)
+}
+
+/// `read_all` from the broker at `brokers` (a test's own broker).
+pub fn read_all_at(brokers: &str, topic: &str) -> Vec<Read> {
+    let consumer: BaseConsumer = client_config_at(brokers)
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
         .create()
@@ -441,6 +453,35 @@ pub fn conscope() -> Command {
     command
 }
 
+/// `conscope run` flags for small transactions, so a run commits often and is
+/// still mid-run when a fault hits: against a fast broker the writer otherwise
+/// merges a run's epochs into a couple of commits and a fault point late in the
+/// commit is never reached.
+pub const SMALL_TRANSACTIONS: [&str; 8] = [
+    "--epoch-ms",
+    "10",
+    "--max-batch",
+    "200",
+    "--max-in-flight",
+    "500",
+    "--max-commit-records",
+    "200",
+];
+
+/// `job_progress.commit_no` of the job database at `url`; None while it is not
+/// migrated yet or does not answer (a Postgres restarting).
+pub fn commit_no(url: &str) -> Option<i64> {
+    runtime().block_on(async {
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await.ok()?;
+        tokio::spawn(connection);
+        let row = client
+            .query_opt("SELECT commit_no FROM job_progress", &[])
+            .await
+            .ok()??;
+        row.try_get(0).ok()
+    })
+}
+
 /// Topics and database of one job.
 #[derive(Clone, Debug)]
 pub struct Job {
@@ -584,7 +625,20 @@ pub fn alert_ids_on_topic(topic: &str) -> BTreeMap<String, usize> {
 
 /// Runs `conscope produce` into `topic` (created with `partitions`).
 pub fn produce_generated(topic: &str, partitions: i32, count: u64, seed: u64, extra: &[&str]) {
+    produce_generated_at(&brokers(), topic, partitions, count, seed, extra);
+}
+
+/// `produce_generated` on the broker at `brokers` (a test's own broker).
+pub fn produce_generated_at(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    count: u64,
+    seed: u64,
+    extra: &[&str],
+) {
     let output = conscope()
+        .env("CONSCOPE_BROKERS", brokers)
         .args([
             "produce",
             "--topic",
@@ -618,7 +672,12 @@ impl Drop for KillOnDrop {
 
 /// The high watermark of every partition of `topic`, by partition.
 pub fn high_watermarks(topic: &str) -> BTreeMap<i32, i64> {
-    let consumer: BaseConsumer = client_config().create().expect("Kafka client");
+    high_watermarks_at(&brokers(), topic)
+}
+
+/// `high_watermarks` on the broker at `brokers` (a test's own broker).
+pub fn high_watermarks_at(brokers: &str, topic: &str) -> BTreeMap<i32, i64> {
+    let consumer: BaseConsumer = client_config_at(brokers).create().expect("Kafka client");
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(60))
         .expect("metadata");
