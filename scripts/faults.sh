@@ -3,7 +3,7 @@
 # stale, sold and malformed messages, rules active) replayed seven times, each
 # time breaking something, each ending with an exact comparison against an
 # uninterrupted run of the same topic (every table, the alerts topic by
-# alert_id, the dead letters by input position):
+# alert_id, the dead letters whole: input position, reason, key, value):
 #   1. 20 SIGKILLs at seeded random moments, each after a commit of that run
 #   2. an abort at each fault point of src/fail.rs, each seen to fire
 #   3. Postgres restarted with `pg_ctl restart -m immediate` twice mid-run
@@ -11,8 +11,8 @@
 #   4. the broker killed (kill -9) and restarted mid-run (a broker of its own, port 19561)
 #   5. Postgres writes blocked for 30 s by LOCK TABLE price_history: peak RSS
 #      (VmHWM) under the block, bounded
-#   6. a second instance on the same database: refused before it restores or
-#      publishes (expected to fail until the fencing of issue 9 d is merged)
+#   6. a second instance on the same database: refused with a clear error
+#      before it restores or publishes; the first goes on
 #   7. a cluster of two processes, one killed, then the cluster restarted
 #
 #   scripts/faults.sh [--seed N] [--only 1,4,...]
@@ -20,8 +20,9 @@
 # Brings up the dev stack (scripts/stack-up.sh), builds the tests in release,
 # runs tests/faults (full_fault_suite) and prints its table: per scenario what
 # was injected, rows compared, missing and extra (doubled or unexpected) table
-# rows / alert ids / dead letters, the jobs' peak RSS, time, PASS/FAIL (XFAIL:
-# a known defect, named). Exits non-zero when any scenario failed. The quick
+# rows / alert ids / dead letters, the jobs' peak RSS, time, PASS/FAIL. Exits
+# non-zero when any scenario failed; the failing scenarios' job logs are kept
+# (the path is printed). The quick
 # variant of the same suite runs with the tests (tests/faults, quick_fault_suite).
 #
 # Environment: CONSCOPE_BROKER_PORT (the shared broker, default 9092).

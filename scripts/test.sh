@@ -78,6 +78,11 @@ total_started=$SECONDS
 stack_ok=true
 build_ok=true
 run_phase stack-up bash scripts/stack-up.sh || stack_ok=false
+# tests/progress.rs draws its bars in a pseudo-terminal made by util-linux's
+# script(1), from Debian's bsdutils (essential, so normally there).
+if ! command -v script >/dev/null 2>&1; then
+    run_phase bsdutils bash -c 'apt-get update -qq && apt-get install -y -qq bsdutils' || true
+fi
 run_phase fmt cargo fmt --all -- --check || true
 run_phase clippy cargo clippy --release --workspace --all-targets -- -D warnings || true
 run_phase build cargo build --release --workspace --all-targets || build_ok=false

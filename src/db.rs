@@ -31,6 +31,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0006_history_without_fk_check",
         include_str!("../migrations/0006_history_without_fk_check.sql"),
     ),
+    (
+        "0007_quarantine",
+        include_str!("../migrations/0007_quarantine.sql"),
+    ),
 ];
 
 /// Connects once; the connection task runs on the current tokio runtime.
@@ -136,9 +140,7 @@ pub async fn migrate(url: &str) -> anyhow::Result<()> {
 
 /// `conscope migrate`.
 pub fn migrate_blocking(db: &DbArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = crate::runtime::current_thread()?;
     runtime.block_on(migrate(&db.database_url))?;
     println!("migrations applied to {}", redact_url(&db.database_url));
     Ok(())

@@ -7,16 +7,24 @@
 //!                                   └────────┴─► PostgresSink (worker 0) ◄────┘ ─► probe
 //! ```
 //!
-//! Startup (each process): migrate, read stored offsets, create the output
-//! topics (process 0), start the writer and the outbox publisher (process 0), in a
-//! live job the thread that watches the input topic for added partitions, then
-//! one timely worker per thread. Each worker restores its slice of the state,
-//! opens its partitions and steps the dataflow until the probe says everything is
-//! committed (`--exit-at-end`) or forever.
+//! Startup (each process): migrate, take the job lease (`lease`: a second
+//! instance of the same process stops here, before restoring or publishing
+//! anything), create the output topics and start the outbox publisher
+//! (process 0), in a live job the thread that watches the input topic for
+//! added partitions. Then each run of the dataflow reads the stored offsets and
+//! the quarantine, starts one timely worker per thread (worker 0's sink starts
+//! the writer); each worker restores its slice of the state, opens its
+//! partitions and steps the dataflow until the probe says everything is
+//! committed (`--exit-at-end`), the shutdown handle is triggered, or the writer
+//! stops the run. A writer that quarantined messages PostgreSQL refuses asks
+//! for another run, which replays from the last commit without them.
+//! Each step hands the probe's frontier to the metrics, which is how every
+//! process learns which of its offsets are durable ([`crate::lag`]); each
+//! process prints its own summary on exit.
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -29,11 +37,14 @@ use timely::dataflow::ProbeHandle;
 use timely::{CommunicationConfig, WorkerConfig};
 
 use crate::config::{DbArgs, KafkaArgs, TopicArgs};
+use crate::lease::Lease;
 use crate::metrics::Metrics;
+use crate::progress::Progress;
+use crate::shutdown::Shutdown;
 use crate::sink::encode::OutboxTarget;
-use crate::sink::postgres::{run_writer, WriterConfig};
+use crate::sink::postgres::{WriterConfig, WriterExit};
 use crate::sink::publisher::{run_publisher, PublisherConfig, PublisherControl};
-use crate::sink::{postgres_sink, WriterStarter};
+use crate::sink::{postgres_sink, WriterThread};
 use crate::source::file::{file_source, OpenFile};
 use crate::source::kafka::{
     check_isolation, kafka_source, OwnedPartitions, PartitionWatch, StartFrom, PARTITION_POLL,
@@ -182,16 +193,36 @@ fn fatal(error: anyhow::Error) -> ! {
     std::process::exit(1);
 }
 
-pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
+/// How long a worker parks at most before it looks at the stop flags again.
+const PARK: Duration = Duration::from_millis(100);
+
+/// What every run of the dataflow shares (set up once per process).
+struct Setup {
+    args: RunArgs,
+    min_drop_basis_points: u32,
+    input_name: String,
+    input_partitions: i32,
+    watch: Option<PartitionWatch>,
+    metrics: Arc<Metrics>,
+    /// Process 0: the writer's settings and the publisher's control.
+    leader: Option<(WriterConfig, Arc<PublisherControl>)>,
+}
+
+/// Runs the job until it has consumed its input (`--exit-at-end`), `shutdown`
+/// is triggered, or it fails. Stopping on `shutdown` loses nothing: what was
+/// not committed yet is read again at the next start.
+pub fn run(mut args: RunArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let started = Instant::now();
     let min_drop_basis_points = basis_points(&args.min_drop_pct)?;
     let producer = crate::sink::delivery::producer_config(&args.kafka)?;
-    let config = timely_config(&args)?;
+    timely_config(&args)?;
     let leader = args.process == 0;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = crate::runtime::current_thread()?;
     runtime.block_on(crate::db::migrate(&args.db.database_url))?;
+    // Before anything is restored or published: one live instance per process.
+    let lease = Lease::acquire(&args.db.database_url, args.process, |error| {
+        fatal(anyhow::Error::from(error).context("this instance lost the job to another one"))
+    })?;
     let client = runtime.block_on(crate::db::connect(&args.db.database_url))?;
     let input_name = match &args.input_file {
         Some(path) => {
@@ -202,7 +233,6 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
         }
         None => args.topics.input_topic.clone(),
     };
-    let stored = runtime.block_on(stored_offsets(&client, &input_name))?;
     let job_id: String = runtime
         .block_on(client.query_one("SELECT job_id::text FROM job_progress WHERE id = 1", &[]))
         .context("cannot read job_progress")?
@@ -233,15 +263,23 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
         )?),
         _ => None,
     };
-    let metrics = Metrics::new(&args.topics.alerts_topic);
-    if leader {
-        metrics.measure_commit_lag();
-    }
+    let metrics = Metrics::new(&args.topics.alerts_topic, args.process);
     metrics.spawn_reporter(Duration::from_secs(args.metrics_interval.max(1)));
     if let Some(addr) = &args.metrics_addr {
         crate::metrics_server::spawn(addr, Arc::clone(&metrics))?;
     }
 
+    // On a terminal, a bounded replay shows how far it has come.
+    let progress = match args.exit_at_end && args.input_file.is_none() {
+        true => Progress::start("replay", "messages", Some(0)).and_then(|bar| {
+            let metrics = Arc::clone(&metrics);
+            bar.follow(Duration::from_millis(200), move || metrics.progress())
+                .ok()
+        }),
+        false => None,
+    };
+
+    let mut publisher = None;
     let mut leader_parts = None;
     if leader {
         let alerts_partitions =
@@ -249,18 +287,19 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
         let dlq_partitions =
             crate::kafka::ensure_topic(&args.kafka, &args.topics.dlq_topic, input_partitions)?;
         let control = Arc::new(PublisherControl::default());
-        let publisher = {
-            let config = PublisherConfig {
-                producer,
-                kafka: args.kafka.clone(),
-                database_url: args.db.database_url.clone(),
-                job_id,
-            };
-            let (control, metrics) = (Arc::clone(&control), Arc::clone(&metrics));
+        let config = PublisherConfig {
+            producer,
+            kafka: args.kafka.clone(),
+            database_url: args.db.database_url.clone(),
+            job_id,
+            lease: lease.clone(),
+        };
+        let (publisher_control, publisher_metrics) = (Arc::clone(&control), Arc::clone(&metrics));
+        publisher = Some(
             std::thread::Builder::new()
                 .name("publisher".into())
-                .spawn(move || run_publisher(config, control, metrics))?
-        };
+                .spawn(move || run_publisher(config, publisher_control, publisher_metrics))?,
+        );
         let writer_config = WriterConfig {
             database_url: args.db.database_url.clone(),
             input_name: input_name.clone(),
@@ -277,12 +316,89 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
                 Some(_) => None,
                 None => Some((args.kafka.clone(), args.group_id.clone())),
             },
+            lease: lease.clone(),
         };
-        leader_parts = Some((writer_config, control, publisher));
+        leader_parts = Some((writer_config, control));
     }
-    let writer_parts = leader_parts
-        .as_ref()
-        .map(|(config, control, _)| (config.clone(), Arc::clone(control)));
+    let setup = Setup {
+        args,
+        min_drop_basis_points,
+        input_name,
+        input_partitions,
+        watch,
+        metrics: Arc::clone(&metrics),
+        leader: leader_parts,
+    };
+
+    let outcome = loop {
+        match run_dataflow(&setup, &shutdown) {
+            Ok(WriterExit::Restart) if setup.args.processes > 1 => {
+                break Err(anyhow::anyhow!(
+                    "messages PostgreSQL refuses were quarantined; restart the cluster to replay without them"
+                ))
+            }
+            Ok(WriterExit::Restart) if !shutdown.is_triggered() => {
+                tracing::info!("replaying from the last commit without the quarantined messages");
+            }
+            other => break other,
+        }
+    };
+    let args = &setup.args;
+
+    if let (Some(publisher), Some((_, control))) = (publisher, &setup.leader) {
+        if outcome.is_ok() {
+            control.finishing.store(true, Ordering::SeqCst);
+            control.wake.notify_one();
+            match publisher.join() {
+                Ok(result) => result?,
+                Err(_) => bail!("the alert publisher panicked"),
+            }
+        }
+    }
+    drop(progress);
+    outcome?;
+    if args.input_file.is_none() {
+        if let Ok(consumer) = args.kafka.client_config().create::<BaseConsumer>() {
+            metrics.measure_lag(&consumer, &args.topics.input_topic);
+        }
+    }
+    println!(
+        "summary: {} total_elapsed={:.1}s",
+        metrics.summary(),
+        started.elapsed().as_secs_f64()
+    );
+    drop(lease);
+    Ok(())
+}
+
+/// One run of the dataflow from the last commit: restore, read, commit, until
+/// the input is consumed (`--exit-at-end`), `shutdown`, or the writer ends it.
+fn run_dataflow(setup: &Setup, shutdown: &Shutdown) -> anyhow::Result<WriterExit> {
+    let args = &setup.args;
+    let config = timely_config(args)?;
+    let runtime = crate::runtime::current_thread()?;
+    let (stored, quarantine) = runtime.block_on(async {
+        let client = crate::db::connect(&args.db.database_url).await?;
+        let stored = stored_offsets(&client, &setup.input_name).await?;
+        let quarantine = crate::sink::quarantine::load(&client, &setup.input_name).await?;
+        anyhow::Ok((stored, Arc::new(quarantine)))
+    })?;
+
+    // Set by the writer when it ends for another reason than its input closing.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (starter, writer) = match &setup.leader {
+        Some((config, control)) => {
+            let (starter, thread) = WriterThread::prepare(
+                config.clone(),
+                Arc::clone(&setup.metrics),
+                Arc::clone(control),
+                Arc::clone(&stop),
+            );
+            (Some(starter), Some(thread))
+        }
+        None => (None, None),
+    };
+    let writer_slot = Mutex::new(starter);
 
     let settings = SourceSettings {
         epoch_ms: args.epoch_ms.max(1),
@@ -291,12 +407,16 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
         idle_poll_ms: (args.epoch_ms / 4).clamp(1, 20),
     };
     let worker_args = args.clone();
-    let worker_metrics = Arc::clone(&metrics);
-    let writer_slot = std::sync::Mutex::new(writer_parts);
+    let worker_metrics = Arc::clone(&setup.metrics);
+    let min_drop_basis_points = setup.min_drop_basis_points;
+    let input_partitions = setup.input_partitions;
+    let watch = setup.watch.clone();
+    let worker_stop = Arc::clone(&stop);
+    let worker_shutdown = shutdown.clone();
     let guards = timely::execute(config, move |worker| {
         let args = &worker_args;
         let (index, peers) = (worker.index(), worker.peers());
-        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        let runtime = match crate::runtime::current_thread() {
             Ok(runtime) => runtime,
             Err(error) => fatal(error.into()),
         };
@@ -344,32 +464,8 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
             ),
             _ => None,
         };
-
-        let writer: Option<WriterStarter> = if index == 0 {
-            let parts = writer_slot.lock().ok().and_then(|mut slot| slot.take());
-            parts.map(|(config, control)| -> WriterStarter {
-                let metrics = Arc::clone(&worker_metrics);
-                Box::new(move |activator| {
-                    let (batches, batches_in) = mpsc::channel();
-                    let (committed_out, committed) = mpsc::channel();
-                    let spawned = std::thread::Builder::new()
-                        .name("pg-writer".into())
-                        .spawn(move || {
-                            let wake = move || {
-                                let _ = activator.activate();
-                            };
-                            if let Err(error) =
-                                run_writer(config, batches_in, committed_out, wake, metrics, control)
-                            {
-                                fatal(error.context("the Postgres writer stopped"));
-                            }
-                        });
-                    if let Err(error) = spawned {
-                        fatal(anyhow::Error::from(error).context("cannot start the Postgres writer"));
-                    }
-                    (batches, committed)
-                })
-            })
+        let writer = if index == 0 {
+            writer_slot.lock().ok().and_then(|mut slot| slot.take())
         } else {
             None
         };
@@ -378,57 +474,141 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
         let processor_config = ProcessorConfig {
             min_drop_basis_points,
         };
+        let quarantine = Arc::clone(&quarantine);
         worker.dataflow::<u64, _, _>(|scope| {
             let events = match &args.input_file {
                 Some(_) => file_source(scope, file, settings, committed.clone()),
                 None => kafka_source(scope, owned, settings, committed.clone()),
             };
-            let (observations, source_records) = ingest(events);
+            let (observations, source_records) = ingest(events, quarantine);
             let state = state_source(scope, restored, rules, settings.epoch_ms);
             let processed = process(observations.concat(state), processor_config);
             let summaries = summary_records(summarise(processed.listings));
             let records = processed.records.concat(source_records).concat(summaries);
             postgres_sink(records, writer).probe_with(&committed);
         });
+        // The sink's probe says which epochs are committed, in every process:
+        // what makes this process's offsets durable (see `crate::lag`).
+        let mut durable_below = None;
         while !committed.done() {
-            worker.step_or_park(None);
+            if worker_stop.load(Ordering::SeqCst) || worker_shutdown.is_triggered() {
+                // Stopping mid-epoch is safe: what is not committed is read
+                // again. Dropped, or timely would step it to completion.
+                for dataflow in worker.installed_dataflows() {
+                    worker.drop_dataflow(dataflow);
+                }
+                break;
+            }
+            worker.step_or_park(Some(PARK));
+            let frontier = committed.with_frontier(|frontier| frontier.first().copied());
+            if frontier != durable_below {
+                worker_metrics.durable_below(frontier);
+                durable_below = frontier;
+            }
         }
+        worker_metrics.durable_below(None);
     })
     .map_err(|error| anyhow::anyhow!("cannot start timely workers: {error}"))?;
     for result in guards.join() {
         result.map_err(|error| anyhow::anyhow!("a worker failed: {error}"))?;
     }
-
-    if let Some((_, control, publisher)) = leader_parts {
-        control.finishing.store(true, Ordering::SeqCst);
-        control.wake.notify_one();
-        match publisher.join() {
-            Ok(result) => result?,
-            Err(_) => bail!("the alert publisher panicked"),
-        }
-        if args.input_file.is_none() {
-            if let Ok(consumer) = args.kafka.client_config().create::<BaseConsumer>() {
-                metrics.measure_lag(&consumer, &args.topics.input_topic, input_partitions);
-            }
-        }
-        println!(
-            "summary: {} total_elapsed={:.1}s",
-            metrics.summary(),
-            started.elapsed().as_secs_f64()
-        );
-    } else {
-        println!(
-            "process {} finished: peak_rss={}",
-            args.process,
-            crate::metrics::peak_rss()
-        );
+    match writer {
+        Some(writer) => writer.join(),
+        None => Ok(WriterExit::Finished),
     }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::basis_points;
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    /// The job runs in-process and stops when its shutdown handle is
+    /// triggered (as mini-redis's server stops on its shutdown future), with
+    /// what it read committed, and releases its lease. Needs the dev stack (PostgreSQL and a broker,
+    /// for the output topics).
+    #[test]
+    fn a_live_job_stops_on_its_shutdown_handle() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let name = format!("inprocess_{}_{}", std::process::id(), nanos % 1_000_000_000);
+        let base =
+            std::env::var("CONSCOPE_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+        let url = format!("{base}/{name}");
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        for minute in 0..5 {
+            std::io::Write::write_all(
+                &mut file,
+                format!(
+                    "{{\"event_id\":\"e\",\"section\":\"A\",\"price\":\"{}\",\"timestamp\":\"2026-01-01T00:0{minute}:00Z\"}}\n",
+                    100 - minute
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+        }
+        let path = file.path().to_string_lossy().into_owned();
+        let brokers = std::env::var("CONSCOPE_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+        let args = Cli::try_parse_from([
+            "run",
+            "--brokers",
+            &brokers,
+            "--database-url",
+            &url,
+            "--input-file",
+            &path,
+            "--alerts-topic",
+            &format!("{name}.alerts"),
+            "--dlq-topic",
+            &format!("{name}.dlq"),
+        ])
+        .unwrap()
+        .run;
+
+        let shutdown = Shutdown::new();
+        let job = {
+            let shutdown = shutdown.clone();
+            std::thread::spawn(move || run(args, shutdown))
+        };
+        let runtime = crate::runtime::current_thread().unwrap();
+        let stored = || {
+            runtime.block_on(async {
+                let client = crate::db::connect(&url).await.ok()?;
+                let row = client
+                    .query_one("SELECT count(*) FROM price_history", &[])
+                    .await
+                    .ok()?;
+                Some(row.get::<_, i64>(0))
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while stored() != Some(5) {
+            assert!(Instant::now() < deadline, "the job never committed the file");
+            assert!(!job.is_finished(), "a live job ended by itself");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        shutdown.trigger();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !job.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "the job did not stop on its shutdown handle"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        job.join().unwrap().unwrap();
+        // Ended, it gives up the job: another instance may take it.
+        assert!(Lease::acquire(&url, 0, |_| {}).is_ok());
+    }
 
     #[test]
     fn drop_percentages_convert_exactly() {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaResult, RDKafkaErrorCode};
 
 use crate::config::KafkaArgs;
@@ -48,8 +48,12 @@ pub fn partition_count(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<O
     })
 }
 
-/// Like `partition_count`, with one metadata request and no retry.
-pub fn partition_count_once(consumer: &BaseConsumer, topic: &str) -> KafkaResult<Option<i32>> {
+/// Like `partition_count`, with one metadata request and no retry, for any
+/// consumer (the alert consumer has a context of its own).
+pub fn partition_count_once<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+) -> KafkaResult<Option<i32>> {
     let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
     let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
         return Ok(None);
@@ -75,9 +79,7 @@ pub fn ensure_topic(kafka: &KafkaArgs, topic: &str, partitions: i32) -> anyhow::
         .create()
         .context("cannot create Kafka admin client")?;
     let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = crate::runtime::current_thread()?;
     let results = runtime
         .block_on(admin.create_topics(
             [&new_topic],

@@ -24,22 +24,37 @@
 //! # Layout
 //! - `config`: shared flags. `db`: connections and migrations.
 //! - `source/`: Kafka and file sources (partition ownership, offsets, polling).
-//! - `sink/`: restore state at start, the Postgres writer, the outbox publisher.
-//! - `job`: `conscope run`, wiring the timely dataflow of `conscope_dataflows`.
-//! - `produce`, `alerts`, `rules`: the other subcommands.
+//! - `sink/`: the Postgres writer (and what it does with refused rows), the
+//!   outbox publisher.
+//! - `job`: `conscope run`, wiring the timely dataflow of `conscope_dataflows`;
+//!   stops on a `shutdown` handle. `lease`: one live instance per process of a job.
+//! - `runtime`, `text`: the tokio runtime builder; printable text and money.
+//! - `produce`, `alerts`, `rules`, `dashboard/`: the other subcommands.
+//! - `metrics`, `metrics_server`, `lag`: the job's figures, `/metrics`, and the
+//!   consumer lag of each process's partitions.
+//! - `progress`: progress bars on a terminal, and the log writer around them.
 
 mod alerts;
 mod config;
+mod dashboard;
 mod db;
 mod fail;
 mod job;
 mod kafka;
+mod lag;
+mod lease;
 mod metrics;
 mod metrics_server;
 mod produce;
+mod progress;
 mod rules;
+mod runtime;
+mod shutdown;
 mod sink;
 mod source;
+mod text;
+
+use std::io::IsTerminal;
 
 use clap::{Parser, Subcommand};
 
@@ -64,6 +79,9 @@ enum Command {
     Alerts(alerts::AlertsArgs),
     /// Manage alert rules.
     Rules(rules::RulesArgs),
+    /// Web dashboard: events, get-in prices, price-history charts, live
+    /// alerts, alert rules (writes need --token).
+    Dashboard(dashboard::DashboardArgs),
     /// Apply database migrations.
     Migrate {
         #[command(flatten)]
@@ -77,14 +95,21 @@ fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("CONSCOPE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,librdkafka=warn,rdkafka=warn")),
         )
-        .with_writer(std::io::stderr)
+        // stderr, around a progress bar when one is drawn.
+        .with_writer(progress::LogWriter)
+        // Colours only for a person at a terminal: piped logs stay plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => job::run(args),
+        Command::Run(args) => shutdown::Shutdown::on_signals(
+            "finishing the commit in progress and publishing what is committed",
+        )
+        .and_then(|shutdown| job::run(args, shutdown)),
         Command::Produce(args) => produce::run(args),
         Command::Alerts(args) => alerts::run(args),
         Command::Rules(args) => rules::run(args),
+        Command::Dashboard(args) => dashboard::run(args),
         Command::Migrate { db } => db::migrate_blocking(&db),
     };
     match result {

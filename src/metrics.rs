@@ -4,22 +4,28 @@
 //! prints them on exit.
 //!
 //! Only committed work is counted (the writer adds an epoch's counters after its
-//! transaction commits), so the figures never include rolled-back work.
+//! transaction commits), so the figures never include rolled-back work. The
+//! counters and publish lag live in process 0, where the writer and the
+//! publisher run; every process of a cluster reports its own partitions' consumer
+//! lag, commit lag and retention skips (see [`crate::lag`] for why each process
+//! knows which of its offsets are durable), and its line and summary say only
+//! what it knows.
 //!
 //! Commit lag is how long a message waited from its Kafka timestamp (the
 //! producer's CreateTime, or the broker's LogAppendTime) until the transaction
 //! holding its rows and offset committed: the Kafka source hands each message's
-//! timestamp over as it reads it, and the writer's report of the offsets it
-//! committed closes them. Measured on process 0's own partitions (the writer's
-//! process), over the whole run, in a fixed-size histogram.
+//! timestamp over as it reads it, and the offsets becoming durable (the sink's
+//! probe passing their epoch) close them. Over the whole run, in a fixed-size
+//! histogram.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use conscope_dataflows::model::Counters;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use crate::lag::Lag;
 
 /// Lets one log line through per `every`, counting the rest.
 pub struct RateLimited {
@@ -134,10 +140,8 @@ struct Inner {
     recent_lags: VecDeque<u64>,
     /// Every publish lag of this run (µs), for the summary.
     all_lags: Vec<u64>,
-    /// Next offset committed per input partition.
-    committed_offsets: BTreeMap<i32, i64>,
-    /// Last known high watermark per input partition.
-    high_watermarks: BTreeMap<i32, i64>,
+    /// This process's partitions: durable offsets and high watermarks.
+    lag: Lag,
     /// Messages read, per partition in offset order, waiting for their commit.
     unconfirmed: BTreeMap<i32, VecDeque<Unconfirmed>>,
     /// Commit lags (µs) of this run.
@@ -148,9 +152,9 @@ pub struct Metrics {
     inner: Mutex<Inner>,
     started: Instant,
     alerts_topic: String,
-    /// Whether sources hand over message timestamps: only where the writer runs
-    /// (process 0), which is what takes them back.
-    commit_lag: AtomicBool,
+    /// This process's index in the cluster: process 0 runs the writer and the
+    /// publisher, so only its counters and publish lag mean anything.
+    process: usize,
 }
 
 fn percentile(sorted: &[u64], fraction: f64) -> Option<u64> {
@@ -161,21 +165,11 @@ fn percentile(sorted: &[u64], fraction: f64) -> Option<u64> {
     sorted.get(index).copied()
 }
 
-/// Input messages not committed yet, over the partitions whose high watermark
-/// this process has seen (its own, in a cluster of several processes).
-fn lag(inner: &Inner) -> Option<i64> {
-    if inner.high_watermarks.is_empty() {
-        return None;
-    }
-    Some(
-        inner
-            .high_watermarks
-            .iter()
-            .map(|(partition, high)| {
-                (high - inner.committed_offsets.get(partition).copied().unwrap_or(0)).max(0)
-            })
-            .sum(),
-    )
+fn total_lag(inner: &Inner) -> String {
+    inner
+        .lag
+        .total()
+        .map_or_else(|| "-".to_owned(), |lag| lag.to_string())
 }
 
 fn now_micros() -> i64 {
@@ -192,26 +186,66 @@ fn millis(micros: Option<u64>) -> String {
 }
 
 impl Metrics {
-    pub fn new(alerts_topic: &str) -> Arc<Metrics> {
+    /// The metrics of process `process` of the cluster (0 when alone).
+    pub fn new(alerts_topic: &str, process: usize) -> Arc<Metrics> {
         Arc::new(Metrics {
             inner: Mutex::new(Inner::default()),
             started: Instant::now(),
             alerts_topic: alerts_topic.to_owned(),
-            commit_lag: AtomicBool::new(false),
+            process,
         })
     }
 
-    /// Measures commit lag from now on: call in the process whose writer
-    /// reports commits through `committed`.
-    pub fn measure_commit_lag(&self) {
-        self.commit_lag.store(true, Ordering::Relaxed);
+    /// Process 0 runs the writer and the publisher.
+    fn writes(&self) -> bool {
+        self.process == 0
+    }
+
+    /// A source of this process opened `partition` at `start` (its stored
+    /// offset, or where it starts when none is), the high watermark if known.
+    pub fn own_partition(&self, partition: i32, start: i64, high: Option<i64>) {
+        self.with(|inner| inner.lag.own(partition, start, high));
+    }
+
+    /// A source reported `(partition, next offset)` at `epoch`: see [`Lag::reported`].
+    pub fn reported(&self, epoch: u64, offsets: &[(i32, i64)]) {
+        if offsets.is_empty() {
+            return;
+        }
+        self.with(|inner| {
+            for &(partition, next) in offsets {
+                inner.lag.reported(epoch, partition, next);
+            }
+        });
+    }
+
+    /// Every epoch below `frontier` (the sink's probe; `None` once it is empty)
+    /// is committed: moves the durable offsets and ends the commit lag of the
+    /// messages below them.
+    pub fn durable_below(&self, frontier: Option<u64>) {
+        let now = now_micros();
+        self.with(|inner| {
+            for (partition, next) in inner.lag.durable_below(frontier) {
+                let Some(pending) = inner.unconfirmed.get_mut(&partition) else {
+                    continue;
+                };
+                while let Some(run) = pending.front() {
+                    if run.first_offset >= next {
+                        break;
+                    }
+                    let lag = (now - run.timestamp_ms.saturating_mul(1000)).max(0) as u64;
+                    inner.commit_lags.record(lag, run.messages);
+                    pending.pop_front();
+                }
+            }
+        });
     }
 
     /// Messages a source just read, as `(partition, offset, Kafka timestamp in
-    /// ms)` in read order: their commit lag ends when `committed` reports an
-    /// offset past them.
+    /// ms)` in read order: their commit lag ends when `durable_below` moves
+    /// their partition's durable offset past them.
     pub fn read(&self, messages: &[(i32, i64, i64)]) {
-        if messages.is_empty() || !self.commit_lag.load(Ordering::Relaxed) {
+        if messages.is_empty() {
             return;
         }
         self.with(|inner| {
@@ -243,26 +277,11 @@ impl Metrics {
         f(&mut inner)
     }
 
-    /// A transaction committed, with these next offsets: called right after the commit.
-    pub fn committed(&self, counters: &Counters, rejected: u64, offsets: &BTreeMap<i32, i64>) {
-        let now = now_micros();
+    /// A transaction committed: called by the writer right after the commit.
+    pub fn committed(&self, counters: &Counters, rejected: u64) {
         self.with(|inner| {
             inner.committed.add(counters);
             inner.committed.rejected += rejected;
-            inner.committed_offsets.extend(offsets);
-            for (partition, next) in offsets {
-                let Some(pending) = inner.unconfirmed.get_mut(partition) else {
-                    continue;
-                };
-                while let Some(run) = pending.front() {
-                    if run.first_offset >= *next {
-                        break;
-                    }
-                    let lag = (now - run.timestamp_ms.saturating_mul(1000)).max(0) as u64;
-                    inner.commit_lags.record(lag, run.messages);
-                    pending.pop_front();
-                }
-            }
         });
     }
 
@@ -273,15 +292,20 @@ impl Metrics {
     /// Records a partition's high watermark, as librdkafka's statistics report
     /// it from fetch responses: lag monitoring that costs the broker nothing.
     pub fn set_high_watermark(&self, partition: i32, high: i64) {
-        self.with(|inner| {
-            inner.high_watermarks.insert(partition, high);
-        });
+        self.with(|inner| inner.lag.set_high(partition, high));
     }
 
-    /// Asks the broker for the high watermarks now (blocking; for the exit
-    /// summary, off the worker threads).
-    pub fn measure_lag(&self, consumer: &BaseConsumer, topic: &str, partitions: i32) {
-        for partition in 0..partitions {
+    /// Messages committed since start and messages up to the high watermarks
+    /// seen at start, over this process's partitions.
+    pub fn progress(&self) -> (u64, u64) {
+        self.with(|inner| inner.lag.progress())
+    }
+
+    /// Asks the broker for the high watermarks of this process's partitions now
+    /// (blocking; for the exit summary, off the worker threads).
+    pub fn measure_lag(&self, consumer: &BaseConsumer, topic: &str) {
+        let owned: Vec<i32> = self.with(|inner| inner.lag.owned().collect());
+        for partition in owned {
             if let Ok((_, high)) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
                 self.set_high_watermark(partition, high);
             }
@@ -329,6 +353,9 @@ impl Metrics {
     }
 
     fn line(&self, inner: &Inner, lags: &[u64]) -> String {
+        if !self.writes() {
+            return self.local_line(inner);
+        }
         let c = &inner.committed;
         let elapsed = self.started.elapsed().as_secs_f64();
         let processed = c.processed + c.rejected;
@@ -347,7 +374,7 @@ impl Metrics {
             c.event_low,
             c.rule_match,
             inner.commits,
-            lag(inner).map_or_else(|| "-".to_owned(), |lag| lag.to_string()),
+            total_lag(inner),
             millis(inner.commit_lags.percentile(0.5)),
             millis(inner.commit_lags.percentile(0.99)),
             inner.published_alerts,
@@ -356,6 +383,20 @@ impl Metrics {
             millis(percentile(lags, 0.5)),
             millis(percentile(lags, 0.99)),
             processed as f64 / elapsed.max(1e-9),
+        )
+    }
+
+    /// What a process without the writer knows: its partitions' lag, commit lag
+    /// and retention skips.
+    fn local_line(&self, inner: &Inner) -> String {
+        format!(
+            "process={} skipped_by_retention={} lag={} commit_lag_p50={} commit_lag_p99={} elapsed={:.1}s",
+            self.process,
+            inner.skipped_by_retention,
+            total_lag(inner),
+            millis(inner.commit_lags.percentile(0.5)),
+            millis(inner.commit_lags.percentile(0.99)),
+            self.started.elapsed().as_secs_f64(),
         )
     }
 
@@ -379,9 +420,9 @@ impl Metrics {
 
     /// Everything the metrics line says, in Prometheus text format (version
     /// 0.0.4) for `conscope run --metrics-addr`: counters since start, consumer
-    /// lag per input partition (only partitions whose commits this process
-    /// records: in a cluster of several processes that is process 0), and commit
-    /// and publish lag as summaries.
+    /// lag per input partition this process owns, and commit and publish lag as
+    /// summaries. A process other than 0 serves what it knows: its partitions'
+    /// lag, commit lag and retention skips.
     pub fn prometheus(&self) -> String {
         self.with(|inner| {
             let c = &inner.committed;
@@ -393,67 +434,73 @@ impl Metrics {
                 }
             };
             let plain = |value: u64| vec![(String::new(), value.to_string())];
-            let counters: [(&str, &str, u64); 11] = [
-                ("messages_processed_total", "Input messages committed, rejected ones included.", c.processed + c.rejected),
-                ("events_created_total", "Events seen for the first time.", c.events_created),
-                ("prices_stored_total", "Rows written to price_history.", c.prices_stored),
-                ("duplicates_total", "Observations whose identity was already stored.", c.duplicates),
-                ("stale_total", "Observations older than their listing's current one.", c.stale),
-                ("rejected_total", "Input messages rejected to the dead-letter topic.", c.rejected),
-                ("skipped_by_retention_total", "Input messages deleted by retention before they were read.", inner.skipped_by_retention),
-                ("commits_total", "PostgreSQL transactions committed by the writer.", inner.commits),
-                ("published_alerts_total", "Alerts acknowledged by the broker.", inner.published_alerts),
-                ("published_dead_letters_total", "Dead letters acknowledged by the broker.", inner.published_dead_letters),
-                ("outbox_parked_total", "Outbox rows the broker refused for good (kept in outbox_parked).", inner.parked),
-            ];
-            for (name, help, value) in counters {
-                metric(name, "counter", help, &plain(value));
+            let seconds = |micros: Option<u64>| micros.map_or_else(|| "NaN".to_owned(), |m| format!("{:.6}", m as f64 / 1e6));
+            if self.writes() {
+                let counters: [(&str, &str, u64); 10] = [
+                    ("messages_processed_total", "Input messages committed, rejected ones included.", c.processed + c.rejected),
+                    ("events_created_total", "Events seen for the first time.", c.events_created),
+                    ("prices_stored_total", "Rows written to price_history.", c.prices_stored),
+                    ("duplicates_total", "Observations whose identity was already stored.", c.duplicates),
+                    ("stale_total", "Observations older than their listing's current one.", c.stale),
+                    ("rejected_total", "Input messages rejected to the dead-letter topic.", c.rejected),
+                    ("commits_total", "PostgreSQL transactions committed by the writer.", inner.commits),
+                    ("published_alerts_total", "Alerts acknowledged by the broker.", inner.published_alerts),
+                    ("published_dead_letters_total", "Dead letters acknowledged by the broker.", inner.published_dead_letters),
+                    ("outbox_parked_total", "Outbox rows the broker refused for good (kept in outbox_parked).", inner.parked),
+                ];
+                for (name, help, value) in counters {
+                    metric(name, "counter", help, &plain(value));
+                }
+                metric(
+                    "alerts_total",
+                    "counter",
+                    "Alerts committed, by kind.",
+                    &[
+                        ("{kind=\"listing_drop\"}".to_owned(), c.listing_drop.to_string()),
+                        ("{kind=\"event_low\"}".to_owned(), c.event_low.to_string()),
+                        ("{kind=\"rule_match\"}".to_owned(), c.rule_match.to_string()),
+                    ],
+                );
             }
             metric(
-                "alerts_total",
+                "skipped_by_retention_total",
                 "counter",
-                "Alerts committed, by kind.",
-                &[
-                    ("{kind=\"listing_drop\"}".to_owned(), c.listing_drop.to_string()),
-                    ("{kind=\"event_low\"}".to_owned(), c.event_low.to_string()),
-                    ("{kind=\"rule_match\"}".to_owned(), c.rule_match.to_string()),
-                ],
+                "Input messages of this process's partitions deleted by retention before they were read.",
+                &plain(inner.skipped_by_retention),
             );
             let lags: Vec<(String, String)> = inner
-                .high_watermarks
-                .iter()
-                .filter_map(|(partition, high)| {
-                    let committed = inner.committed_offsets.get(partition)?;
-                    Some((format!("{{partition=\"{partition}\"}}"), (high - committed).max(0).to_string()))
-                })
+                .lag
+                .by_partition()
+                .map(|(partition, lag)| (format!("{{partition=\"{partition}\"}}"), lag.to_string()))
                 .collect();
             metric(
                 "consumer_lag",
                 "gauge",
-                "Input messages not yet committed, per partition (high watermark from librdkafka's statistics).",
+                "Input messages not yet committed, per partition this process reads (high watermark minus the stored offset).",
                 &lags,
             );
-            let seconds = |micros: Option<u64>| micros.map_or_else(|| "NaN".to_owned(), |m| format!("{:.6}", m as f64 / 1e6));
             metric(
                 "commit_lag_seconds",
                 "summary",
-                "From a message's Kafka timestamp to the commit of its rows, since start.",
+                "From a message's Kafka timestamp to the commit of its rows, since start (this process's partitions).",
                 &[
                     ("{quantile=\"0.5\"}".to_owned(), seconds(inner.commit_lags.percentile(0.5))),
                     ("{quantile=\"0.99\"}".to_owned(), seconds(inner.commit_lags.percentile(0.99))),
                 ],
             );
-            let mut recent: Vec<u64> = inner.recent_lags.iter().copied().collect();
-            recent.sort_unstable();
-            metric(
-                "publish_lag_seconds",
-                "summary",
-                "From an alert's commit to its acknowledgement by the broker, recent alerts.",
-                &[
-                    ("{quantile=\"0.5\"}".to_owned(), seconds(percentile(&recent, 0.5))),
-                    ("{quantile=\"0.99\"}".to_owned(), seconds(percentile(&recent, 0.99))),
-                ],
-            );
+            if self.writes() {
+                let mut recent: Vec<u64> = inner.recent_lags.iter().copied().collect();
+                recent.sort_unstable();
+                metric(
+                    "publish_lag_seconds",
+                    "summary",
+                    "From an alert's commit to its acknowledgement by the broker, recent alerts.",
+                    &[
+                        ("{quantile=\"0.5\"}".to_owned(), seconds(percentile(&recent, 0.5))),
+                        ("{quantile=\"0.99\"}".to_owned(), seconds(percentile(&recent, 0.99))),
+                    ],
+                );
+            }
             metric(
                 "uptime_seconds",
                 "gauge",
@@ -520,25 +567,40 @@ mod tests {
     }
 
     #[test]
-    fn commit_lag_counts_each_message_once_when_its_offset_commits() {
-        let metrics = Metrics::new("alerts");
+    fn commit_lag_counts_each_message_once_when_its_offset_is_durable() {
+        let metrics = Metrics::new("alerts", 1);
         let now_ms = now_micros() / 1000;
-        // Not measuring yet: nothing is kept.
-        metrics.read(&[(0, 0, now_ms)]);
-        metrics.measure_commit_lag();
+        metrics.own_partition(0, 1, Some(10));
+        metrics.own_partition(1, 0, Some(5));
         metrics.read(&[(0, 1, now_ms - 100), (1, 0, now_ms - 100), (0, 2, now_ms - 100)]);
         metrics.read(&[(0, 3, now_ms - 50)]);
-        let counters = Counters::default();
-        metrics.committed(&counters, 0, &BTreeMap::from([(0, 3)]));
+        metrics.reported(7, &[(0, 3)]);
+        metrics.reported(8, &[(0, 4), (1, 1)]);
+        metrics.durable_below(Some(8));
         metrics.with(|inner| {
             assert_eq!(inner.commit_lags.total, 2);
             let p50 = inner.commit_lags.percentile(0.5).unwrap_or_default();
             assert!((100_000..1_000_000).contains(&p50), "{p50}");
+            assert_eq!(inner.lag.total(), Some(7 + 5));
         });
-        metrics.committed(&counters, 0, &BTreeMap::from([(0, 4), (1, 1)]));
+        metrics.durable_below(None);
         metrics.with(|inner| {
             assert_eq!(inner.commit_lags.total, 4);
             assert!(inner.unconfirmed.values().all(VecDeque::is_empty));
         });
+        let line = metrics.report();
+        assert!(line.starts_with("process=1 "), "{line}");
+        assert!(line.contains(" lag=10 "), "{line}");
+        let text = metrics.prometheus();
+        assert!(
+            text.contains("conscope_consumer_lag{partition=\"0\"} 6\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("conscope_consumer_lag{partition=\"1\"} 4\n"),
+            "{text}"
+        );
+        // Process 1 has no writer: no counters that would read 0 forever.
+        assert!(!text.contains("conscope_messages_processed_total"), "{text}");
     }
 }

@@ -151,7 +151,7 @@ mod tests {
 
     #[test]
     fn serves_metrics_and_health_and_nothing_else() {
-        let metrics = Metrics::new("alerts");
+        let metrics = Metrics::new("alerts", 0);
         metrics.parked(2);
         let addr = spawn("127.0.0.1:0", Arc::clone(&metrics)).expect("bind");
 
@@ -198,7 +198,7 @@ mod tests {
 
     #[test]
     fn a_bad_address_is_an_error_naming_it() {
-        let error = spawn("127.0.0.1:notaport", Metrics::new("alerts")).unwrap_err();
+        let error = spawn("127.0.0.1:notaport", Metrics::new("alerts", 0)).unwrap_err();
         assert!(
             error.to_string().contains("--metrics-addr 127.0.0.1:notaport"),
             "{error}"

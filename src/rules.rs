@@ -4,7 +4,10 @@
 //! Touches the database named by `--database-url`: applies the migrations first
 //! (idempotent, so it works on a fresh database), then inserts, lists or
 //! deactivates rules. Every value reaches SQL as a parameter. Input is validated
-//! before the database is touched, with errors that name the offending flag.
+//! before the database is touched, with errors that name the offending field.
+//!
+//! [`validate`], [`insert`], [`list`] and [`set_active`] are the one
+//! implementation of rule management: the dashboard's rule pages call them too.
 //!
 //! A running job picks up rule changes by itself (it polls `alert_rules` every
 //! `--rules-poll-ms`); nothing here talks to the job.
@@ -14,10 +17,12 @@ use std::fmt::Write as _;
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
+use conscope_dataflows::parse::{price_cents, PriceProblem};
 use rust_decimal::Decimal;
 
 use crate::config::{redact_url, DbArgs};
 use crate::db;
+use crate::text::{money, printable};
 
 /// Largest accepted `--max-price` (SPEC §1: prices are ≤ 1000000).
 const MAX_PRICE_LIMIT: i64 = 1_000_000;
@@ -71,13 +76,76 @@ enum RulesCommand {
     },
 }
 
-/// A rule as validated from the command line, not yet stored.
+/// A rule as validated, not yet stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct NewRule {
-    event_id: String,
-    section: Option<String>,
-    currency: String,
-    max_price: Decimal,
+pub struct NewRule {
+    pub event_id: String,
+    pub section: Option<String>,
+    pub currency: String,
+    pub max_price: Decimal,
+}
+
+/// A stored rule, as `rules list` and the dashboard show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub rule_id: i64,
+    pub event_id: String,
+    pub section: Option<String>,
+    pub currency: String,
+    pub max_price: Decimal,
+    pub active: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The field of a rule a validation error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleField {
+    Event,
+    Section,
+    Currency,
+    MaxPrice,
+}
+
+impl RuleField {
+    /// The `rules add` flag that sets this field.
+    pub fn flag(self) -> &'static str {
+        match self {
+            RuleField::Event => "--event",
+            RuleField::Section => "--section",
+            RuleField::Currency => "--currency",
+            RuleField::MaxPrice => "--max-price",
+        }
+    }
+
+    /// The field's name for people filling in a form.
+    pub fn label(self) -> &'static str {
+        match self {
+            RuleField::Event => "Event",
+            RuleField::Section => "Section",
+            RuleField::Currency => "Currency",
+            RuleField::MaxPrice => "Max price",
+        }
+    }
+}
+
+/// A rule that cannot be stored; `problem` reads after the field's name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{} {problem}", field.flag())]
+pub struct InvalidRule {
+    pub field: RuleField,
+    pub problem: String,
+}
+
+fn invalid(field: RuleField, problem: String) -> InvalidRule {
+    InvalidRule { field, problem }
+}
+
+/// What `set_active` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Changed,
+    AlreadySo,
+    NoSuchRule,
 }
 
 pub fn run(args: RulesArgs) -> anyhow::Result<()> {
@@ -91,29 +159,40 @@ pub fn run(args: RulesArgs) -> anyhow::Result<()> {
         } => Some(validate(event, section.as_deref(), currency, max_price)?),
         _ => None,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
+    let runtime = crate::runtime::current_thread().context("cannot start the tokio runtime")?;
     runtime.block_on(async {
         let url = &args.db.database_url;
         db::migrate(url).await?;
-        let mut client = db::connect(url).await?;
+        let client = db::connect(url).await?;
         match args.command {
             RulesCommand::Add { .. } => {
                 let Some(rule) = new_rule else {
                     bail!("internal error: add without a validated rule");
                 };
-                add(&client, &rule, url).await
+                let rule_id = insert(&client, &rule)
+                    .await
+                    .with_context(|| format!("cannot insert the rule into {}", redact_url(url)))?;
+                // Bare id on stdout for scripts; the description on stderr for people.
+                println!("{rule_id}");
+                eprintln!(
+                    "added rule #{rule_id}: {} · {} · {} ≤ {}",
+                    rule.event_id,
+                    rule.section.as_deref().unwrap_or("all sections"),
+                    rule.currency,
+                    rule.max_price
+                );
+                Ok(())
             }
-            RulesCommand::List { all } => list(&client, all).await,
-            RulesCommand::Disable { id } => set_active(&mut client, id, false).await,
-            RulesCommand::Enable { id } => set_active(&mut client, id, true).await,
+            RulesCommand::List { all } => print_list(&client, all).await,
+            RulesCommand::Disable { id } => print_set_active(&client, id, false).await,
+            RulesCommand::Enable { id } => print_set_active(&client, id, true).await,
         }
     })
 }
 
-async fn add(client: &tokio_postgres::Client, rule: &NewRule, url: &str) -> anyhow::Result<()> {
+/// Stores a validated rule; returns its id. A running job picks it up at its
+/// next poll.
+pub async fn insert(client: &tokio_postgres::Client, rule: &NewRule) -> Result<i64, tokio_postgres::Error> {
     let row = client
         .query_one(
             "INSERT INTO alert_rules (event_id, section, currency, max_price)
@@ -121,22 +200,12 @@ async fn add(client: &tokio_postgres::Client, rule: &NewRule, url: &str) -> anyh
              RETURNING rule_id",
             &[&rule.event_id, &rule.section, &rule.currency, &rule.max_price],
         )
-        .await
-        .with_context(|| format!("cannot insert the rule into {}", redact_url(url)))?;
-    let rule_id: i64 = row.try_get(0)?;
-    // Bare id on stdout for scripts; the description on stderr for people.
-    println!("{rule_id}");
-    eprintln!(
-        "added rule #{rule_id}: {} · {} · {} ≤ {}",
-        rule.event_id,
-        rule.section.as_deref().unwrap_or("all sections"),
-        rule.currency,
-        rule.max_price
-    );
-    Ok(())
+        .await?;
+    row.try_get(0)
 }
 
-async fn list(client: &tokio_postgres::Client, all: bool) -> anyhow::Result<()> {
+/// The active rules (every rule with `all`), by id.
+pub async fn list(client: &tokio_postgres::Client, all: bool) -> Result<Vec<Rule>, tokio_postgres::Error> {
     let rows = client
         .query(
             "SELECT rule_id, event_id, section, currency, max_price, active, created_at
@@ -145,36 +214,25 @@ async fn list(client: &tokio_postgres::Client, all: bool) -> anyhow::Result<()> 
              ORDER BY rule_id",
             &[&all],
         )
-        .await
-        .context("cannot read alert_rules")?;
-    let mut table = vec![[
-        "ID".to_owned(),
-        "EVENT".to_owned(),
-        "SECTION".to_owned(),
-        "CURRENCY".to_owned(),
-        "MAX PRICE".to_owned(),
-        "ACTIVE".to_owned(),
-        "CREATED".to_owned(),
-    ]];
-    for row in &rows {
-        let rule_id: i64 = row.try_get("rule_id")?;
-        let event_id: String = row.try_get("event_id")?;
-        let section: Option<String> = row.try_get("section")?;
-        let currency: String = row.try_get("currency")?;
-        let max_price: Decimal = row.try_get("max_price")?;
-        let active: bool = row.try_get("active")?;
-        let created_at: DateTime<Utc> = row.try_get("created_at")?;
-        table.push([
-            rule_id.to_string(),
-            printable(&event_id),
-            section.as_deref().map_or_else(|| "*".to_owned(), printable),
-            currency,
-            format_price(max_price),
-            if active { "yes" } else { "no" }.to_owned(),
-            created_at.format("%Y-%m-%d %H:%M:%SZ").to_string(),
-        ]);
-    }
-    if rows.is_empty() {
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Rule {
+                rule_id: row.try_get("rule_id")?,
+                event_id: row.try_get("event_id")?,
+                section: row.try_get("section")?,
+                currency: row.try_get("currency")?,
+                max_price: row.try_get("max_price")?,
+                active: row.try_get("active")?,
+                created_at: row.try_get("created_at")?,
+            })
+        })
+        .collect()
+}
+
+async fn print_list(client: &tokio_postgres::Client, all: bool) -> anyhow::Result<()> {
+    let rules = list(client, all).await.context("cannot read alert_rules")?;
+    if rules.is_empty() {
         println!(
             "{}",
             if all {
@@ -185,72 +243,118 @@ async fn list(client: &tokio_postgres::Client, all: bool) -> anyhow::Result<()> 
         );
         return Ok(());
     }
+    let mut table = vec![[
+        "ID".to_owned(),
+        "EVENT".to_owned(),
+        "SECTION".to_owned(),
+        "CURRENCY".to_owned(),
+        "MAX PRICE".to_owned(),
+        "ACTIVE".to_owned(),
+        "CREATED".to_owned(),
+    ]];
+    for rule in rules {
+        table.push([
+            rule.rule_id.to_string(),
+            printable(&rule.event_id),
+            rule.section.as_deref().map_or_else(|| "*".to_owned(), printable),
+            rule.currency,
+            money(rule.max_price),
+            if rule.active { "yes" } else { "no" }.to_owned(),
+            rule.created_at.format("%Y-%m-%d %H:%M:%SZ").to_string(),
+        ]);
+    }
     print!("{}", render_table(&table));
     Ok(())
 }
 
 /// `rules disable` and `rules enable`. Enabling starts a new generation of the
-/// rule (migration 0004_rule_generation), so no arming state from before is ever restored.
-async fn set_active(client: &mut tokio_postgres::Client, id: i64, active: bool) -> anyhow::Result<()> {
+/// rule (migration 0004_rule_generation), so no arming state from before is
+/// ever restored. One UPDATE, so two concurrent enables bump the generation
+/// once: the second waits for the first's row lock, then sees the rule active.
+pub async fn set_active(
+    client: &tokio_postgres::Client,
+    id: i64,
+    active: bool,
+) -> Result<Activation, tokio_postgres::Error> {
+    let changed = client
+        .execute(
+            "UPDATE alert_rules
+             SET active = $2, generation = generation + CASE WHEN $2 THEN 1 ELSE 0 END
+             WHERE rule_id = $1 AND active <> $2",
+            &[&id, &active],
+        )
+        .await?;
+    if changed > 0 {
+        return Ok(Activation::Changed);
+    }
+    // Saying it twice is not an error, and does not wake the job.
+    let exists = client
+        .query_opt("SELECT 1 FROM alert_rules WHERE rule_id = $1", &[&id])
+        .await?
+        .is_some();
+    Ok(if exists {
+        Activation::AlreadySo
+    } else {
+        Activation::NoSuchRule
+    })
+}
+
+async fn print_set_active(client: &tokio_postgres::Client, id: i64, active: bool) -> anyhow::Result<()> {
     let (verb, past) = if active {
         ("enable", "enabled")
     } else {
         ("disable", "disabled")
     };
-    let transaction = client.transaction().await?;
-    let row = transaction
-        .query_opt(
-            "SELECT active FROM alert_rules WHERE rule_id = $1 FOR UPDATE",
-            &[&id],
-        )
+    match set_active(client, id, active)
         .await
-        .context("cannot read alert_rules")?;
-    let Some(row) = row else {
-        bail!("no rule with id {id} (see `conscope rules list --all`)");
-    };
-    let was_active: bool = row.try_get(0)?;
-    if was_active == active {
-        // Idempotent: saying it twice is not an error, and does not wake the job.
-        transaction.commit().await?;
-        println!("rule #{id} was already {past}");
-        return Ok(());
+        .with_context(|| format!("cannot {verb} the rule"))?
+    {
+        Activation::Changed => println!("{past} rule #{id}"),
+        Activation::AlreadySo => println!("rule #{id} was already {past}"),
+        Activation::NoSuchRule => bail!("no rule with id {id} (see `conscope rules list --all`)"),
     }
-    transaction
-        .execute(
-            "UPDATE alert_rules
-             SET active = $2, generation = generation + CASE WHEN $2 THEN 1 ELSE 0 END
-             WHERE rule_id = $1",
-            &[&id, &active],
-        )
-        .await
-        .with_context(|| format!("cannot {verb} the rule"))?;
-    transaction.commit().await?;
-    println!("{past} rule #{id}");
     Ok(())
 }
 
-/// Checks every field of `rules add`; the error names the flag at fault.
-fn validate(event: &str, section: Option<&str>, currency: &str, max_price: &str) -> anyhow::Result<NewRule> {
+/// Checks every field of a new rule; the error names the field at fault.
+pub fn validate(
+    event: &str,
+    section: Option<&str>,
+    currency: &str,
+    max_price: &str,
+) -> Result<NewRule, InvalidRule> {
     let event_chars = event.chars().count();
     if event_chars == 0 {
-        bail!("--event must not be empty");
+        return Err(invalid(RuleField::Event, "must not be empty".into()));
     }
     if event_chars > MAX_EVENT_CHARS {
-        bail!("--event must be at most {MAX_EVENT_CHARS} characters, got {event_chars}");
+        return Err(invalid(
+            RuleField::Event,
+            format!("must be at most {MAX_EVENT_CHARS} characters, got {event_chars}"),
+        ));
     }
     if let Some(section) = section {
         let section_chars = section.chars().count();
         if section_chars == 0 {
-            bail!("--section must not be empty (omit it to watch the whole event)");
+            return Err(invalid(
+                RuleField::Section,
+                "must not be empty (omit it to watch the whole event)".into(),
+            ));
         }
         if section_chars > MAX_SECTION_CHARS {
-            bail!("--section must be at most {MAX_SECTION_CHARS} characters, got {section_chars}");
+            return Err(invalid(
+                RuleField::Section,
+                format!("must be at most {MAX_SECTION_CHARS} characters, got {section_chars}"),
+            ));
         }
     }
     if !(currency.len() == 3 && currency.bytes().all(|b| b.is_ascii_uppercase())) {
-        bail!("--currency must be 3 upper-case letters such as USD, got {currency:?}");
+        return Err(invalid(
+            RuleField::Currency,
+            format!("must be 3 upper-case letters such as USD, got {currency:?}"),
+        ));
     }
-    let max_price = parse_max_price(max_price).map_err(anyhow::Error::msg)?;
+    let max_price = parse_max_price(max_price).map_err(|problem| invalid(RuleField::MaxPrice, problem))?;
     Ok(NewRule {
         event_id: event.to_owned(),
         section: section.map(str::to_owned),
@@ -259,57 +363,33 @@ fn validate(event: &str, section: Option<&str>, currency: &str, max_price: &str)
     })
 }
 
-/// Parses `--max-price` exactly: a plain decimal (`199`, `199.5`, `199.99`)
-/// greater than 0 and ≤ 1000000, at most 2 decimal places (trailing zeros do not count:
-/// `10.500` is 10.50). Returns it with scale 2.
+/// Parses a rule's max price exactly, by the rules of the input's `price` (SPEC §1:
+/// greater than 0, ≤ 1000000, at most 2 decimal places; trailing zeros do not
+/// count: `10.500` is 10.50), as a plain decimal (`199`, `199.5`, `199.99`: no
+/// exponent). Returns it with scale 2; the error reads after the field's name.
 fn parse_max_price(text: &str) -> Result<Decimal, String> {
     let trimmed = text.trim();
-    let unsigned = trimmed.strip_prefix('-').unwrap_or(trimmed);
-    let (whole, fraction) = match unsigned.split_once('.') {
-        Some((whole, fraction)) => (whole, Some(fraction)),
-        None => (unsigned, None),
+    let plain = !trimmed.is_empty()
+        && trimmed
+            .bytes()
+            .all(|byte| byte.is_ascii_digit() || byte == b'.' || byte == b'-');
+    let cents = if plain {
+        price_cents(trimmed)
+    } else {
+        Err(PriceProblem::NotANumber)
     };
-    let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
-    if !(digits(whole) && fraction.is_none_or(digits)) {
-        return Err(format!(
-            "--max-price must be a decimal number such as 199.99, got {text:?}"
-        ));
-    }
-    let value = Decimal::from_str_exact(trimmed).map_err(|_| {
-        format!("--max-price {text:?} is out of range: it must be > 0 and ≤ {MAX_PRICE_LIMIT}")
-    })?;
-    if value <= Decimal::ZERO {
-        return Err(format!("--max-price must be greater than 0, got {text}"));
-    }
-    if value > Decimal::from(MAX_PRICE_LIMIT) {
-        return Err(format!(
-            "--max-price must be at most {MAX_PRICE_LIMIT}, got {text}"
-        ));
-    }
-    let mut value = value.normalize();
-    if value.scale() > 2 {
-        return Err(format!(
-            "--max-price must have at most 2 decimal places, got {text}"
-        ));
-    }
-    value.rescale(2);
-    Ok(value)
-}
-
-/// A price with at least 2 decimals, as stored in NUMERIC(12,2).
-fn format_price(price: Decimal) -> String {
-    let mut price = price;
-    if price.scale() < 2 {
-        price.rescale(2);
-    }
-    price.to_string()
-}
-
-/// Replaces control characters, so a stored value cannot garble the terminal.
-fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
-        .collect()
+    cents
+        .map(|cents| Decimal::new(cents.0, 2))
+        .map_err(|problem| match problem {
+            PriceProblem::NotANumber => {
+                format!("must be a decimal number such as 199.99, got {text:?}")
+            }
+            PriceProblem::NotPositive => format!("must be greater than 0, got {text}"),
+            PriceProblem::TooManyDecimals => {
+                format!("must have at most 2 decimal places, got {text}")
+            }
+            PriceProblem::TooLarge => format!("must be at most {MAX_PRICE_LIMIT}, got {text}"),
+        })
 }
 
 /// Left-aligned columns separated by two spaces; the price column right-aligned.
@@ -345,7 +425,9 @@ mod tests {
     use super::*;
 
     fn price(text: &str) -> Result<String, String> {
-        parse_max_price(text).map(|d| d.to_string())
+        validate("e", None, "USD", text)
+            .map(|rule| rule.max_price.to_string())
+            .map_err(|error| error.to_string())
     }
 
     #[test]
@@ -362,7 +444,7 @@ mod tests {
             ("-5", "greater than 0"),
             ("12.345", "2 decimal places"),
             ("1000000.01", "at most 1000000"),
-            ("99999999999999999999999999999999", "out of range"),
+            ("99999999999999999999999999999999", "at most 1000000"),
             ("abc", "decimal number"),
             ("1e3", "decimal number"),
             ("", "decimal number"),

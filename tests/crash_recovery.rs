@@ -3,11 +3,9 @@
 //! Crashes come from outside (SIGKILL) and from fault points at the dangerous
 //! moments: mid-COPY, before and after COMMIT, before and during publishing.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use conscope_testkit::*;
 
 fn slow() -> Vec<&'static str> {
     [&["-w", "2"][..], &SMALL_TRANSACTIONS[..]].concat()
@@ -77,6 +75,7 @@ fn crashes_at_any_moment_end_with_the_tables_of_an_uninterrupted_run() {
     crashed.run_to_end(&["-w", "2"]);
     let reference = Job::new("crash_ref", &input);
     reference.run_to_end(&["-w", "2"]);
+    // Tables, alerts by id and dead letters whole: each exactly as in the reference.
     let expected = compare::Outputs::collect(&reference, &brokers());
     assert!(
         !expected.dead_letters.is_empty(),

@@ -3,21 +3,9 @@
 //! processes of two workers each; the summaries equal the aggregates over
 //! `listings` after each.
 
-mod common;
-
-use std::io::Write;
-use std::net::TcpListener;
 use std::process::Stdio;
 
-use common::*;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+use conscope_testkit::*;
 
 /// Event ids of the first messages of `topic`, for rules present at start.
 fn some_event_ids(topic: &str, how_many: usize) -> Vec<String> {
@@ -92,14 +80,7 @@ fn same_tables_and_alerts_for_any_workers_batches_and_processes() {
 
     let cluster = Job::new("det_p2", &input);
     add_rules(&cluster, &events);
-    let hosts = tempfile::NamedTempFile::new().expect("hosts file");
-    writeln!(
-        hosts.as_file(),
-        "127.0.0.1:{}\n127.0.0.1:{}",
-        free_port(),
-        free_port()
-    )
-    .expect("write hosts");
+    let hosts = hosts_file(2);
     let hosts_path = hosts.path().to_str().expect("path").to_owned();
     let processes: Vec<_> = (0..2)
         .map(|process| {

@@ -2,11 +2,9 @@
 //! lands exactly as SPEC §2 says; rejects reach the dead-letter topic with their
 //! headers; and the tables are the same for any number of workers or processes.
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::*;
+use conscope_testkit::*;
 
 fn obs(event: &str, section: &str, seat: &str, price: &str, at: &str, extra: &str) -> Vec<u8> {
     format!(
@@ -73,16 +71,16 @@ fn known_mix_lands_exactly_and_rejects_reach_the_dlq() {
     );
 
     let output = job.run_to_end(&["-w", "2"]);
-    let summary = String::from_utf8_lossy(&output.stdout).into_owned();
-    for expected in [
-        "duplicates=1",
-        "stale=2",
-        "rejected=3",
-        "events_created=2",
-        "prices_stored=10",
-    ] {
-        assert!(summary.contains(expected), "summary lacks {expected}: {summary}");
-    }
+    assert_summary(
+        &String::from_utf8_lossy(&output.stdout),
+        &[
+            ("duplicates", 1),
+            ("stale", 2),
+            ("rejected", 3),
+            ("events_created", 2),
+            ("prices_stored", 10),
+        ],
+    );
 
     let url = &job.database_url;
     assert_eq!(
@@ -219,7 +217,7 @@ fn known_mix_lands_exactly_and_rejects_reach_the_dlq() {
         ["0:10", "1:4"]
     );
     let again = job.run_to_end(&[]);
-    assert!(String::from_utf8_lossy(&again.stdout).contains("processed=0"));
+    assert_summary(&String::from_utf8_lossy(&again.stdout), &[("processed", 0)]);
     assert_eq!(read_all(&job.alerts).len(), 6, "a rerun publishes nothing twice");
 }
 
@@ -246,7 +244,7 @@ fn input_file_gives_the_tables_of_the_same_messages_on_a_topic() {
     from_topic.run_to_end(&["-w", "2"]);
     let from_file = Job::new("e2e_file_file", &input);
     let summary = from_file.run_to_end(&["-w", "2", "--input-file", &path]);
-    assert!(String::from_utf8_lossy(&summary.stdout).contains("processed=5000"));
+    assert_summary(&String::from_utf8_lossy(&summary.stdout), &[("processed", 5000)]);
 
     let expected = dump(&from_topic.database_url);
     assert!(expected["price_history"].len() > 4_000);
@@ -262,7 +260,7 @@ fn input_file_gives_the_tables_of_the_same_messages_on_a_topic() {
         [format!("file:{path}:5000")]
     );
     let again = from_file.run_to_end(&["--input-file", &path]);
-    assert!(String::from_utf8_lossy(&again.stdout).contains("processed=0"));
+    assert_summary(&String::from_utf8_lossy(&again.stdout), &[("processed", 0)]);
 }
 
 /// Writes an input file of a valid line, the line `middle`, and a valid line.
@@ -297,12 +295,12 @@ fn input_file_resumes_whatever_path_names_the_file() {
         "{first_out}\n{}",
         String::from_utf8_lossy(&first.stderr)
     );
-    assert!(first_out.contains("processed=3"), "{first_out}");
+    assert_summary(&first_out, &[("processed", 3)]);
 
     let absolute = path.canonicalize().expect("canonical path");
     let again = job.run_to_end(&["--input-file", absolute.to_str().expect("path")]);
     let again_out = String::from_utf8_lossy(&again.stdout);
-    assert!(again_out.contains("processed=0"), "{again_out}");
+    assert_summary(&again_out, &[("processed", 0)]);
     assert_eq!(read_all(&job.dlq).len(), 1, "each reject reaches the DLQ once");
     assert_eq!(
         query_strings(
@@ -324,10 +322,10 @@ fn input_file_rejects_a_huge_line_and_goes_on() {
     let job = Job::new("e2e_file_huge", "unused");
     let name = path.to_str().expect("path");
     let output = job.run_to_end(&["--input-file", name]);
-    let summary = String::from_utf8_lossy(&output.stdout);
-    for expected in ["processed=3", "prices_stored=2", "rejected=1"] {
-        assert!(summary.contains(expected), "summary lacks {expected}: {summary}");
-    }
+    assert_summary(
+        &String::from_utf8_lossy(&output.stdout),
+        &[("processed", 3), ("prices_stored", 2), ("rejected", 1)],
+    );
     let dead = read_all(&job.dlq);
     assert_eq!(dead.len(), 1);
     assert_eq!(
@@ -356,7 +354,10 @@ fn messages_lost_to_retention_are_counted_and_warned_about() {
     produce(&input, &(0..5).map(message).collect::<Vec<_>>());
     let job = Job::new("e2e_retention", &input);
     let first = job.run_to_end(&[]);
-    assert!(String::from_utf8_lossy(&first.stdout).contains("skipped_by_retention=0"));
+    assert_summary(
+        &String::from_utf8_lossy(&first.stdout),
+        &[("skipped_by_retention", 0)],
+    );
     assert_eq!(
         stored_offsets(&job.database_url, &input),
         BTreeMap::from([(0, 5)])
@@ -365,35 +366,19 @@ fn messages_lost_to_retention_are_counted_and_warned_about() {
     produce(&input, &(5..10).map(message).collect::<Vec<_>>());
     delete_records(&input, 0, 8);
     let again = job.run_to_end(&[]);
-    let summary = String::from_utf8_lossy(&again.stdout);
-    let log = without_colours(&String::from_utf8_lossy(&again.stderr));
-    for expected in ["processed=2", "skipped_by_retention=3"] {
-        assert!(summary.contains(expected), "summary lacks {expected}: {summary}");
-    }
+    assert_summary(
+        &String::from_utf8_lossy(&again.stdout),
+        &[("processed", 2), ("skipped_by_retention", 3)],
+    );
+    let log = String::from_utf8_lossy(&again.stderr);
     assert!(
-        log.contains("WARN") && log.contains("retention") && log.contains("lost=3"),
+        log.lines().any(|line| line.contains(" WARN ")
+            && line.contains("retention")
+            && metrics_fields(line).get("lost").map(String::as_str) == Some("3")),
         "no warning: {log}"
     );
     assert_eq!(
         stored_offsets(&job.database_url, &input),
         BTreeMap::from([(0, 10)])
     );
-}
-
-/// `text` without its ANSI colour codes (the log's field names are styled).
-fn without_colours(text: &str) -> String {
-    let mut plain = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
 }

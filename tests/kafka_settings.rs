@@ -2,11 +2,9 @@
 //! commas, and no error or help text ever shows a secret. Needs no broker: the
 //! settings are checked before anything connects (`produce --output` writes a file).
 
-mod common;
-
 use std::process::Output;
 
-use common::*;
+use conscope_testkit::*;
 
 fn produce_to_file(env: Option<&str>, flags: &[&str]) -> Output {
     let file = tempfile::NamedTempFile::new().expect("temp file");

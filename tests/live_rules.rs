@@ -2,15 +2,13 @@
 //! started without `--exit-at-end`, picks up rules added and disabled with the
 //! CLI within seconds, without a restart. Real broker and PostgreSQL.
 
-mod common;
-
 use std::io::Read as _;
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::*;
+use conscope_testkit::*;
 
 const EVENT: &str = "live1";
 

@@ -5,12 +5,10 @@
 //! producers' messages; producer settings recovery relies on cannot be
 //! switched off with `--kafka`.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::*;
+use conscope_testkit::*;
 
 /// Long enough for a run of a few messages; a run that waits forever fails.
 const LIMIT: Duration = Duration::from_secs(90);
@@ -56,9 +54,14 @@ fn an_oversized_dead_letter_is_cut_to_64_kib_and_later_messages_flow() {
     let job = Job::new("oversized", &input);
 
     let summary = job.run_to_end_within(LIMIT, &[]);
-    assert!(summary.contains("published_dead_letters=2"), "{summary}");
-    assert!(summary.contains("published_alerts=2"), "{summary}");
-    assert!(summary.contains("parked=0"), "{summary}");
+    assert_summary(
+        &summary,
+        &[
+            ("published_dead_letters", 2),
+            ("published_alerts", 2),
+            ("parked", 0),
+        ],
+    );
 
     let dead: Vec<Read> = read_all(&job.dlq);
     assert_eq!(dead.len(), 2, "{dead:?}");
@@ -108,9 +111,14 @@ fn a_dead_letter_the_broker_refuses_is_parked_and_blocks_nothing() {
     create_topic_with(&job.dlq, 1, &[("max.message.bytes", "2048")]);
 
     let summary = job.run_to_end_within(LIMIT, &[]);
-    assert!(summary.contains("parked=1"), "{summary}");
-    assert!(summary.contains("published_dead_letters=1"), "{summary}");
-    assert!(summary.contains("published_alerts=2"), "{summary}");
+    assert_summary(
+        &summary,
+        &[
+            ("parked", 1),
+            ("published_dead_letters", 1),
+            ("published_alerts", 2),
+        ],
+    );
 
     let dead = read_all(&job.dlq);
     assert_eq!(dead.len(), 1, "{dead:?}");

@@ -3,11 +3,9 @@
 //! worker `p % peers`, read from its earliest offset), and the sink stores their
 //! offsets with their rows.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use conscope_testkit::*;
 
 fn observation(event: &str, price: u32, minute: u32) -> Vec<u8> {
     format!(

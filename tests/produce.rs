@@ -1,7 +1,5 @@
 //! `conscope produce --output`: the CLI end to end, without a broker.
 
-mod common;
-
 use std::process::Command;
 
 fn produce(args: &[&str]) -> (Vec<u8>, String) {
@@ -76,8 +74,8 @@ fn kafka_round_trip() {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
-    common::require_broker();
-    let brokers = common::brokers();
+    conscope_testkit::require_broker();
+    let brokers = conscope_testkit::brokers();
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())

@@ -4,11 +4,9 @@
 //! messages, store the consumer's position (past the markers) as the next offset,
 //! reach the end of a bounded replay, and report no lag once done.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use conscope_testkit::*;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -93,10 +91,8 @@ fn transactional_input_is_read_committed_to_its_end() {
     assert_eq!(highs, [(0, 7), (1, 7)].into_iter().collect());
 
     let job = Job::new("txn_input", &input);
-    let output = job.run_to_end_within(Duration::from_secs(120), &["-w", "2"]);
-    let summary = output;
-    assert!(summary.contains("processed=5 "), "{summary}");
-    assert!(summary.contains(" lag=0 "), "lag must reach 0: {summary}");
+    let summary = job.run_to_end_within(Duration::from_secs(120), &["-w", "2"]);
+    assert_summary(&summary, &[("processed", 5), ("lag", 0)]);
 
     assert_eq!(
         query_strings(
@@ -120,12 +116,8 @@ fn transactional_input_is_read_committed_to_its_end() {
     );
 
     let again = job.run_to_end_within(Duration::from_secs(120), &["-w", "2"]);
-    let summary = again;
-    assert!(
-        summary.contains("processed=0 "),
-        "a second run does nothing: {summary}"
-    );
-    assert!(summary.contains(" lag=0 "), "{summary}");
+    // A second run does nothing, and knows it is at the end.
+    assert_summary(&again, &[("processed", 0), ("lag", 0)]);
     assert_eq!(stored_offsets(&job.database_url, &input), highs);
 
     // Reading uncommitted input would store what the producer aborted: refused.

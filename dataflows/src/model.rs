@@ -352,8 +352,12 @@ impl ProcessorInput {
 /// Everything the Postgres sink writes for one epoch, in one transaction.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SinkRecord {
-    /// A new row of `price_history`.
-    History(ListingRow),
+    /// A new row of `price_history`, and where its message sits in the input:
+    /// what lets the writer name the message behind a row PostgreSQL refuses.
+    History {
+        row: ListingRow,
+        position: Position,
+    },
     /// The latest state of a listing at the end of the epoch.
     Listing(ListingRow),
     /// The latest state of an event at the end of the epoch.

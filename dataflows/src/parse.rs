@@ -363,8 +363,9 @@ fn parse_price(text: &str) -> Result<Cents, PriceError> {
 /// a clamped value is still far too large or has far too many decimals.
 const EXPONENT_CAP: i64 = 1_000_000;
 
-/// The exact value of a JSON-number text in cents, if it is a valid price.
-fn price_cents(text: &str) -> Result<Cents, PriceProblem> {
+/// The exact value of a JSON-number text in cents, if it is a valid price: the
+/// one price parser (the input's `price`, the CLI's `--max-price`).
+pub fn price_cents(text: &str) -> Result<Cents, PriceProblem> {
     let bytes = text.as_bytes();
     let digits_from = |start: usize| {
         let len = bytes[start.min(bytes.len())..]

@@ -211,8 +211,8 @@ impl Processor {
                 RuleChange::Deactivate { rule_id, event_id } => self.deactivate(rule_id, &event_id),
             }
         }
-        for (_, observation) in observations {
-            self.observe(observation, &mut epoch);
+        for (position, observation) in observations {
+            self.observe(position, observation, &mut epoch);
         }
         self.finish(epoch)
     }
@@ -290,7 +290,7 @@ impl Processor {
         }
     }
 
-    fn observe(&mut self, observation: Observation, epoch: &mut Epoch) {
+    fn observe(&mut self, position: Position, observation: Observation, epoch: &mut Epoch) {
         epoch.counters.processed += 1;
         let min_drop = self.config.min_drop_basis_points;
         let listing = &observation.listing;
@@ -311,9 +311,10 @@ impl Processor {
         }
         let quote = Quote::of(&observation);
         epoch.counters.prices_stored += 1;
-        epoch
-            .out
-            .push(SinkRecord::History(quote.row(&listing.event_id, seat)));
+        epoch.out.push(SinkRecord::History {
+            row: quote.row(&listing.event_id, seat),
+            position,
+        });
 
         let event_changed = match &mut state.row {
             Some(row) => event_state::apply(row, &observation),

@@ -97,7 +97,7 @@ impl Output {
         self.records
             .iter()
             .filter_map(|(_, record)| match record {
-                SinkRecord::History(row) => Some(row.clone()),
+                SinkRecord::History { row, .. } => Some(row.clone()),
                 _ => None,
             })
             .collect()
@@ -234,7 +234,13 @@ fn first_observation_creates_event_and_listing_exactly() {
     assert_eq!(
         out.at(0),
         vec![
-            SinkRecord::History(a1.row()),
+            SinkRecord::History {
+                row: a1.row(),
+                position: Position {
+                    partition: 0,
+                    offset: 1
+                },
+            },
             SinkRecord::Event(EventRow {
                 event_id: "ev".into(),
                 event_name: Some(Stamped {
@@ -296,7 +302,13 @@ fn stale_observation_goes_to_history_and_event_only() {
     assert_eq!(
         out.at(1),
         vec![
-            SinkRecord::History(stale.row()),
+            SinkRecord::History {
+                row: stale.row(),
+                position: Position {
+                    partition: 0,
+                    offset: 2
+                },
+            },
             SinkRecord::Event(EventRow {
                 event_id: "ev".into(),
                 // The most recent observation *carrying a name* is the stale one.

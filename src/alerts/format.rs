@@ -14,6 +14,8 @@ use rust_decimal::{Decimal, RoundingStrategy};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::text::{money, printable};
+
 /// An alert as published on the alerts topic (SPEC §3). Only what the printed
 /// line needs; the webhook gets the message value unchanged.
 #[derive(Debug, Deserialize)]
@@ -187,22 +189,6 @@ fn percent_change(old: Decimal, new: Decimal) -> Option<String> {
     } else {
         rounded.to_string()
     })
-}
-
-/// A money amount with at least two decimals: `199` → `199.00`.
-fn money(amount: Decimal) -> String {
-    let mut amount = amount;
-    if amount.scale() < 2 {
-        amount.rescale(2);
-    }
-    amount.to_string()
-}
-
-/// Replaces control characters, so a message cannot garble the terminal.
-pub(super) fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
-        .collect()
 }
 
 #[cfg(test)]

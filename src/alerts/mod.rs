@@ -43,11 +43,10 @@ mod webhook;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
@@ -58,6 +57,7 @@ use self::format::parse_alert;
 use self::webhook::{Delivery, Webhook};
 use crate::config::KafkaArgs;
 use crate::kafka;
+use crate::shutdown::Shutdown;
 
 /// How many recent alert ids the in-memory dedup remembers.
 const DEDUP_CAPACITY: usize = 100_000;
@@ -148,50 +148,6 @@ impl ConsumerContext for AlertsContext {
     }
 }
 
-/// Sets the returned flag on the first SIGINT/SIGTERM; exits at once on the second.
-fn shutdown_flag() -> anyhow::Result<Arc<AtomicBool>> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the signal runtime")?;
-    #[cfg(unix)]
-    let (mut interrupt, mut terminate) = {
-        use tokio::signal::unix::{signal, SignalKind};
-        let _guard = runtime.enter();
-        (
-            signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
-            signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
-        )
-    };
-    let set = Arc::clone(&flag);
-    std::thread::Builder::new()
-        .name("conscope-signals".to_owned())
-        .spawn(move || {
-            runtime.block_on(async move {
-                for round in 0..2 {
-                    #[cfg(unix)]
-                    tokio::select! {
-                        _ = interrupt.recv() => {}
-                        _ = terminate.recv() => {}
-                    }
-                    #[cfg(not(unix))]
-                    if tokio::signal::ctrl_c().await.is_err() {
-                        return;
-                    }
-                    if round == 0 {
-                        tracing::info!("stopping: finishing the current alert (again to quit at once)");
-                        set.store(true, Ordering::SeqCst);
-                    } else {
-                        std::process::exit(130);
-                    }
-                }
-            });
-        })
-        .context("cannot start the signal thread")?;
-    Ok(flag)
-}
-
 /// Counters, logged on exit.
 #[derive(Default, Debug)]
 struct Counts {
@@ -212,7 +168,7 @@ pub fn run(args: AlertsArgs) -> anyhow::Result<()> {
     if args.max_alerts == Some(0) {
         return Ok(());
     }
-    let shutdown = shutdown_flag()?;
+    let shutdown = Shutdown::on_signals("finishing the current alert")?;
 
     // `--kafka KEY=VALUE` wins over these defaults.
     let mut config = args.kafka.client_config_with(&[
@@ -233,7 +189,13 @@ pub fn run(args: AlertsArgs) -> anyhow::Result<()> {
         .create_with_context(AlertsContext)
         .context("cannot create the Kafka consumer")?;
     // Fail fast with a clear message when no broker answers.
-    match partition_count(&consumer, &args.alerts_topic)? {
+    let partitions = kafka::partition_count_once(&consumer, &args.alerts_topic).with_context(|| {
+        format!(
+            "cannot read metadata of topic {:?} (is the broker up?)",
+            args.alerts_topic
+        )
+    })?;
+    match partitions {
         Some(partitions) => tracing::info!(
             topic = %args.alerts_topic,
             partitions,
@@ -263,7 +225,7 @@ pub fn run(args: AlertsArgs) -> anyhow::Result<()> {
 
     let result = (|| -> anyhow::Result<()> {
         loop {
-            if shutdown.load(Ordering::SeqCst) {
+            if shutdown.is_triggered() {
                 return Ok(());
             }
             if args.max_alerts.is_some_and(|max| counts.handled >= max) {
@@ -337,7 +299,7 @@ fn handle(
     recent: &mut RecentIds,
     counts: &mut Counts,
     webhook: Option<&Webhook>,
-    shutdown: &AtomicBool,
+    shutdown: &Shutdown,
     stdout: &std::io::Stdout,
 ) -> anyhow::Result<bool> {
     let position = format!("{}/{}@{}", message.topic(), message.partition(), message.offset());
@@ -375,19 +337,6 @@ fn handle(
     recent.insert(notice.alert_id);
     counts.handled += 1;
     Ok(true)
-}
-
-/// The number of partitions of `topic`, `None` when it does not exist; an error
-/// when no broker answers within [`kafka::METADATA_TIMEOUT`].
-fn partition_count(consumer: &BaseConsumer<AlertsContext>, topic: &str) -> anyhow::Result<Option<usize>> {
-    let metadata = consumer
-        .fetch_metadata(Some(topic), kafka::METADATA_TIMEOUT)
-        .with_context(|| format!("cannot read metadata of topic {topic:?} (is the broker up?)"))?;
-    Ok(metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
-        .map(|t| t.partitions().len()))
 }
 
 fn final_commit(consumer: &BaseConsumer<AlertsContext>, done: &HashMap<(String, i32), i64>) {

@@ -15,12 +15,12 @@
 //!
 //! Touches: the network (the webhook URL only) and the log.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
-use super::format::printable;
+use crate::shutdown::Shutdown;
+use crate::text::printable;
 
 /// First webhook retry delay; doubles on every retry up to [`BACKOFF_CAP`].
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -86,7 +86,7 @@ impl Webhook {
         &self,
         body: &[u8],
         alert_id: &str,
-        shutdown: &AtomicBool,
+        shutdown: &Shutdown,
     ) -> anyhow::Result<Delivery> {
         let mut retry = 0u32;
         loop {
@@ -190,10 +190,10 @@ fn redact_location(location: &str) -> String {
 }
 
 /// Sleeps `delay`, waking early when `shutdown` is set; true if it was.
-fn sleep_unless(delay: Duration, shutdown: &AtomicBool) -> bool {
+fn sleep_unless(delay: Duration, shutdown: &Shutdown) -> bool {
     let until = Instant::now() + delay;
     loop {
-        if shutdown.load(Ordering::SeqCst) {
+        if shutdown.is_triggered() {
             return true;
         }
         let now = Instant::now();

@@ -18,7 +18,7 @@
 //! - this file: the flags, `run`, writing to a file or stdout, sending to Kafka
 //!   (producer settings, pacing, delivery reports), the summary line. The only
 //!   part that touches the outside: Kafka (creates the topic if missing), the
-//!   output file or stdout, signals.
+//!   output file or stdout, signals, the progress bar on a terminal.
 //! - `generator`: the pure, deterministic message generator (config, message
 //!   kinds, the clock and the price walk).
 //! - `catalog`: the simulated world (events, venues, sections, sources).
@@ -36,8 +36,8 @@ mod render;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -49,6 +49,8 @@ use rdkafka::ClientContext;
 pub use self::generator::{generate, GeneratorConfig, MessageKind};
 use crate::config::KafkaArgs;
 use crate::kafka::ensure_topic;
+use crate::progress::Progress;
+use crate::shutdown::Shutdown;
 
 // ---------------------------------------------------------------------------
 // Flags
@@ -236,69 +238,31 @@ impl Pacer {
     }
 }
 
+/// How often the plain progress line is logged when no bar is drawn.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// Messages between two updates of the bar (each update is cheap, not free).
+const BAR_EVERY: u64 = 512;
+
+/// On a terminal, a bar in place of the periodic progress lines.
+fn progress_bar(args: &ProduceArgs) -> Option<Progress> {
+    Progress::start("produce", "messages", (args.count > 0).then_some(args.count))
+}
 
 pub fn run(args: ProduceArgs) -> anyhow::Result<()> {
     let config = args.generator_config()?;
-    let stop = stop_on_signal();
+    // The first SIGINT/SIGTERM stops, flushes and summarizes.
+    let stop = Shutdown::on_signals("flushing what was produced")?;
     match &args.output {
         Some(path) => produce_to_file(&args, &config, path, &stop),
         None => produce_to_kafka(&args, &config, &stop),
     }
 }
 
-/// Set on the first SIGINT/SIGTERM (stop, flush, summarize); a second one exits at once.
-fn stop_on_signal() -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&stop);
-    let spawned = std::thread::Builder::new()
-        .name("produce-signals".to_owned())
-        .spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
-                return;
-            };
-            runtime.block_on(async move {
-                #[cfg(unix)]
-                {
-                    use tokio::signal::unix::{signal, SignalKind};
-                    let (Ok(mut interrupt), Ok(mut terminate)) =
-                        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-                    else {
-                        return;
-                    };
-                    loop {
-                        tokio::select! {
-                            _ = interrupt.recv() => {}
-                            _ = terminate.recv() => {}
-                        }
-                        if flag.swap(true, Ordering::SeqCst) {
-                            std::process::exit(130);
-                        }
-                        tracing::info!("stopping: flushing what was produced (signal again to abort)");
-                    }
-                }
-                #[cfg(not(unix))]
-                loop {
-                    if tokio::signal::ctrl_c().await.is_err() {
-                        return;
-                    }
-                    if flag.swap(true, Ordering::SeqCst) {
-                        std::process::exit(130);
-                    }
-                }
-            });
-        });
-    if let Err(error) = spawned {
-        tracing::warn!("cannot watch for signals: {error}");
-    }
-    stop
-}
-
 fn produce_to_file(
     args: &ProduceArgs,
     config: &GeneratorConfig,
     path: &std::path::Path,
-    stop: &AtomicBool,
+    stop: &Shutdown,
 ) -> anyhow::Result<()> {
     let to_stdout = path.as_os_str() == "-";
     let (mut out, target): (Box<dyn Write>, String) = if to_stdout {
@@ -318,15 +282,16 @@ fn produce_to_file(
     let mut tally = Tally::default();
     let mut pacer = Pacer::new(args.rate);
     let mut broken_pipe = false;
+    let bar = progress_bar(args);
     let result = (|| -> io::Result<()> {
         for message in generate(config) {
-            if stop.load(Ordering::Relaxed) {
+            if stop.is_triggered() {
                 break;
             }
             if let Some(delay) = pacer.delay() {
                 out.flush()?;
                 sleep_unless_stopped(delay, stop);
-                if stop.load(Ordering::Relaxed) {
+                if stop.is_triggered() {
                     break;
                 }
             }
@@ -334,7 +299,10 @@ fn produce_to_file(
             out.write_all(b"\n")?;
             pacer.sent();
             tally.count(message.kind);
-            if last_progress.elapsed() >= PROGRESS_EVERY {
+            if let Some(bar) = bar.as_ref().filter(|_| tally.sent % BAR_EVERY == 0) {
+                bar.set(tally.sent);
+            }
+            if bar.is_none() && last_progress.elapsed() >= PROGRESS_EVERY {
                 last_progress = Instant::now();
                 tracing::info!(sent = tally.sent, target = %target, "producing");
             }
@@ -345,6 +313,7 @@ fn produce_to_file(
         Err(error) if to_stdout && error.kind() == io::ErrorKind::BrokenPipe => broken_pipe = true,
         other => other.with_context(|| format!("cannot write to {target}"))?,
     }
+    drop(bar);
     let summary = tally.summary(&target, started.elapsed());
     if to_stdout {
         if !broken_pipe {
@@ -356,11 +325,11 @@ fn produce_to_file(
     Ok(())
 }
 
-fn sleep_unless_stopped(delay: Duration, stop: &AtomicBool) {
+fn sleep_unless_stopped(delay: Duration, stop: &Shutdown) {
     let until = Instant::now() + delay;
     loop {
         let now = Instant::now();
-        if now >= until || stop.load(Ordering::Relaxed) {
+        if now >= until || stop.is_triggered() {
             return;
         }
         std::thread::sleep((until - now).min(Duration::from_millis(100)));
@@ -425,7 +394,7 @@ fn producer_config(kafka: &KafkaArgs) -> rdkafka::ClientConfig {
     ])
 }
 
-fn produce_to_kafka(args: &ProduceArgs, config: &GeneratorConfig, stop: &AtomicBool) -> anyhow::Result<()> {
+fn produce_to_kafka(args: &ProduceArgs, config: &GeneratorConfig, stop: &Shutdown) -> anyhow::Result<()> {
     let topic = args.topic.as_str();
     let partitions = ensure_topic(&args.kafka, topic, args.partitions)?;
     tracing::info!(topic, partitions, brokers = %args.kafka.brokers, "producing");
@@ -438,14 +407,15 @@ fn produce_to_kafka(args: &ProduceArgs, config: &GeneratorConfig, stop: &AtomicB
     let mut tally = Tally::default();
     let mut pacer = Pacer::new(args.rate);
     let mut send_error = None;
+    let bar = progress_bar(args);
     'messages: for message in generate(config) {
-        if stop.load(Ordering::Relaxed) {
+        if stop.is_triggered() {
             break;
         }
         while let Some(delay) = pacer.delay() {
             // Serve delivery reports while waiting for the next token.
             producer.poll(delay.min(Duration::from_millis(100)));
-            if stop.load(Ordering::Relaxed) {
+            if stop.is_triggered() {
                 break 'messages;
             }
         }
@@ -473,22 +443,27 @@ fn produce_to_kafka(args: &ProduceArgs, config: &GeneratorConfig, stop: &AtomicB
         }
         pacer.sent();
         tally.count(message.kind);
-        if tally.sent % 512 == 0 {
+        if tally.sent % BAR_EVERY == 0 {
             // Serve delivery reports.
             producer.poll(Duration::ZERO);
+            if let Some(bar) = &bar {
+                bar.set(tally.sent);
+            }
         }
         if last_progress.elapsed() >= PROGRESS_EVERY {
             last_progress = Instant::now();
             let context = producer.context();
             let seconds = started.elapsed().as_secs_f64();
-            tracing::info!(
-                sent = tally.sent,
-                delivered = context.delivered.load(Ordering::Relaxed),
-                failed = context.failed.load(Ordering::Relaxed),
-                in_flight = producer.in_flight_count(),
-                rate = format!("{:.0}/s", tally.sent as f64 / seconds.max(1e-9)),
-                "producing"
-            );
+            if bar.is_none() {
+                tracing::info!(
+                    sent = tally.sent,
+                    delivered = context.delivered.load(Ordering::Relaxed),
+                    failed = context.failed.load(Ordering::Relaxed),
+                    in_flight = producer.in_flight_count(),
+                    rate = format!("{:.0}/s", tally.sent as f64 / seconds.max(1e-9)),
+                    "producing"
+                );
+            }
             if context.failed.load(Ordering::Relaxed) > 0 {
                 if let Some((code, reason)) = producer.client().fatal_error() {
                     send_error = Some(format!("fatal producer error {code:?}: {reason}"));
@@ -498,6 +473,7 @@ fn produce_to_kafka(args: &ProduceArgs, config: &GeneratorConfig, stop: &AtomicB
         }
     }
 
+    drop(bar);
     let flushed = producer.flush(Duration::from_secs(120));
     let elapsed = started.elapsed();
     let context = producer.context();

@@ -1,7 +1,11 @@
 //! Sinks: everything the job writes.
 //!
-//! - `postgres`: the writer thread, one transaction per batch of epochs (rows,
+//! - `postgres`: the writer, one transaction per batch of epochs (rows,
 //!   alerts, outbox, offsets).
+//! - `write_error`: which PostgreSQL failures are transient, definite, fencing.
+//! - `isolate`: after a definite failure, the input messages behind it.
+//! - `quarantine`: those messages, stored, so the replay rejects them.
+//! - `monitor`: committed offsets reported to the Kafka consumer group.
 //! - `publisher`: the outbox publisher (alerts topic, dead-letter topic).
 //! - `delivery`: the producer settings the publisher relies on, and which
 //!   delivery failures are final.
@@ -12,16 +16,24 @@
 //! gathers each epoch's records once the epoch is complete, hands them to the
 //! writer, and holds the epoch's capability until the writer reports it
 //! committed. A probe on its output therefore tells every worker, in every
-//! process, which epochs are durable.
+//! process, which epochs are durable. [`WriterThread`] runs the writer on a
+//! thread of its own, started by that operator, and tells the job how it
+//! ended.
 
 pub mod delivery;
 pub mod encode;
+mod isolate;
+mod monitor;
 pub mod postgres;
 pub mod publisher;
+pub mod quarantine;
 pub mod recovery;
+pub mod write_error;
 
 use std::collections::BTreeMap;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
 
 use conscope_dataflows::model::SinkRecord;
 use timely::container::CapacityContainerBuilder;
@@ -30,11 +42,79 @@ use timely::dataflow::operators::{Capability, Operator};
 use timely::dataflow::Stream;
 use timely::scheduling::SyncActivator;
 
-use postgres::EpochBatch;
+use crate::metrics::Metrics;
+use postgres::{run_writer, EpochBatch, WriterConfig, WriterExit};
+use publisher::PublisherControl;
 
 /// Starts the writer for the sink operator on worker 0: given the operator's
 /// activator, returns where to send batches and where committed epochs come back.
-pub type WriterStarter = Box<dyn FnOnce(SyncActivator) -> (mpsc::Sender<EpochBatch>, mpsc::Receiver<u64>)>;
+pub type WriterStarter =
+    Box<dyn FnOnce(SyncActivator) -> (mpsc::Sender<EpochBatch>, mpsc::Receiver<u64>) + Send>;
+
+type WriterResult = anyhow::Result<WriterExit>;
+
+/// The writer's thread, once the sink operator has started it.
+pub struct WriterThread {
+    handle: Arc<Mutex<Option<JoinHandle<WriterResult>>>>,
+}
+
+impl WriterThread {
+    /// The starter to hand to [`postgres_sink`] on worker 0, and the thread to
+    /// join once the workers are done. When the writer ends for any reason but
+    /// its input closing, it sets `stop`: the workers must stop too (after an
+    /// error, or to replay without quarantined messages).
+    pub fn prepare(
+        config: WriterConfig,
+        metrics: Arc<Metrics>,
+        control: Arc<PublisherControl>,
+        stop: Arc<AtomicBool>,
+    ) -> (WriterStarter, WriterThread) {
+        let handle = Arc::new(Mutex::new(None));
+        let slot = Arc::clone(&handle);
+        let starter: WriterStarter = Box::new(move |activator| {
+            let (batches, batches_in) = mpsc::channel();
+            let (committed_out, committed) = mpsc::channel();
+            let spawned = std::thread::Builder::new()
+                .name("pg-writer".into())
+                .spawn(move || {
+                    let wake = {
+                        let activator = activator.clone();
+                        move || {
+                            let _ = activator.activate();
+                        }
+                    };
+                    let result = run_writer(config, batches_in, committed_out, wake, metrics, control);
+                    if !matches!(result, Ok(WriterExit::Finished)) {
+                        stop.store(true, Ordering::SeqCst);
+                        let _ = activator.activate();
+                    }
+                    result
+                });
+            let spawned = spawned
+                .map_err(|error| anyhow::Error::from(error).context("cannot start the Postgres writer"));
+            let handle = match spawned {
+                Ok(handle) => handle,
+                Err(error) => std::thread::spawn(move || Err(error)),
+            };
+            if let Ok(mut slot) = slot.lock() {
+                *slot = Some(handle);
+            }
+            (batches, committed)
+        });
+        (starter, WriterThread { handle })
+    }
+
+    /// Waits for the writer to end; `Finished` if it never started.
+    pub fn join(self) -> WriterResult {
+        let handle = self.handle.lock().ok().and_then(|mut slot| slot.take());
+        match handle {
+            None => Ok(WriterExit::Finished),
+            Some(handle) => handle
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the Postgres writer panicked"))),
+        }
+    }
+}
 
 pub fn postgres_sink<'scope>(
     records: Stream<'scope, u64, Vec<SinkRecord>>,

@@ -19,19 +19,28 @@
 //! `job_progress.commit_no + 1` commit together, so after any crash the stored
 //! offsets and the rows agree: a restart neither re-applies nor skips a message.
 //! When the writer falls behind, queued epochs are merged into one transaction
-//! (later states win), which keeps throughput up under load.
+//! (later states win), which keeps throughput up under load. Each transaction
+//! first checks that this process still holds the job lease (`lease`).
 //!
 //! # Retries
-//! Connection and serialization failures are transient: reconnect with backoff
-//! and retry the same batch; the dataflow holds the epochs' capabilities (and the
-//! sources stop reading) until the commit succeeds, so memory stays bounded. A
-//! commit whose outcome is unknown is resolved by `commit_no`: if it moved by one,
-//! the batch is in.
+//! Every SQL call classifies its failure where it is made (`write_error`).
+//! Transient failures (connection lost, server restarting, serialization,
+//! resources) reconnect with backoff and retry the same batch, including the
+//! reconnect's own statements; the dataflow holds the epochs' capabilities (and
+//! the sources stop reading) until the commit succeeds, so memory stays
+//! bounded. A commit whose outcome is unknown is resolved by `commit_no`: if it
+//! moved by one, the batch is in.
 //!
 //! # Error handling
-//! Anything else (a constraint violated, a second job writing to the same
-//! database) is definite: the writer stops the job with a clear error instead of
-//! skipping data.
+//! A definite failure (PostgreSQL refuses the data: a check, a value out of
+//! range, ...) is traced back to the input messages behind the refused rows
+//! (`isolate`); they are stored in `quarantine` and the writer asks the job to
+//! start over from the last commit (`WriterExit::Restart`): the replay rejects
+//! them to the dead-letter topic with the refusal as reason, so every other
+//! message lands exactly as it would have without them, derived rows
+//! included. A refusal no input message explains (a schema problem) stops the
+//! job with the error. Losing the job lease to another instance (`Fenced`)
+//! stops it at once.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::Hash;
@@ -39,11 +48,10 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use conscope_dataflows::model::{
     Alert, Cents, Change, Counters, EventCurrency, EventRow, EventSummary, ListingKey, ListingRow, Micros,
-    Rejected, SectionCurrency, SectionSummary, SinkRecord,
+    Position, Rejected, SectionCurrency, SectionSummary, SinkRecord,
 };
 use futures_util::pin_mut;
 use rust_decimal::Decimal;
@@ -52,9 +60,12 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Transaction};
 
 use super::encode::{alert_headers, alert_json, dead_letter, OutboxTarget};
+use super::monitor::GroupMonitor;
 use super::publisher::PublisherControl;
+use super::write_error::WriteError;
 use crate::config::KafkaArgs;
 use crate::fail::fail_point;
+use crate::lease::{Lease, LOCK_CLASS};
 use crate::metrics::Metrics;
 
 /// The records of one epoch, ready to commit.
@@ -76,35 +87,52 @@ pub struct WriterConfig {
     /// Where to report committed offsets for monitoring tools (Kafka client
     /// settings and consumer group); `None` for file input.
     pub monitor: Option<(KafkaArgs, String)>,
+    /// This process's job lease: no commit lands without it.
+    pub lease: Lease,
+}
+
+/// Why the writer returned.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WriterExit {
+    /// Its input closed: the job is stopping.
+    Finished,
+    /// Messages PostgreSQL refused were quarantined: the job must replay from
+    /// the last commit without them.
+    Restart,
 }
 
 /// Everything to write in one transaction, merged from one or more epochs.
 #[derive(Default)]
-struct Merged {
-    epochs: Vec<u64>,
-    history: Vec<ListingRow>,
-    listings: HashMap<ListingKey, ListingRow>,
-    events: HashMap<String, EventRow>,
-    alerts: Vec<Alert>,
-    rule_states: BTreeMap<i64, bool>,
-    rejected: Vec<Rejected>,
-    offsets: BTreeMap<i32, i64>,
-    counters: Counters,
-    records: usize,
+pub(super) struct Merged {
+    pub(super) epochs: Vec<u64>,
+    pub(super) history: Vec<ListingRow>,
+    /// The input position of each history row (same index).
+    pub(super) origins: Vec<Position>,
+    pub(super) listings: HashMap<ListingKey, ListingRow>,
+    pub(super) events: HashMap<String, EventRow>,
+    pub(super) alerts: Vec<Alert>,
+    pub(super) rule_states: BTreeMap<i64, bool>,
+    pub(super) rejected: Vec<Rejected>,
+    pub(super) offsets: BTreeMap<i32, i64>,
+    pub(super) counters: Counters,
+    pub(super) records: usize,
     /// Each changed summary key's row after the epochs; `None`: delete it.
-    event_summaries: HashMap<EventCurrency, Option<EventSummary>>,
-    section_summaries: HashMap<SectionCurrency, Option<SectionSummary>>,
+    pub(super) event_summaries: HashMap<EventCurrency, Option<EventSummary>>,
+    pub(super) section_summaries: HashMap<SectionCurrency, Option<SectionSummary>>,
 }
 
 impl Merged {
-    fn absorb(&mut self, batch: EpochBatch) {
+    pub(super) fn absorb(&mut self, batch: EpochBatch) {
         self.epochs.push(batch.epoch);
         self.records += batch.records.len();
         let mut event_summaries = Vec::new();
         let mut section_summaries = Vec::new();
         for record in batch.records {
             match record {
-                SinkRecord::History(row) => self.history.push(row),
+                SinkRecord::History { row, position } => {
+                    self.history.push(row);
+                    self.origins.push(position);
+                }
                 SinkRecord::Listing(row) => {
                     self.listings.insert(row.listing.clone(), row);
                 }
@@ -152,8 +180,9 @@ fn decimal(cents: Cents) -> Decimal {
     Decimal::new(cents.0, 2)
 }
 
-/// Runs the writer on the calling thread until `batches` closes. Sends each
-/// committed epoch on `committed` and calls `wake` after each commit.
+/// Runs the writer on the calling thread until `batches` closes or messages
+/// must be taken out of a replay. Sends each committed epoch on `committed`
+/// and calls `wake` after each commit.
 pub fn run_writer(
     config: WriterConfig,
     batches: mpsc::Receiver<EpochBatch>,
@@ -161,15 +190,13 @@ pub fn run_writer(
     wake: impl Fn() + Send + 'static,
     metrics: Arc<Metrics>,
     publisher: Arc<PublisherControl>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<WriterExit> {
     let monitor = match &config.monitor {
         Some((kafka, group)) => Some(GroupMonitor::new(kafka, group, &config.input_name)?),
         None => None,
     };
     let mut rejected_log = crate::metrics::RateLimited::new(Duration::from_secs(5));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = crate::runtime::current_thread()?;
     runtime.block_on(async move {
         let mut writer = Writer::connect(config).await?;
         while let Ok(first) = batches.recv() {
@@ -181,8 +208,15 @@ pub fn run_writer(
                     Err(_) => break,
                 }
             }
-            writer.commit_with_retry(&merged, &metrics).await?;
-            metrics.committed(&merged.counters, merged.rejected.len() as u64, &merged.offsets);
+            match writer.commit_with_retry(&merged, &metrics).await {
+                Ok(()) => {}
+                Err(WriteError::Definite { context, reason }) => {
+                    writer.quarantine_refused(&merged, context, &reason).await?;
+                    return Ok(WriterExit::Restart);
+                }
+                Err(error) => return Err(error.into()),
+            }
+            metrics.committed(&merged.counters, merged.rejected.len() as u64);
             for rejected in &merged.rejected {
                 if rejected_log.allow() {
                     tracing::warn!(
@@ -197,7 +231,7 @@ pub fn run_writer(
             }
             for epoch in &merged.epochs {
                 if committed.send(*epoch).is_err() {
-                    return Ok(());
+                    return Ok(WriterExit::Finished);
                 }
             }
             wake();
@@ -206,141 +240,158 @@ pub fn run_writer(
                 monitor.report(&merged.offsets);
             }
         }
-        Ok(())
+        Ok(WriterExit::Finished)
     })
 }
 
-/// Commits the stored offsets to the consumer group too, so lag dashboards and
-/// `kafka-consumer-groups` see the job. Never read back: PostgreSQL is the truth.
-struct GroupMonitor {
-    consumer: rdkafka::consumer::BaseConsumer,
-    topic: String,
-}
-
-impl GroupMonitor {
-    fn new(kafka: &KafkaArgs, group: &str, topic: &str) -> anyhow::Result<GroupMonitor> {
-        let consumer = kafka
-            .client_config()
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .create()
-            .context("cannot create the monitoring Kafka client")?;
-        Ok(GroupMonitor {
-            consumer,
-            topic: topic.to_owned(),
-        })
-    }
-
-    fn report(&self, offsets: &BTreeMap<i32, i64>) {
-        use rdkafka::consumer::{CommitMode, Consumer};
-        let mut list = rdkafka::TopicPartitionList::new();
-        for (partition, next) in offsets {
-            if list
-                .add_partition_offset(&self.topic, *partition, rdkafka::Offset::Offset(*next))
-                .is_err()
-            {
-                return;
-            }
-        }
-        if let Err(error) = self.consumer.commit(&list, CommitMode::Async) {
-            tracing::debug!(%error, "cannot report offsets to the consumer group");
-        }
-    }
-}
-
-struct Writer {
-    config: WriterConfig,
-    client: Client,
+pub(super) struct Writer {
+    pub(super) config: WriterConfig,
+    pub(super) client: Client,
     commit_no: i64,
+    errors: crate::metrics::RateLimited,
 }
 
 impl Writer {
     async fn connect(config: WriterConfig) -> anyhow::Result<Writer> {
         let client = crate::db::connect_with_retry(&config.database_url, Duration::from_secs(60)).await?;
-        prepare(&client).await?;
-        let commit_no = client
-            .query_one("SELECT commit_no FROM job_progress WHERE id = 1", &[])
-            .await
-            .context("cannot read job_progress")?
-            .get(0);
-        Ok(Writer {
+        let mut writer = Writer {
             config,
             client,
-            commit_no,
-        })
+            commit_no: 0,
+            errors: crate::metrics::RateLimited::new(Duration::from_secs(10)),
+        };
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match writer.start_session().await {
+                Ok(()) => return Ok(writer),
+                Err(error) if error.is_transient() => writer.pause(&error, &mut delay).await,
+                Err(error) => return Err(error.into()),
+            }
+        }
     }
 
-    async fn commit_with_retry(&mut self, merged: &Merged, metrics: &Metrics) -> anyhow::Result<()> {
+    /// What the first commit needs: the temporary tables and the commit
+    /// counter. Transient failures (the server restarting) are returned, for
+    /// `connect` to retry.
+    async fn start_session(&mut self) -> Result<(), WriteError> {
+        if !self.recover().await? {
+            prepare(&self.client).await?;
+        }
+        self.commit_no = self
+            .client
+            .query_one("SELECT commit_no FROM job_progress WHERE id = 1", &[])
+            .await
+            .map_err(WriteError::at("cannot read job_progress"))?
+            .get(0);
+        Ok(())
+    }
+
+    /// Logs (rate-limited) and waits before the next attempt.
+    pub(super) async fn pause(&mut self, error: &WriteError, delay: &mut Duration) {
+        if self.errors.allow() {
+            tracing::warn!("{error}; retrying in {delay:?}");
+        }
+        tokio::time::sleep(*delay).await;
+        *delay = (*delay * 2).min(Duration::from_secs(5));
+    }
+
+    /// After a transient failure: a new, prepared connection if this one is
+    /// gone (`true`). Its own failures are classified like any other.
+    pub(super) async fn recover(&mut self) -> Result<bool, WriteError> {
+        if !self.client.is_closed() {
+            return Ok(false);
+        }
+        self.client = crate::db::connect(&self.config.database_url)
+            .await
+            .map_err(|error| WriteError::Transient {
+                context: "reconnect",
+                detail: format!("{error:#}"),
+            })?;
+        prepare(&self.client).await?;
+        Ok(true)
+    }
+
+    /// Commits `merged`, retrying transient failures; returns definite and
+    /// fencing ones.
+    async fn commit_with_retry(&mut self, merged: &Merged, metrics: &Metrics) -> Result<(), WriteError> {
         let mut delay = Duration::from_millis(100);
-        let mut errors = crate::metrics::RateLimited::new(Duration::from_secs(10));
         loop {
-            let outcome = write(&mut self.client, &self.config, merged, self.commit_no).await;
-            match outcome {
+            let error = match write(&mut self.client, &self.config, merged, self.commit_no).await {
                 Ok(()) => {
                     self.commit_no += 1;
                     metrics.commit_done();
                     fail_point("after_commit");
                     return Ok(());
                 }
-                Err(error) if is_transient(&error) || self.client.is_closed() => {
-                    if errors.allow() {
-                        tracing::warn!("commit failed ({error:#}); retrying in {delay:?}");
-                    }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                    if self.client.is_closed() {
-                        match crate::db::connect(&self.config.database_url).await {
-                            Ok(client) => {
-                                prepare(&client).await?;
-                                self.client = client;
-                            }
-                            Err(error) => {
-                                if errors.allow() {
-                                    tracing::warn!("{error:#}");
-                                }
-                                continue;
-                            }
-                        }
-                    }
-                    // Did the lost commit land? commit_no tells.
-                    if let Ok(row) = self
-                        .client
-                        .query_one("SELECT commit_no FROM job_progress WHERE id = 1", &[])
-                        .await
-                    {
-                        let stored: i64 = row.get(0);
-                        if stored == self.commit_no + 1 {
-                            tracing::info!("the interrupted commit had landed");
-                            self.commit_no = stored;
-                            metrics.commit_done();
-                            return Ok(());
+                Err(error) if error.is_transient() => error,
+                Err(error) => return Err(error),
+            };
+            self.pause(&error, &mut delay).await;
+            if let Err(error) = self.recover().await {
+                if error.is_transient() {
+                    continue;
+                }
+                return Err(error);
+            }
+            // Did the lost commit land? commit_no tells.
+            if let Ok(row) = self
+                .client
+                .query_one("SELECT commit_no FROM job_progress WHERE id = 1", &[])
+                .await
+            {
+                let stored: i64 = row.get(0);
+                if stored == self.commit_no + 1 {
+                    tracing::info!("the interrupted commit had landed");
+                    self.commit_no = stored;
+                    metrics.commit_done();
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// PostgreSQL refused `merged` for good: finds the input messages behind
+    /// the refused rows and quarantines them, retrying transient failures on
+    /// the way. Fails when no message explains the refusal.
+    async fn quarantine_refused(
+        &mut self,
+        merged: &Merged,
+        context: &str,
+        reason: &str,
+    ) -> anyhow::Result<()> {
+        tracing::warn!(
+            "PostgreSQL refused a commit ({context}: {reason}); looking for the input messages behind it"
+        );
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let attempt = match super::isolate::offenders(&mut self.client, &self.config, merged).await {
+                Ok(offenders) if offenders.is_empty() => anyhow::bail!(
+                    "PostgreSQL refused a commit ({context}: {reason}) and no input message explains it \
+                     (each one alone is accepted): check the schema and constraints of this database"
+                ),
+                Ok(offenders) => {
+                    super::quarantine::store(&self.client, &self.config.input_name, &offenders).await
+                }
+                Err(error) => Err(error),
+            };
+            match attempt {
+                Ok(()) => return Ok(()),
+                Err(error) if error.is_transient() => {
+                    self.pause(&error, &mut delay).await;
+                    if let Err(error) = self.recover().await {
+                        if !error.is_transient() {
+                            return Err(error.into());
                         }
                     }
                 }
-                Err(error) => return Err(error),
+                Err(error) => return Err(error.into()),
             }
         }
     }
 }
 
-fn is_transient(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
-        cause
-            .downcast_ref::<tokio_postgres::Error>()
-            .is_some_and(|error| {
-                error.is_closed()
-                    || error.code().is_none_or(|code| {
-                        let class = &code.code()[..2];
-                        // 08 connection, 40 serialization/deadlock, 53 resources,
-                        // 57 operator intervention (restart), 58 system error.
-                        matches!(class, "08" | "40" | "53" | "57" | "58")
-                    })
-            })
-    })
-}
-
 /// Per-connection temporary tables for the merges.
-async fn prepare(client: &Client) -> anyhow::Result<()> {
+async fn prepare(client: &Client) -> Result<(), WriteError> {
     client
         .batch_execute(
             "CREATE TEMP TABLE IF NOT EXISTS incoming_events (
@@ -363,24 +414,41 @@ async fn prepare(client: &Client) -> anyhow::Result<()> {
                  low_price NUMERIC(12,2), present BOOLEAN) ON COMMIT DELETE ROWS;",
         )
         .await
-        .context("cannot create temporary tables")?;
+        .map_err(WriteError::at("cannot create temporary tables"))?;
     Ok(())
 }
 
-/// `COPY table (columns) FROM STDIN BINARY` of `rows`.
+/// Empties the temporary tables within a transaction (they empty themselves
+/// at commit): `isolate` writes several probes in one transaction. Every
+/// temporary table of the session, so a table added to `prepare` is covered.
+pub(super) async fn clear_incoming(transaction: &Transaction<'_>) -> Result<(), WriteError> {
+    transaction
+        .batch_execute(
+            "DO $$ DECLARE t regclass; BEGIN
+                 FOR t IN SELECT oid FROM pg_class WHERE relnamespace = pg_my_temp_schema() AND relkind = 'r'
+                 LOOP EXECUTE format('DELETE FROM %s', t); END LOOP;
+             END $$",
+        )
+        .await
+        .map_err(WriteError::at("cannot empty the temporary tables"))
+}
+
+/// `COPY table (columns) FROM STDIN BINARY` of `rows`; `context` names the
+/// table in errors.
 async fn copy_in<'a, I>(
     transaction: &Transaction<'_>,
+    context: &'static str,
     statement: &str,
     types: &[Type],
     rows: I,
-) -> anyhow::Result<()>
+) -> Result<(), WriteError>
 where
     I: IntoIterator<Item = Vec<Box<dyn ToSql + Sync + Send + 'a>>>,
 {
     let sink = transaction
         .copy_in(statement)
         .await
-        .with_context(|| format!("{statement} failed"))?;
+        .map_err(WriteError::at(context))?;
     let writer = BinaryCopyInWriter::new(sink, types);
     pin_mut!(writer);
     for row in rows {
@@ -390,12 +458,9 @@ where
             .as_mut()
             .write(&refs)
             .await
-            .with_context(|| format!("{statement} failed"))?;
+            .map_err(WriteError::at(context))?;
     }
-    writer
-        .finish()
-        .await
-        .with_context(|| format!("{statement} failed"))?;
+    writer.finish().await.map_err(WriteError::at(context))?;
     Ok(())
 }
 
@@ -441,29 +506,96 @@ async fn write(
     config: &WriterConfig,
     merged: &Merged,
     commit_no: i64,
-) -> anyhow::Result<()> {
-    let transaction = client.transaction().await.context("BEGIN failed")?;
+) -> Result<(), WriteError> {
+    let transaction = client
+        .transaction()
+        .await
+        .map_err(WriteError::at("BEGIN failed"))?;
+    check_lease(&transaction, &config.lease).await?;
     let moved = transaction
         .execute(
             "UPDATE job_progress SET commit_no = $1 WHERE id = 1 AND commit_no = $2",
             &[&(commit_no + 1), &commit_no],
         )
         .await
-        .context("cannot advance job_progress")?;
+        .map_err(WriteError::at("cannot advance job_progress"))?;
     if moved != 1 {
-        bail!(
+        return Err(WriteError::Fenced(format!(
             "job_progress.commit_no is no longer {commit_no}: another conscope job is writing to this \
              database (one database holds one job's state)"
-        );
+        )));
     }
 
+    write_rows(&transaction, config, merged).await?;
+
+    if !merged.offsets.is_empty() {
+        let partitions: Vec<i32> = merged.offsets.keys().copied().collect();
+        let next: Vec<i64> = merged.offsets.values().copied().collect();
+        transaction
+            .execute(
+                "INSERT INTO kafka_offsets (topic, partition, next_offset)
+                 SELECT $1, p, o FROM unnest($2::int[], $3::bigint[]) AS t(p, o)
+                 ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
+                &[&config.input_name, &partitions, &next],
+            )
+            .await
+            .map_err(WriteError::at("cannot store offsets"))?;
+    }
+    fail_point("before_commit");
+    transaction
+        .commit()
+        .await
+        .map_err(WriteError::at("COMMIT failed"))?;
+    Ok(())
+}
+
+/// No commit without the job lease: the lease's session must still hold the
+/// lock (it may have been lost with its connection, and taken by another
+/// instance since; then the lease stops the job).
+async fn check_lease(transaction: &Transaction<'_>, lease: &Lease) -> Result<(), WriteError> {
+    let Some(pid) = lease.holder_pid() else {
+        return Err(WriteError::Transient {
+            context: "job lease",
+            detail: "the job lease is being taken again after a lost connection".to_owned(),
+        });
+    };
+    let held: bool = transaction
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2
+                            AND classid::bigint = $1 AND objid::bigint = $2 AND pid = $3)",
+            &[&i64::from(LOCK_CLASS), &i64::from(lease.process_key()), &pid],
+        )
+        .await
+        .map_err(WriteError::at("cannot check the job lease"))?
+        .get(0);
+    if held {
+        Ok(())
+    } else {
+        // Its session is gone: the lease notices within a second and takes
+        // the lock again, or stops the job if another instance has it.
+        Err(WriteError::Transient {
+            context: "job lease",
+            detail: format!("the job lease's session (pid {pid}) no longer holds the lock"),
+        })
+    }
+}
+
+/// Every row derived from the messages of `merged`: events, history, listings,
+/// summaries, alerts, the outbox, rule states. Without the bookkeeping
+/// (progress, offsets), so `isolate` can write parts of a batch.
+pub(super) async fn write_rows(
+    transaction: &Transaction<'_>,
+    config: &WriterConfig,
+    merged: &Merged,
+) -> Result<(), WriteError> {
     // Events first: history, listings and alerts reference them.
     if !merged.events.is_empty() {
         let mut events: Vec<&EventRow> = merged.events.values().collect();
         // A stable order keeps lock order stable between concurrent writers.
         events.sort_by(|a, b| a.event_id.cmp(&b.event_id));
         copy_in(
-            &transaction,
+            transaction,
+            "cannot copy into incoming_events",
             "COPY incoming_events FROM STDIN BINARY",
             &[
                 Type::TEXT,
@@ -505,12 +637,13 @@ async fn write(
                      updated_at = now()",
             )
             .await
-            .context("cannot merge events")?;
+            .map_err(WriteError::at("cannot merge events"))?;
     }
 
     if !merged.history.is_empty() {
         copy_in(
-            &transaction,
+            transaction,
+            "cannot copy into price_history",
             "COPY price_history (event_id, section, \"row\", seat, source, price, currency, available, observed_at)
              FROM STDIN BINARY",
             &LISTING_TYPES,
@@ -522,7 +655,8 @@ async fn write(
 
     if !merged.listings.is_empty() {
         copy_in(
-            &transaction,
+            transaction,
+            "cannot copy into incoming_listings",
             "COPY incoming_listings FROM STDIN BINARY",
             &LISTING_TYPES,
             merged.listings.values().map(listing_values),
@@ -536,17 +670,18 @@ async fn write(
                      available = EXCLUDED.available, observed_at = EXCLUDED.observed_at",
             )
             .await
-            .context("cannot merge listings")?;
+            .map_err(WriteError::at("cannot merge listings"))?;
     }
 
     // With the listings they summarise, in the same transaction.
-    write_summaries(&transaction, merged).await?;
+    write_summaries(transaction, merged).await?;
 
     let mut outbox: Vec<OutboxRow> = Vec::new();
     if !merged.alerts.is_empty() {
         let alerts = distinct_alerts(&merged.alerts);
         copy_in(
-            &transaction,
+            transaction,
+            "cannot copy into incoming_alerts",
             "COPY incoming_alerts FROM STDIN BINARY",
             &[
                 Type::TEXT,
@@ -589,7 +724,7 @@ async fn write(
                 &[],
             )
             .await
-            .context("cannot insert alerts")?
+            .map_err(WriteError::at("cannot insert alerts"))?
             .into_iter()
             .map(|row| row.get(0))
             .collect();
@@ -618,7 +753,8 @@ async fn write(
     }
     if !outbox.is_empty() {
         copy_in(
-            &transaction,
+            transaction,
+            "cannot copy into outbox",
             "COPY outbox (topic, partition, key, payload, headers) FROM STDIN BINARY",
             &[Type::TEXT, Type::INT4, Type::BYTEA, Type::BYTEA, Type::TEXT_ARRAY],
             outbox.iter().map(|row| -> Values<'_> {
@@ -648,24 +784,9 @@ async fn write(
                 &[&ids, &below],
             )
             .await
-            .context("cannot store rule state")?;
+            .map_err(WriteError::at("cannot store rule state"))?;
     }
 
-    if !merged.offsets.is_empty() {
-        let partitions: Vec<i32> = merged.offsets.keys().copied().collect();
-        let next: Vec<i64> = merged.offsets.values().copied().collect();
-        transaction
-            .execute(
-                "INSERT INTO kafka_offsets (topic, partition, next_offset)
-                 SELECT $1, p, o FROM unnest($2::int[], $3::bigint[]) AS t(p, o)
-                 ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
-                &[&config.input_name, &partitions, &next],
-            )
-            .await
-            .context("cannot store offsets")?;
-    }
-    fail_point("before_commit");
-    transaction.commit().await.context("COMMIT failed")?;
     Ok(())
 }
 
@@ -697,10 +818,11 @@ fn alerts_to_publish(alerts: &[Alert], mut inserted: HashSet<String>) -> Vec<&Al
 
 /// Upserts the changed keys of `event_summary` and `section_summary` and deletes
 /// the keys that have no listing left.
-async fn write_summaries(transaction: &Transaction<'_>, merged: &Merged) -> anyhow::Result<()> {
+async fn write_summaries(transaction: &Transaction<'_>, merged: &Merged) -> Result<(), WriteError> {
     if !merged.event_summaries.is_empty() {
         copy_in(
             transaction,
+            "cannot copy into incoming_event_summary",
             "COPY incoming_event_summary FROM STDIN BINARY",
             &[
                 Type::TEXT,
@@ -734,11 +856,12 @@ async fn write_summaries(transaction: &Transaction<'_>, merged: &Merged) -> anyh
                      get_in_price = EXCLUDED.get_in_price",
             )
             .await
-            .context("cannot merge event_summary")?;
+            .map_err(WriteError::at("cannot merge event_summary"))?;
     }
     if !merged.section_summaries.is_empty() {
         copy_in(
             transaction,
+            "cannot copy into incoming_section_summary",
             "COPY incoming_section_summary FROM STDIN BINARY",
             &[
                 Type::TEXT,
@@ -775,7 +898,7 @@ async fn write_summaries(transaction: &Transaction<'_>, merged: &Merged) -> anyh
                      available = EXCLUDED.available, low_price = EXCLUDED.low_price",
             )
             .await
-            .context("cannot merge section_summary")?;
+            .map_err(WriteError::at("cannot merge section_summary"))?;
     }
     Ok(())
 }
@@ -868,6 +991,97 @@ mod tests {
         // An id the INSERT skipped (stored by an earlier commit) is not published.
         let published = alerts_to_publish(&merged.alerts, ["other".to_owned()].into());
         assert_eq!(published.len(), 1);
+    }
+
+    fn listing_row(seat: &str, cents: i64, observed_at: Micros) -> ListingRow {
+        ListingRow {
+            listing: ListingKey {
+                event_id: "e1".to_owned(),
+                seat: Seat {
+                    section: "A".to_owned(),
+                    row: "1".to_owned(),
+                    seat: seat.to_owned(),
+                    source: "s1".to_owned(),
+                },
+            },
+            price: Cents(cents),
+            currency: Currency::USD,
+            available: true,
+            observed_at,
+        }
+    }
+
+    fn at(partition: i32, offset: i64) -> Position {
+        Position { partition, offset }
+    }
+
+    /// Epochs merged into one transaction: every history row once, with its
+    /// input position, in order; the last state of each listing; the highest
+    /// next offset per partition; counters and rejects summed.
+    #[test]
+    fn absorbed_epochs_keep_every_row_and_the_last_state() {
+        let counted = |processed| {
+            SinkRecord::Counters(Counters {
+                processed,
+                ..Counters::default()
+            })
+        };
+        let mut merged = Merged::default();
+        merged.absorb(EpochBatch {
+            epoch: 7,
+            records: vec![
+                SinkRecord::History {
+                    row: listing_row("1", 100, 10),
+                    position: at(0, 4),
+                },
+                SinkRecord::Listing(listing_row("1", 100, 10)),
+                SinkRecord::Offset(at(0, 5)),
+                SinkRecord::Offset(at(1, 9)),
+                SinkRecord::RuleState {
+                    rule_id: 3,
+                    below: true,
+                },
+                counted(2),
+            ],
+        });
+        merged.absorb(EpochBatch {
+            epoch: 8,
+            records: vec![
+                SinkRecord::History {
+                    row: listing_row("1", 90, 20),
+                    position: at(0, 5),
+                },
+                SinkRecord::Listing(listing_row("1", 90, 20)),
+                SinkRecord::Rejected(Rejected {
+                    position: at(1, 9),
+                    key: None,
+                    payload: None,
+                    reason: "bad".to_owned(),
+                }),
+                // Progress of another worker's partition can arrive late: the
+                // highest next offset wins.
+                SinkRecord::Offset(at(1, 10)),
+                SinkRecord::Offset(at(0, 6)),
+                SinkRecord::RuleState {
+                    rule_id: 3,
+                    below: false,
+                },
+                counted(3),
+            ],
+        });
+        assert_eq!(merged.epochs, [7, 8]);
+        assert_eq!(merged.records, 13);
+        assert_eq!(
+            merged.history.iter().map(|row| row.price).collect::<Vec<_>>(),
+            [Cents(100), Cents(90)]
+        );
+        assert_eq!(merged.origins, [at(0, 4), at(0, 5)]);
+        let listings: Vec<&ListingRow> = merged.listings.values().collect();
+        assert_eq!(listings, [&listing_row("1", 90, 20)]);
+        assert_eq!(merged.offsets, BTreeMap::from([(0, 6), (1, 10)]));
+        assert_eq!(merged.rule_states, BTreeMap::from([(3, false)]));
+        assert_eq!(merged.rejected.len(), 1);
+        assert_eq!(merged.counters.processed, 5);
     }
 
     #[test]

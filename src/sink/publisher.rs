@@ -66,6 +66,7 @@ use super::delivery::{DeliveryError, ProducerSettings};
 use super::recovery::{self, Marked};
 use crate::config::KafkaArgs;
 use crate::fail::fail_point;
+use crate::lease::Lease;
 use crate::metrics::Metrics;
 
 /// Rows published per round at most.
@@ -79,6 +80,8 @@ pub struct PublisherConfig {
     pub kafka: KafkaArgs,
     pub database_url: String,
     pub job_id: String,
+    /// This process's job lease: nothing is published without it.
+    pub lease: Lease,
 }
 
 /// Shared between the job and the publisher thread.
@@ -130,9 +133,7 @@ pub fn run_publisher(
     control: Arc<PublisherControl>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = crate::runtime::current_thread()?;
     runtime.block_on(async move {
         let mut errors = crate::metrics::RateLimited::new(Duration::from_secs(10));
         let mut delay = Duration::from_millis(200);
@@ -193,6 +194,11 @@ async fn publish(
     marked: &mut Marked,
 ) -> anyhow::Result<()> {
     loop {
+        // While the lease is being taken again another instance may be about
+        // to take over: publish nothing until it is ours again.
+        while !config.lease.is_held() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let mut rows = fetch(client).await?;
         if rows.is_empty() {
             if control.finishing.load(Ordering::SeqCst) {

@@ -6,7 +6,9 @@
 //! Touches the input topic only (reads, `assign` with explicit offsets, metadata).
 //! Offsets are never committed here: they travel through the dataflow as
 //! [`SourceEvent::Progress`] and are stored by the Postgres sink in the same
-//! transaction as the rows derived from the messages before them.
+//! transaction as the rows derived from the messages before them. Each
+//! `Progress` is also handed to the metrics, which count it as committed once
+//! the sink's probe passes its epoch: consumer lag in every process.
 //!
 //! # Transactional producers
 //! The input is read with `isolation.level=read_committed` (forced): records of
@@ -292,6 +294,7 @@ impl OwnedPartitions {
                 end.insert(partition, high);
             }
             next.insert(partition, start);
+            metrics.own_partition(partition, start, Some(high));
             assignment
                 .add_partition_offset(topic, partition, Offset::Offset(start))
                 .context("bad partition assignment")?;
@@ -343,6 +346,10 @@ impl OwnedPartitions {
                 .map_err(|source| self.assign_error(*partition, source))?;
         }
         for (partition, next) in starts {
+            self.consumer
+                .context()
+                .metrics
+                .own_partition(partition, next, None);
             self.assigned.add_partition(&self.topic, partition);
             self.next.insert(partition, next);
             tracing::info!(topic = %self.topic, partition, worker = self.worker, "assigned a partition added while running");
@@ -441,6 +448,7 @@ pub fn kafka_source<'scope>(
             if closing || owned.finished() {
                 // Progress is emitted at the epoch its messages were emitted at.
                 let mut session = output.session(&*cap);
+                let mut moved = Vec::new();
                 for (partition, next) in &owned.next {
                     if reported.get(partition) != Some(next) {
                         session.give(SourceEvent::Progress(Position {
@@ -448,9 +456,12 @@ pub fn kafka_source<'scope>(
                             offset: *next,
                         }));
                         reported.insert(*partition, *next);
+                        moved.push((*partition, *next));
                     }
                 }
                 drop(session);
+                // Durable, and so no longer lag, once the sink's probe passes this epoch.
+                owned.consumer.context().metrics.reported(*cap.time(), &moved);
                 in_flight.close(*cap.time());
                 if owned.finished() {
                     tracing::info!(worker, "source reached the end offsets seen at start");
@@ -519,4 +530,96 @@ pub fn kafka_source<'scope>(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use rdkafka::ClientConfig;
+
+    use super::*;
+
+    fn produce(
+        cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+        partition: i32,
+        count: usize,
+    ) {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .create()
+            .unwrap();
+        for _ in 0..count {
+            producer
+                .send(BaseRecord::<(), _>::to("input").partition(partition).payload("x"))
+                .unwrap();
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+    }
+
+    fn open(
+        cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+        stored: &BTreeMap<i32, i64>,
+    ) -> OwnedPartitions {
+        let kafka = KafkaArgs {
+            brokers: cluster.bootstrap_servers(),
+            kafka: Vec::new(),
+        };
+        let metrics = Metrics::new("alerts", 0);
+        OwnedPartitions::open(
+            &kafka,
+            "g",
+            "input",
+            2,
+            0,
+            1,
+            stored,
+            StartFrom::Earliest,
+            true,
+            metrics,
+            60,
+            None,
+        )
+        .unwrap()
+        .unwrap()
+    }
+
+    /// Reads as the source does: until the end offsets seen at open, or none left.
+    fn drain(owned: &mut OwnedPartitions) -> Vec<(i32, i64)> {
+        let mut emitted = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !owned.finished() && std::time::Instant::now() < deadline {
+            if let Some(Ok(message)) = owned.consumer.poll(Duration::from_millis(100)) {
+                let (partition, offset) = (message.partition(), message.offset());
+                if !owned.past_end(partition, offset) {
+                    emitted.push((partition, offset));
+                    owned.next.insert(partition, offset + 1);
+                }
+            }
+            owned.advance_to_positions();
+        }
+        emitted
+    }
+
+    /// `--exit-at-end` against rdkafka's in-process mock cluster: the source
+    /// ends at the high watermarks seen when it opened, an empty partition is
+    /// finished at once, and what is produced later is past the end.
+    #[test]
+    fn a_bounded_replay_ends_at_the_watermarks_seen_at_open() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("input", 2, 1).unwrap();
+        produce(&cluster, 0, 3);
+
+        let mut owned = open(&cluster, &BTreeMap::new());
+        assert!(!owned.finished());
+        produce(&cluster, 0, 2);
+        assert_eq!(drain(&mut owned), [(0, 0), (0, 1), (0, 2)]);
+        assert!(owned.finished());
+        assert!(owned.past_end(0, 3), "produced after open: past the end");
+        assert!(owned.past_end(1, 0), "partition 1 was empty at open");
+
+        // Resuming from stored offsets at the end: finished without reading.
+        let resumed = open(&cluster, &[(0, 5), (1, 0)].into());
+        assert!(resumed.finished());
+    }
 }

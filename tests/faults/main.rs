@@ -11,8 +11,6 @@
 //! Uses the shared test stack (broker, Postgres) and, for the scenarios that
 //! break a service, a Postgres cluster and a broker of its own (`services`).
 
-#[path = "../common/mod.rs"]
-mod common;
 mod scenarios;
 mod services;
 

@@ -7,8 +7,6 @@
 //! job commits often and is still far from the end when the fault hits.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -17,13 +15,13 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_postgres::NoTls;
 
-use crate::common::compare::{compare, Diff, Outputs};
-use crate::common::{
+use crate::services::{OwnBroker, Process, ThrowawayPostgres};
+use conscope_testkit::compare::{compare, Diff, Outputs};
+use conscope_testkit::{
     assert_summaries_match_listings, brokers, commit_no, conscope, high_watermarks, high_watermarks_at,
-    pg_base, produce_generated, produce_generated_at, require_broker, runtime, unique, Job,
+    hosts_file, pg_base, produce_generated, produce_generated_at, require_broker, runtime, unique, Job,
     SMALL_TRANSACTIONS,
 };
-use crate::services::{OwnBroker, Process, ThrowawayPostgres};
 
 /// How big a suite is.
 pub struct Size {
@@ -68,8 +66,6 @@ pub struct Outcome {
     took: Duration,
     /// Anything that went wrong besides the comparison.
     problems: Vec<String>,
-    /// Set while a known defect makes the scenario fail: the issue that fixes it.
-    expected_failure: Option<&'static str>,
 }
 
 impl Outcome {
@@ -78,17 +74,11 @@ impl Outcome {
     }
 
     fn verdict(&self) -> &'static str {
-        match (self.passed(), self.expected_failure.is_some()) {
-            (true, false) => "PASS",
-            (false, false) => "FAIL",
-            (false, true) => "XFAIL",
-            (true, true) => "XPASS",
+        if self.passed() {
+            "PASS"
+        } else {
+            "FAIL"
         }
-    }
-
-    /// Fails the suite: a real failure, not a known one.
-    fn fails_suite(&self) -> bool {
-        !self.passed() && self.expected_failure.is_none()
     }
 }
 
@@ -221,21 +211,17 @@ impl Suite {
         ));
 
         type Scenario = fn(&mut Suite, &mut Outcome) -> Result<(), String>;
-        let scenarios: [(&'static str, Option<&'static str>, Scenario); 7] = [
-            ("1 sigkill", None, Suite::sigkills),
-            ("2 fault points", None, Suite::fault_points),
-            ("3 postgres restart", None, Suite::postgres_restarts),
-            ("4 broker kill", None, Suite::broker_kill),
-            ("5 blocked writes", None, Suite::blocked_writes),
-            (
-                "6 second instance",
-                Some("issue 9 d: fencing, branch harden"),
-                Suite::second_instance,
-            ),
-            ("7 cluster kill", None, Suite::cluster_kill),
+        let scenarios: [(&'static str, Scenario); 7] = [
+            ("1 sigkill", Suite::sigkills),
+            ("2 fault points", Suite::fault_points),
+            ("3 postgres restart", Suite::postgres_restarts),
+            ("4 broker kill", Suite::broker_kill),
+            ("5 blocked writes", Suite::blocked_writes),
+            ("6 second instance", Suite::second_instance),
+            ("7 cluster kill", Suite::cluster_kill),
         ];
         let only = std::env::var("CONSCOPE_FAULTS_ONLY").unwrap_or_default();
-        for (name, expected_failure, scenario) in scenarios {
+        for (name, scenario) in scenarios {
             if !only.is_empty() && !only.split(',').any(|n| name.starts_with(n.trim())) {
                 continue;
             }
@@ -248,7 +234,6 @@ impl Suite {
                 peak_rss_kib: 0,
                 took: Duration::ZERO,
                 problems: Vec::new(),
-                expected_failure,
             };
             if let Err(problem) = scenario(&mut suite, &mut outcome) {
                 outcome.problems.push(problem);
@@ -270,11 +255,11 @@ impl Suite {
         let failed: Vec<&str> = suite
             .outcomes
             .iter()
-            .filter(|o| o.fails_suite())
+            .filter(|o| !o.passed())
             .map(|o| o.name)
             .collect();
-        // The job logs stay for a look when anything did not pass.
-        if suite.outcomes.iter().all(Outcome::passed) {
+        // The job logs stay for a look when anything failed.
+        if failed.is_empty() {
             let _ = std::fs::remove_dir_all(&suite.dir);
         } else {
             progress(&format!("job logs kept in {}", suite.dir.display()));
@@ -604,7 +589,9 @@ impl Suite {
                     problems.push(format!("the second instance {what} before it was refused"));
                 }
             }
-            if status.is_some_and(|s| !s.success()) && !stderr.to_lowercase().contains("another") {
+            if status.is_some_and(|s| !s.success())
+                && !stderr.contains("another `conscope run` holds this job")
+            {
                 problems.push(format!(
                     "the second instance's error does not say another instance runs: {}",
                     second.stderr_tail()
@@ -629,11 +616,8 @@ impl Suite {
     /// Scenario 7: a cluster of two processes, one killed mid-run; then the cluster restarted.
     fn cluster_kill(&mut self, outcome: &mut Outcome) -> Result<(), String> {
         let target = self.target("cluster", &pg_base(), &brokers());
-        let hosts = self.dir.join("hosts.txt");
-        let mut file = std::fs::File::create(&hosts).expect("hosts file");
-        writeln!(file, "127.0.0.1:{}\n127.0.0.1:{}", free_port(), free_port()).expect("hosts");
-        drop(file);
-        let hosts = hosts.to_string_lossy().into_owned();
+        let hosts_file = hosts_file(2);
+        let hosts = hosts_file.path().to_string_lossy().into_owned();
         let dir = self.dir.clone();
         let spawn = |round: &str, index: usize| {
             let process = index.to_string();
@@ -721,13 +705,10 @@ impl Suite {
             if !o.passed() {
                 let _ = writeln!(out, "{}: {} {}", o.name, o.diff, o.problems.join("; "));
             }
-            if let Some(issue) = o.expected_failure {
-                let _ = writeln!(out, "{}: expected to fail until {issue}", o.name);
-            }
         }
         let _ = writeln!(
             out,
-            "t/a/d = table rows / alert ids on the alerts topic / dead letters by input position; \
+            "t/a/d = table rows / alert ids on the alerts topic / dead letters; \
              extra = doubled or unexpected"
         );
         out
@@ -750,13 +731,6 @@ fn count(url: &str, sql: &str) -> Option<i64> {
         tokio::spawn(connection);
         client.query_one(sql, &[]).await.ok()?.try_get(0).ok()
     })
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
 }
 
 /// Rules on events of the topic's first messages (the generator is seeded, so

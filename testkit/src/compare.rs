@@ -1,14 +1,15 @@
 //! The exact comparison crash and fault tests end with: what a job left behind
 //! (every output table, the alerts topic, the dead-letter topic) against an
 //! uninterrupted run of the same topic, counting what is missing and what is
-//! doubled rather than stopping at the first difference.
+//! doubled rather than stopping at the first difference. Dead letters are
+//! compared whole (input position, reason, key, value).
 //!
 //! Reads the job's database and its two output topics; writes nothing.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
-use super::{dump, query_strings, read_all_at, Job};
+use crate::{dump, query_strings, read_all_at, Job};
 
 /// Everything a job produced, in comparable form.
 #[derive(Clone, Debug, Default)]
@@ -17,9 +18,8 @@ pub struct Outputs {
     pub tables: BTreeMap<&'static str, Vec<String>>,
     /// How often each `alert_id` is on the alerts topic.
     pub alerts: BTreeMap<String, usize>,
-    /// How often each input position (`conscope.partition`, `conscope.offset`
-    /// headers) is on the dead-letter topic.
-    pub dead_letters: BTreeMap<(String, String), usize>,
+    /// How often each dead letter is on the dead-letter topic.
+    pub dead_letters: BTreeMap<DeadLetter, usize>,
     /// Messages on the alerts topic that are not an alert with an id.
     pub unreadable_alerts: usize,
 }
@@ -51,9 +51,14 @@ impl Outputs {
         let mut dead_letters = BTreeMap::new();
         for message in read_all_at(brokers, &job.dlq) {
             let header = |name: &str| message.headers.get(name).cloned().unwrap_or_default();
-            *dead_letters
-                .entry((header("conscope.partition"), header("conscope.offset")))
-                .or_insert(0) += 1;
+            let letter = DeadLetter {
+                partition: header("conscope.partition"),
+                offset: header("conscope.offset"),
+                error: header("conscope.error"),
+                key: message.key,
+                value: message.value,
+            };
+            *dead_letters.entry(letter).or_insert(0) += 1;
         }
         Outputs {
             tables,
@@ -74,6 +79,24 @@ impl Outputs {
             !self.dead_letters.is_empty(),
             "the reference run published no dead letter"
         );
+    }
+}
+
+/// A dead letter: the input position it names (`conscope.partition`,
+/// `conscope.offset`), its reason, key and value. Ordered by position; shown by
+/// position and reason only (a value may be 64 KiB).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DeadLetter {
+    pub partition: String,
+    pub offset: String,
+    pub error: String,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for DeadLetter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{} ({})", self.partition, self.offset, self.error)
     }
 }
 
@@ -102,7 +125,7 @@ pub struct Diff {
     pub tables: Count,
     /// Alert ids on the alerts topic.
     pub alerts: Count,
-    /// Input positions on the dead-letter topic.
+    /// Dead letters (a changed one is one missing and one extra).
     pub dead_letters: Count,
     /// One line per output that differs, with examples.
     pub details: Vec<String>,

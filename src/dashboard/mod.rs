@@ -1,0 +1,221 @@
+//! `conscope dashboard`: a web page over the job's database: events with their
+//! get-in prices, price-history charts, live alerts, and alert rules.
+//!
+//! # Layout
+//! - `mod.rs` (this file): flags, the HTTP server, the routes and the
+//!   middleware every response passes (security headers, time limit).
+//! - `routes`: the request handlers: parse the request, query, render.
+//! - `queries`: every SQL statement (reads only; rule writes go through
+//!   `crate::rules`, the same code as `conscope rules`).
+//! - `history`: rebuilds an event's prices over time from `price_history`.
+//! - `chart`: the inline SVG chart. `pages`: the HTML pages. `html`: escaping.
+//!   `format`: money and times.
+//! - `auth`: the token, sessions, CSRF and origin checks.
+//! - `live`: the poller behind the live alerts stream.
+//! - `static/`: the stylesheet and the one small script, served from `/static/`.
+//!
+//! # Requests are hostile
+//! Bodies are capped at [`MAX_BODY`], each response must be ready within
+//! [`REQUEST_TIMEOUT`] (each query also within PostgreSQL's
+//! `statement_timeout`), and every scraper-supplied string is escaped. The
+//! Content-Security-Policy allows no inline script or style.
+//!
+//! Touches: the database at `--database-url` (applies the migrations at start;
+//! reads; writes `alert_rules` only through `crate::rules`), and the socket at
+//! `--listen`.
+
+mod auth;
+mod chart;
+mod format;
+mod history;
+mod html;
+mod live;
+mod pages;
+mod queries;
+mod routes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use clap::Args;
+
+use crate::config::{redact_url, DbArgs};
+use crate::db;
+
+/// The largest request body accepted (the forms are a few hundred bytes).
+pub const MAX_BODY: usize = 16 * 1024;
+/// The longest a response may take to start.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// PostgreSQL's limit for one statement of the dashboard.
+const STATEMENT_TIMEOUT_MS: u64 = 15_000;
+/// Pooled database connections.
+const POOL_SIZE: usize = 6;
+
+#[derive(Args)]
+pub struct DashboardArgs {
+    /// Address to serve on (port 0 picks a free one; the address is printed).
+    #[arg(long, env = "CONSCOPE_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: String,
+    #[command(flatten)]
+    db: DbArgs,
+    /// The secret that signs in for writes (alert rules). Without it the
+    /// dashboard is read-only. Prefer the environment variable: a flag shows in `ps`.
+    #[arg(long, env = "CONSCOPE_DASHBOARD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+// The token never reaches a log line, even through `{:?}`.
+impl std::fmt::Debug for DashboardArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DashboardArgs")
+            .field("listen", &self.listen)
+            .field("database_url", &redact_url(&self.db.database_url))
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// What every handler shares.
+pub struct AppState {
+    pool: deadpool_postgres::Pool,
+    auth: auth::Auth,
+    live: live::Live,
+}
+
+type Shared = Arc<AppState>;
+
+pub fn run(args: DashboardArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: DashboardArgs) -> anyhow::Result<()> {
+    let url = &args.db.database_url;
+    db::migrate(url).await?;
+    let pool = pool(url)?;
+    let token = args.token.as_deref().filter(|t| !t.is_empty());
+    match token {
+        None => tracing::warn!("no --token (CONSCOPE_DASHBOARD_TOKEN): the dashboard is read-only"),
+        Some(token) if token.chars().count() < 16 => {
+            tracing::warn!("the dashboard token is shorter than 16 characters: easy to guess")
+        }
+        Some(_) => {}
+    }
+    let state = Arc::new(AppState {
+        live: live::Live::spawn(pool.clone()),
+        auth: auth::Auth::new(token),
+        pool,
+    });
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on --listen {}", args.listen))?;
+    let local = listener.local_addr()?;
+    // On stdout, for scripts and tests that asked for port 0.
+    println!("conscope dashboard listening on http://{local}");
+    tracing::info!(%local, writable = token.is_some(), database = %redact_url(url), "dashboard serving");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("the dashboard server failed")
+}
+
+/// A few connections, each with a statement timeout, recycled when broken.
+fn pool(url: &str) -> anyhow::Result<deadpool_postgres::Pool> {
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .with_context(|| format!("bad --database-url {}", redact_url(url)))?;
+    // Appended to any options the URL carries (such as a search_path).
+    let options = format!(
+        "{} -c statement_timeout={STATEMENT_TIMEOUT_MS}",
+        config.get_options().unwrap_or_default()
+    );
+    config.options(options.trim());
+    let manager = deadpool_postgres::Manager::from_config(
+        config,
+        tokio_postgres::NoTls,
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        },
+    );
+    deadpool_postgres::Pool::builder(manager)
+        .max_size(POOL_SIZE)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .build()
+        .context("cannot build the database pool")
+}
+
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/", get(routes::events))
+        .route("/events/{id}", get(routes::event))
+        .route("/alerts", get(routes::alerts))
+        .route("/alerts/stream", get(routes::alert_stream))
+        .route("/rules", get(routes::rules).post(routes::create_rule))
+        .route("/rules/{id}/{action}", post(routes::change_rule))
+        .route("/login", get(routes::login_form).post(routes::login))
+        .route("/logout", post(routes::logout))
+        .route("/healthz", get(routes::healthz))
+        .route("/static/style.css", get(routes::style))
+        .route("/static/live.js", get(routes::script))
+        .fallback(routes::not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(time_limit))
+        .layer(axum::middleware::from_fn(security_headers))
+        .with_state(state)
+}
+
+/// A response not ready within [`REQUEST_TIMEOUT`] becomes a 503. (The body of
+/// the live stream is not bounded: only the time to its first byte is.)
+async fn time_limit(request: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "the request took too long\n").into_response(),
+    }
+}
+
+/// No inline script or style anywhere; no framing; no sniffing; nothing cached
+/// but the static files.
+async fn security_headers(request: Request, next: Next) -> Response {
+    let is_static = request.uri().path().starts_with("/static/");
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; \
+             form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static(if is_static {
+                "public, max-age=300"
+            } else {
+                "no-store"
+            }),
+        );
+    }
+    response
+}

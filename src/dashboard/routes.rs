@@ -1,0 +1,519 @@
+//! The request handlers: each parses its request leniently (a bad parameter
+//! falls back to its default, a bad id is a 404), runs its queries, and
+//! renders a page. Writes check [`Auth::authorize_write`] before anything
+//! else, and go through `crate::rules`. Database failures answer 503 and are
+//! logged; nothing here panics on any input.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use chrono::Duration;
+use serde::Deserialize;
+
+use super::auth::{self, Auth, Refusal};
+use super::chart::{self, Line};
+use super::history::{History, SeriesKey};
+use super::pages::{self, ChartView, EventView, EventsQuery, RuleForm, Viewer};
+use super::queries::{self, Sort};
+use super::Shared;
+use crate::rules::{self, Activation};
+
+/// `?` for handlers that answer with a `Response` either way.
+macro_rules! or_respond {
+    ($result:expr) => {
+        match $result {
+            Ok(value) => value,
+            Err(response) => return response,
+        }
+    };
+}
+
+const PER_PAGE: i64 = 50;
+/// Pages past this are refused rather than scanned (50 000 events deep).
+const MAX_PAGE: i64 = 1_000;
+const MAX_SEARCH_CHARS: usize = 200;
+const MAX_EVENT_ID_CHARS: usize = 128;
+/// Sections charted per currency, besides the get-in price.
+const CHARTED_SECTIONS: usize = 6;
+const LISTINGS_SHOWN: i64 = 500;
+
+fn html(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
+}
+
+fn viewer(auth: &Auth, headers: &HeaderMap) -> Viewer {
+    Viewer {
+        writable: auth.writable(),
+        csrf: auth.session(headers).map(|s| s.csrf),
+    }
+}
+
+fn error(viewer: &Viewer, status: StatusCode, title: &str, message: &str) -> Response {
+    html(status, pages::error_page(viewer, title, message))
+}
+
+/// A database failure: logged, and a 503 page that does not leak it.
+fn unavailable(viewer: &Viewer, what: &str, error: &dyn std::fmt::Display) -> Response {
+    tracing::warn!("dashboard: {what}: {error}");
+    error_page_503(viewer)
+}
+
+fn error_page_503(viewer: &Viewer) -> Response {
+    error(
+        viewer,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Database unavailable",
+        "The database did not answer. Try again in a moment.",
+    )
+}
+
+async fn client(state: &Shared, viewer: &Viewer) -> Result<deadpool_postgres::Object, Response> {
+    state
+        .pool
+        .get()
+        .await
+        .map_err(|e| unavailable(viewer, "no database connection", &e))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EventsParams {
+    q: Option<String>,
+    sort: Option<String>,
+    page: Option<String>,
+}
+
+pub async fn events(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Query(params): Query<EventsParams>,
+) -> Response {
+    let viewer = viewer(&state.auth, &headers);
+    let search: String = params
+        .q
+        .unwrap_or_default()
+        .chars()
+        .take(MAX_SEARCH_CHARS)
+        .collect();
+    let query = EventsQuery {
+        search,
+        sort: params.sort.as_deref().and_then(Sort::parse).unwrap_or_default(),
+        page: params
+            .page
+            .and_then(|p| p.trim().parse::<i64>().ok())
+            .unwrap_or(1)
+            .clamp(1, MAX_PAGE),
+        per_page: PER_PAGE,
+    };
+    let client = or_respond!(client(&state, &viewer).await);
+    let offset = (query.page - 1) * PER_PAGE;
+    match queries::events(&client, &query.search, query.sort, offset, PER_PAGE).await {
+        Ok((rows, total)) => html(StatusCode::OK, pages::events_page(&viewer, &rows, total, &query)),
+        Err(e) => unavailable(&viewer, "events list", &e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EventParams {
+    window: Option<String>,
+}
+
+pub async fn event(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(event_id): Path<String>,
+    Query(params): Query<EventParams>,
+) -> Response {
+    let viewer = viewer(&state.auth, &headers);
+    let missing = || {
+        error(
+            &viewer,
+            StatusCode::NOT_FOUND,
+            "No such event",
+            "No event has this id.",
+        )
+    };
+    if event_id.is_empty() || event_id.chars().count() > MAX_EVENT_ID_CHARS {
+        return missing();
+    }
+    let (window, span) = match params.window.as_deref() {
+        Some("24h") => ("24h", Some(Duration::hours(24))),
+        Some("30d") => ("30d", Some(Duration::days(30))),
+        Some("all") => ("all", None),
+        _ => ("7d", Some(Duration::days(7))),
+    };
+    let client = or_respond!(client(&state, &viewer).await);
+    let event = match queries::event(&client, &event_id).await {
+        Ok(Some(event)) => event,
+        Ok(None) => return missing(),
+        Err(e) => return unavailable(&viewer, "event", &e),
+    };
+    let to = event.last_seen;
+    let from = span.map_or(event.first_seen, |span| (to - span).max(event.first_seen));
+    let loaded = async {
+        let prices = queries::currency_lines(&client, std::slice::from_ref(&event))
+            .await?
+            .remove(&event.event_id)
+            .unwrap_or_default();
+        let sections = queries::sections(&client, &event.event_id).await?;
+        let listings = queries::listings(&client, &event.event_id, LISTINGS_SHOWN).await?;
+        let alerts = queries::alerts(&client, Some(&event.event_id), 15).await?;
+        // The sections with the most available listings, per currency.
+        let mut charted = BTreeSet::new();
+        let mut per_currency: BTreeMap<&str, usize> = BTreeMap::new();
+        for section in &sections {
+            let count = per_currency.entry(section.currency.as_str()).or_insert(0);
+            if *count < CHARTED_SECTIONS {
+                *count += 1;
+                charted.insert((section.currency.clone(), section.section.clone()));
+            }
+        }
+        let mut history = History::new(from, to, charted);
+        queries::replay_history(&client, &event.event_id, Some(from), to, &mut history).await?;
+        Ok::<_, tokio_postgres::Error>((prices, sections, listings, alerts, history))
+    };
+    let (prices, sections, listings, alerts, history) = match loaded.await {
+        Ok(loaded) => loaded,
+        Err(e) => return unavailable(&viewer, "event page", &e),
+    };
+    let truncated = history.truncated;
+    let charts = charts(history);
+    let listings_total = prices.iter().map(|p| p.listings).sum();
+    let view = EventView {
+        event: &event,
+        prices: &prices,
+        sections: &sections,
+        listings: &listings,
+        listings_total,
+        alerts: &alerts,
+        charts: &charts,
+        window,
+        from,
+        to,
+        truncated,
+    };
+    html(StatusCode::OK, pages::event_page(&viewer, &view))
+}
+
+/// One chart per currency: its get-in price and its charted sections.
+fn charts(history: History) -> Vec<ChartView> {
+    let (from, to) = history.window();
+    let mut by_currency: BTreeMap<String, Vec<Line>> = BTreeMap::new();
+    for (key, points) in history.finish() {
+        let (currency, label, primary) = match key {
+            SeriesKey::GetIn { currency } => (currency, "Get-in price".to_owned(), true),
+            SeriesKey::Section { currency, section } => (currency, format!("Section {section}"), false),
+        };
+        let lines = by_currency.entry(currency).or_default();
+        lines.push(Line {
+            label,
+            points,
+            color: 0,
+            primary,
+        });
+    }
+    by_currency
+        .into_iter()
+        .map(|(currency, mut lines)| {
+            // The get-in price first and blue; sections in palette order.
+            lines.sort_by_key(|l| !l.primary);
+            for (index, line) in lines.iter_mut().enumerate() {
+                line.color = if line.primary { 0 } else { index.max(1) };
+            }
+            let legend = lines
+                .iter()
+                .map(|l| (l.label.clone(), l.color, l.points.last().and_then(|p| p.1)))
+                .collect();
+            ChartView {
+                svg: chart::render(&currency, from, to, &lines),
+                currency,
+                legend,
+            }
+        })
+        .collect()
+}
+
+pub async fn alerts(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    let viewer = viewer(&state.auth, &headers);
+    let client = or_respond!(client(&state, &viewer).await);
+    match queries::alerts(&client, None, 100).await {
+        Ok(alerts) => html(StatusCode::OK, pages::alerts_page(&viewer, &alerts)),
+        Err(e) => unavailable(&viewer, "alerts", &e),
+    }
+}
+
+pub async fn alert_stream(State(state): State<Shared>) -> Response {
+    match state.live.subscribe() {
+        Some(sse) => sse.into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "too many live streams open\n").into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RulesParams {
+    event: Option<String>,
+    created: Option<String>,
+    disabled: Option<String>,
+    enabled: Option<String>,
+}
+
+pub async fn rules(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Query(params): Query<RulesParams>,
+) -> Response {
+    let viewer = viewer(&state.auth, &headers);
+    // Only numbers are echoed back, never request text.
+    let id = |value: &Option<String>| value.as_deref().and_then(|v| v.parse::<i64>().ok());
+    let notice = if let Some(id) = id(&params.created) {
+        Some(format!("Created rule #{id}."))
+    } else if let Some(id) = id(&params.disabled) {
+        Some(format!("Disabled rule #{id}."))
+    } else {
+        id(&params.enabled).map(|id| {
+            format!(
+                "Enabled rule #{id}: it starts afresh and fires at once if its scope is already low enough."
+            )
+        })
+    };
+    let form = RuleForm {
+        event: params
+            .event
+            .unwrap_or_default()
+            .chars()
+            .take(MAX_EVENT_ID_CHARS)
+            .collect(),
+        ..RuleForm::default()
+    };
+    rules_response(&state, &viewer, StatusCode::OK, &form, None, notice.as_deref()).await
+}
+
+async fn rules_response(
+    state: &Shared,
+    viewer: &Viewer,
+    status: StatusCode,
+    form: &RuleForm,
+    problem: Option<&str>,
+    notice: Option<&str>,
+) -> Response {
+    let client = or_respond!(client(state, viewer).await);
+    match rules::list(&client, true).await {
+        Ok(list) => html(status, pages::rules_page(viewer, &list, form, problem, notice)),
+        Err(e) => unavailable(viewer, "rules", &e),
+    }
+}
+
+/// The refusal page unless the request may write.
+// The error is the response itself, built only on the refusal path.
+#[allow(clippy::result_large_err)]
+fn authorize(auth: &Auth, headers: &HeaderMap, csrf: &Option<String>) -> Result<(), Response> {
+    auth.authorize_write(headers, csrf.as_deref().unwrap_or(""))
+        .map(|_| ())
+        .map_err(|refusal| refused(auth, headers, refusal))
+}
+
+fn refused(auth: &Auth, headers: &HeaderMap, refusal: Refusal) -> Response {
+    let status = match refusal {
+        Refusal::NoSession | Refusal::WrongToken => StatusCode::UNAUTHORIZED,
+        Refusal::ReadOnly | Refusal::BadCsrf | Refusal::CrossOrigin => StatusCode::FORBIDDEN,
+    };
+    error(
+        &viewer(auth, headers),
+        status,
+        "Not allowed",
+        &refusal.to_string(),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RuleFields {
+    csrf: Option<String>,
+    event: Option<String>,
+    section: Option<String>,
+    currency: Option<String>,
+    max_price: Option<String>,
+}
+
+pub async fn create_rule(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Form(fields): Form<RuleFields>,
+) -> Response {
+    or_respond!(authorize(&state.auth, &headers, &fields.csrf));
+    let viewer = viewer(&state.auth, &headers);
+    let form = RuleForm {
+        event: fields.event.unwrap_or_default().trim().to_owned(),
+        section: fields.section.unwrap_or_default().trim().to_owned(),
+        currency: fields.currency.unwrap_or_default().trim().to_owned(),
+        max_price: fields.max_price.unwrap_or_default().trim().to_owned(),
+    };
+    let section = Some(form.section.as_str()).filter(|s| !s.is_empty());
+    let rule = match rules::validate(&form.event, section, &form.currency, &form.max_price) {
+        Ok(rule) => rule,
+        Err(invalid) => {
+            let problem = format!("{} {}", invalid.field.label(), invalid.problem);
+            return rules_response(
+                &state,
+                &viewer,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &form,
+                Some(&problem),
+                None,
+            )
+            .await;
+        }
+    };
+    let client = or_respond!(client(&state, &viewer).await);
+    match rules::insert(&client, &rule).await {
+        Ok(rule_id) => {
+            tracing::info!(rule_id, "dashboard: rule created");
+            Redirect::to(&format!("/rules?created={rule_id}")).into_response()
+        }
+        Err(e) => unavailable(&viewer, "insert rule", &e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CsrfField {
+    csrf: Option<String>,
+}
+
+pub async fn change_rule(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+    Form(fields): Form<CsrfField>,
+) -> Response {
+    or_respond!(authorize(&state.auth, &headers, &fields.csrf));
+    let viewer = viewer(&state.auth, &headers);
+    let missing = || {
+        error(
+            &viewer,
+            StatusCode::NOT_FOUND,
+            "No such rule",
+            "No rule has this id.",
+        )
+    };
+    let Ok(id) = id.parse::<i64>() else {
+        return missing();
+    };
+    let active = match action.as_str() {
+        "enable" => true,
+        "disable" => false,
+        _ => {
+            return error(
+                &viewer,
+                StatusCode::NOT_FOUND,
+                "Not found",
+                "Rules can be enabled or disabled.",
+            )
+        }
+    };
+    let client = or_respond!(client(&state, &viewer).await);
+    match rules::set_active(&client, id, active).await {
+        Ok(Activation::NoSuchRule) => missing(),
+        Ok(_) => {
+            tracing::info!(rule_id = id, active, "dashboard: rule changed");
+            Redirect::to(&format!("/rules?{action}d={id}")).into_response()
+        }
+        Err(e) => unavailable(&viewer, "change rule", &e),
+    }
+}
+
+pub async fn login_form(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    let viewer = viewer(&state.auth, &headers);
+    html(StatusCode::OK, pages::login_page(&viewer, None))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LoginFields {
+    token: Option<String>,
+}
+
+pub async fn login(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Form(fields): Form<LoginFields>,
+) -> Response {
+    // Signing in from another site would sign this browser into its session.
+    if let Err(refusal) = auth::check_origin(&headers) {
+        return refused(&state.auth, &headers, refusal);
+    }
+    match state.auth.sign_in(fields.token.as_deref().unwrap_or("")) {
+        Ok((id, _)) => {
+            tracing::info!("dashboard: signed in");
+            let mut response = Redirect::to("/rules").into_response();
+            if let Ok(cookie) = auth::session_cookie(&id).parse() {
+                response.headers_mut().insert(header::SET_COOKIE, cookie);
+            }
+            response
+        }
+        Err(refusal) => {
+            // Slows guessing down; the token's length is what stops it.
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            tracing::warn!("dashboard: sign-in refused: {refusal}");
+            let status = if refusal == Refusal::ReadOnly {
+                StatusCode::FORBIDDEN
+            } else {
+                StatusCode::UNAUTHORIZED
+            };
+            let viewer = viewer(&state.auth, &headers);
+            html(status, pages::login_page(&viewer, Some(&refusal.to_string())))
+        }
+    }
+}
+
+pub async fn logout(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Form(fields): Form<CsrfField>,
+) -> Response {
+    or_respond!(authorize(&state.auth, &headers, &fields.csrf));
+    state.auth.sign_out(&headers);
+    let mut response = Redirect::to("/").into_response();
+    if let Ok(cookie) = auth::cleared_cookie().parse() {
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+pub async fn healthz(State(state): State<Shared>) -> Response {
+    let text = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+    let ok = match state.pool.get().await {
+        Ok(client) => queries::ping(&client).await.is_ok(),
+        Err(_) => false,
+    };
+    if ok {
+        (StatusCode::OK, text, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, text, "database unavailable\n").into_response()
+    }
+}
+
+pub async fn style() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("static/style.css"),
+    )
+        .into_response()
+}
+
+pub async fn script() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("static/live.js"),
+    )
+        .into_response()
+}
+
+pub async fn not_found(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    let viewer = viewer(&state.auth, &headers);
+    error(
+        &viewer,
+        StatusCode::NOT_FOUND,
+        "Not found",
+        "There is no page here.",
+    )
+}

@@ -1,0 +1,303 @@
+//! The job lease: at most one live instance of each process of a job.
+//!
+//! ```text
+//!  conscope run (process I) ──dedicated connection──► pg_try_advisory_lock(JOB, I)
+//!        │ held: restore, write, publish                 │ refused: exit, naming the holder
+//!        └── connection lost: writer and publisher wait; re-take the lock;
+//!            someone else has it: stop
+//! ```
+//!
+//! One database holds one job's state, so the lock is keyed by the process
+//! index within the database: the processes of one timely cluster hold
+//! different keys, a second `conscope run` of the same process (a rolling
+//! deploy, a mistake) is refused before it restores state or publishes
+//! anything. The lock is a session-level advisory lock on a connection of its
+//! own, held for the process's whole life: a process that dies, even by
+//! `kill -9`, closes its socket and PostgreSQL releases the lock, so a restart
+//! after a crash is never refused. The connection's `application_name` names
+//! the holder (host and pid) for the refusal message and for operators
+//! (`pg_stat_activity`).
+//!
+//! The writer checks, in each commit's transaction, that the lease's backend
+//! still holds the lock (`pg_locks`), so a commit never lands for an instance
+//! that lost it; together with `job_progress.commit_no` this fences a writer
+//! whose lease lapsed while another instance took over. After a PostgreSQL
+//! restart the lease reconnects and takes the lock again; if another instance
+//! took it meanwhile, this one stops.
+//!
+//! Touches: its own connection; `pg_locks` and `pg_stat_activity` (read).
+
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use tokio_postgres::{Client, Config, NoTls};
+
+use crate::config::redact_url;
+
+/// The first key of the lock (`classid` in `pg_locks`): "cons" in ASCII, so no
+/// other user of advisory locks in the database collides by accident.
+pub const LOCK_CLASS: i32 = 0x636f_6e73;
+
+/// How long another holder must stay before this instance is refused.
+const REFUSE_AFTER: Duration = Duration::from_secs(3);
+
+/// How often the lease checks its connection.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error(
+        "another `conscope run` holds this job (process {process}) on this database: {holder}. \
+         One database holds one job's state; stop that instance first (a crashed one releases \
+         the job by itself)"
+    )]
+    Held { process: usize, holder: String },
+    #[error("cannot take the job lease at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("cannot start the job lease thread: {0}")]
+    Thread(#[from] std::io::Error),
+    #[error("the job lease thread stopped before taking the lease")]
+    Gone,
+}
+
+/// A held lease, shared by the writer and the publisher.
+#[derive(Clone, Debug)]
+pub struct Lease {
+    process: i32,
+    /// The backend pid of the connection holding the lock; 0 while the lease
+    /// is being re-taken (after the connection was lost).
+    holder_pid: Arc<AtomicI32>,
+}
+
+impl Lease {
+    /// Takes the lease of `process` or fails with who holds it. Keeps it on a
+    /// thread of its own for the life of the process; if it is lost to another
+    /// instance, `on_lost` runs (the job stops).
+    pub fn acquire(
+        database_url: &str,
+        process: usize,
+        on_lost: impl FnOnce(LeaseError) + Send + 'static,
+    ) -> Result<Lease, LeaseError> {
+        let lease = Lease {
+            process: i32::try_from(process).unwrap_or(i32::MAX),
+            holder_pid: Arc::new(AtomicI32::new(0)),
+        };
+        let (first, taken) = mpsc::channel();
+        let url = database_url.to_owned();
+        let keeper = lease.clone();
+        std::thread::Builder::new()
+            .name("job-lease".into())
+            .spawn(move || {
+                let runtime = match crate::runtime::current_thread() {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        let _ = first.send(Err(LeaseError::Thread(error)));
+                        return;
+                    }
+                };
+                runtime.block_on(keeper.keep(url, first, on_lost));
+            })?;
+        taken.recv().map_err(|_| LeaseError::Gone)??;
+        Ok(lease)
+    }
+
+    /// The backend pid holding the lock for this process, `None` while the
+    /// lease is being re-taken.
+    pub fn holder_pid(&self) -> Option<i32> {
+        Some(self.holder_pid.load(Ordering::SeqCst)).filter(|pid| *pid != 0)
+    }
+
+    pub fn is_held(&self) -> bool {
+        self.holder_pid().is_some()
+    }
+
+    /// The lock's second key (`objid` in `pg_locks`).
+    pub fn process_key(&self) -> i32 {
+        self.process
+    }
+
+    async fn keep(
+        self,
+        url: String,
+        first: mpsc::Sender<Result<(), LeaseError>>,
+        on_lost: impl FnOnce(LeaseError),
+    ) {
+        let process = usize::try_from(self.process).unwrap_or(0);
+        let mut client = match take(&url, self.process).await {
+            Ok(Taken::Held(client, pid)) => {
+                self.holder_pid.store(pid, Ordering::SeqCst);
+                let _ = first.send(Ok(()));
+                client
+            }
+            Ok(Taken::Refused(holder)) => {
+                let _ = first.send(Err(LeaseError::Held { process, holder }));
+                return;
+            }
+            Err(error) => {
+                let _ = first.send(Err(error));
+                return;
+            }
+        };
+        let mut delay = Duration::from_millis(100);
+        loop {
+            tokio::time::sleep(CHECK_EVERY).await;
+            if Arc::strong_count(&self.holder_pid) == 1 {
+                // Every other handle is gone: the job has ended (in-process
+                // runs end without the process). Closing the session
+                // releases the lock.
+                return;
+            }
+            if client.simple_query("").await.is_ok() {
+                continue;
+            }
+            // The session is gone, and the lock with it: nobody may commit for
+            // this process until it is ours again.
+            self.holder_pid.store(0, Ordering::SeqCst);
+            tracing::warn!("lost the job lease's PostgreSQL connection; taking the lease again");
+            loop {
+                match take(&url, self.process).await {
+                    Ok(Taken::Held(retaken, pid)) => {
+                        client = retaken;
+                        self.holder_pid.store(pid, Ordering::SeqCst);
+                        delay = Duration::from_millis(100);
+                        tracing::info!("job lease taken again");
+                        break;
+                    }
+                    Ok(Taken::Refused(holder)) => {
+                        on_lost(LeaseError::Held { process, holder });
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!("{error}; retrying in {delay:?}");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum Taken {
+    /// The lock is ours: the connection holding it and its backend pid.
+    Held(Client, i32),
+    /// Someone else holds it: who.
+    Refused(String),
+}
+
+async fn take(url: &str, process: i32) -> Result<Taken, LeaseError> {
+    let connect_error = |source| LeaseError::Connect {
+        url: redact_url(url),
+        source,
+    };
+    let mut config: Config = url.parse().map_err(connect_error)?;
+    config.application_name(format!(
+        "conscope run process={process} host={} pid={}",
+        hostname(),
+        std::process::id()
+    ));
+    let (client, connection) = config.connect(NoTls).await.map_err(connect_error)?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "job lease connection closed");
+        }
+    });
+    // A holder that was just killed may still show for a moment, until its
+    // backend notices the closed socket: only one still there after
+    // `REFUSE_AFTER` is a live instance.
+    let mut holder = None;
+    for _ in 0..REFUSE_AFTER.as_millis() / 200 {
+        let row = client
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, $2), pg_backend_pid()",
+                &[&LOCK_CLASS, &process],
+            )
+            .await
+            .map_err(connect_error)?;
+        if row.get::<_, bool>(0) {
+            return Ok(Taken::Held(client, row.get(1)));
+        }
+        let found = client
+            .query_opt(
+                "SELECT format('backend pid %s, %s, client %s, connected since %s',
+                               a.pid, coalesce(nullif(a.application_name, ''), 'no application_name'),
+                               coalesce(host(a.client_addr), 'local socket'), a.backend_start)
+                 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                   AND l.classid::bigint = $1 AND l.objid::bigint = $2",
+                &[&i64::from(LOCK_CLASS), &i64::from(process)],
+            )
+            .await
+            .map_err(connect_error)?;
+        if let Some(row) = found {
+            holder = Some(row.get(0));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(Taken::Refused(holder.unwrap_or_else(|| {
+        "a session that keeps ending and coming back".to_owned()
+    })))
+}
+
+/// This machine's name, for the holder's `application_name`.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "unknown-host".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url() -> String {
+        let base =
+            std::env::var("CONSCOPE_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+        format!("{base}/postgres")
+    }
+
+    /// A process key no other test uses at the same time.
+    fn key() -> usize {
+        1_000_000 + std::process::id() as usize % 1_000_000
+    }
+
+    /// The lease of an instance whose session dies is taken by another; the
+    /// first finds it taken when it reconnects, and stops.
+    #[test]
+    fn an_instance_that_lost_its_lease_to_another_stops() {
+        let (lost, stopped) = mpsc::channel();
+        let first = Lease::acquire(&url(), key(), move |error| {
+            let _ = lost.send(error.to_string());
+        })
+        .unwrap();
+        let refused = Lease::acquire(&url(), key(), |_| {}).unwrap_err();
+        assert!(refused.to_string().contains("conscope run process="), "{refused}");
+
+        // The first instance's session ends (a PostgreSQL restart, a network cut).
+        let pid = first.holder_pid().unwrap();
+        let runtime = crate::runtime::current_thread().unwrap();
+        runtime.block_on(async {
+            let client = crate::db::connect(&url()).await.unwrap();
+            client
+                .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                .await
+                .unwrap();
+        });
+        let second = Lease::acquire(&url(), key(), |_| {}).unwrap();
+        assert!(second.is_held());
+
+        let reason = stopped.recv_timeout(Duration::from_secs(20)).unwrap();
+        assert!(
+            reason.contains("another `conscope run` holds this job"),
+            "{reason}"
+        );
+        assert!(!first.is_held(), "a lost lease must not look held");
+    }
+}

@@ -1,0 +1,47 @@
+//! Shared harness for conscope's integration tests against the real local
+//! services: the Kafka broker at `CONSCOPE_BROKERS` (default 127.0.0.1:9092:
+//! Apache Kafka from scripts/stack-up.sh) and PostgreSQL at `CONSCOPE_TEST_PG`
+//! (default postgres://postgres@127.0.0.1:5432). Every test uses its own topics
+//! and its own database, and never deletes a topic.
+//!
+//! A library of its own (a dev-dependency of the conscope crate) rather than a
+//! module each test binary includes: each test uses what it needs, and no
+//! helper hides behind `allow(dead_code)`. Tests `use conscope_testkit::*;`.
+//!
+//! # Layout
+//! - `compare`: a run's outputs against an uninterrupted run's: what is missing, what is doubled.
+//! - `dashboard`: the dashboard tests' seeded database, server and HTTP client.
+//! - `kafka`: topics, producing, reading back, watermarks, alert ids.
+//! - `pg`: databases, queries, the dump of the output tables, table checks.
+//! - `run`: the `conscope` binary, a job's command line, child processes, cluster ports.
+//! - `summary`: the metrics lines and the exit summary, parsed into fields.
+
+pub mod compare;
+pub mod dashboard;
+pub mod kafka;
+pub mod pg;
+pub mod run;
+pub mod summary;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use kafka::*;
+pub use pg::*;
+pub use run::*;
+pub use summary::*;
+
+/// A name no other test run uses.
+pub fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{prefix}_{}_{}", std::process::id(), nanos % 1_000_000_000_000)
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}

@@ -1,0 +1,211 @@
+//! The PostgreSQL side of the tests: a fresh database per job, queries, the
+//! deterministic dump of the output tables, and checks over them.
+
+use std::collections::BTreeMap;
+
+use tokio_postgres::NoTls;
+
+use crate::runtime;
+
+pub fn pg_base() -> String {
+    std::env::var("CONSCOPE_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+}
+
+/// A fresh database for one job; its URL.
+pub fn fresh_database(name: &str) -> String {
+    let base = pg_base();
+    runtime().block_on(async {
+        let (client, connection) = tokio_postgres::connect(&format!("{base}/postgres"), NoTls)
+            .await
+            .expect("postgres");
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\""))
+            .await
+            .expect("drop db");
+        client
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .expect("create db");
+    });
+    format!("{base}/{name}")
+}
+
+pub fn query_strings(url: &str, sql: &str) -> Vec<String> {
+    runtime().block_on(async {
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("postgres");
+        tokio::spawn(connection);
+        client
+            .batch_execute("SET TIME ZONE 'UTC'")
+            .await
+            .expect("set time zone");
+        client
+            .query(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .into_iter()
+            .map(|row| row.get::<_, String>(0))
+            .collect()
+    })
+}
+
+pub fn execute(url: &str, sql: &str) {
+    runtime().block_on(async {
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("postgres");
+        tokio::spawn(connection);
+        client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    })
+}
+
+pub fn query_i64(url: &str, sql: &str) -> i64 {
+    runtime().block_on(async {
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("postgres");
+        tokio::spawn(connection);
+        client
+            .query_one(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .get(0)
+    })
+}
+
+/// The deterministic contents of every output table, one string per row,
+/// ordered (wall-clock columns left out).
+pub fn dump(url: &str) -> BTreeMap<&'static str, Vec<String>> {
+    let mut tables = BTreeMap::new();
+    tables.insert(
+        "events",
+        query_strings(
+            url,
+            "SELECT concat_ws('|', event_id, event_name, venue, event_date, first_seen, last_seen)
+             FROM events ORDER BY event_id",
+        ),
+    );
+    tables.insert(
+        "price_history",
+        query_strings(
+            url,
+            "SELECT concat_ws('|', event_id, section, \"row\", seat, source, price, currency, available, observed_at)
+             FROM price_history ORDER BY event_id, section, \"row\", seat, source, observed_at",
+        ),
+    );
+    tables.insert(
+        "listings",
+        query_strings(
+            url,
+            "SELECT concat_ws('|', event_id, section, \"row\", seat, source, price, currency, available, observed_at)
+             FROM listings ORDER BY event_id, section, \"row\", seat, source",
+        ),
+    );
+    tables.insert(
+        "price_alerts",
+        query_strings(
+            url,
+            "SELECT concat_ws('|', alert_id, kind, event_id, section, \"row\", seat, source, rule_id,
+                              coalesce(old_price::text, 'null'), new_price, currency, observed_at)
+             FROM price_alerts ORDER BY alert_id",
+        ),
+    );
+    for (table, [stored, _]) in SUMMARIES {
+        tables.insert(table, query_strings(url, stored));
+    }
+    tables
+}
+
+/// Per summary table: its rows, and the same aggregates computed over `listings`
+/// (SPEC §3), each row as one string, in the same order.
+const SUMMARIES: [(&str, [&str; 2]); 2] = [
+    (
+        "event_summary",
+        [
+            "SELECT concat_ws('|', event_id, currency, listings, available, coalesce(get_in_price::text, 'null'))
+             FROM event_summary ORDER BY event_id, currency",
+            "SELECT concat_ws('|', event_id, currency, count(*), count(*) FILTER (WHERE available),
+                              coalesce((min(price) FILTER (WHERE available))::text, 'null'))
+             FROM listings GROUP BY event_id, currency ORDER BY event_id, currency",
+        ],
+    ),
+    (
+        "section_summary",
+        [
+            "SELECT concat_ws('|', event_id, section, currency, available, coalesce(low_price::text, 'null'))
+             FROM section_summary ORDER BY event_id, section, currency",
+            "SELECT concat_ws('|', event_id, section, currency, count(*) FILTER (WHERE available),
+                              coalesce((min(price) FILTER (WHERE available))::text, 'null'))
+             FROM listings GROUP BY event_id, section, currency ORDER BY event_id, section, currency",
+        ],
+    ),
+];
+
+/// Every history row's event is in `events` (no foreign key checks it row by
+/// row: migration 0006).
+pub fn assert_history_has_its_events(url: &str) {
+    let orphans = query_i64(
+        url,
+        "SELECT count(*) FROM price_history h WHERE NOT EXISTS
+             (SELECT 1 FROM events e WHERE e.event_id = h.event_id)",
+    );
+    assert_eq!(orphans, 0, "history rows without their event in {url}");
+}
+
+/// Checks that `event_summary` and `section_summary` equal the aggregates over
+/// `listings`, and are not empty when `listings` is not.
+pub fn assert_summaries_match_listings(url: &str) {
+    for (table, [stored, computed]) in SUMMARIES {
+        let stored = query_strings(url, stored);
+        let computed = query_strings(url, computed);
+        if stored != computed {
+            let missing: Vec<_> = computed
+                .iter()
+                .filter(|row| !stored.contains(row))
+                .take(5)
+                .collect();
+            let extra: Vec<_> = stored
+                .iter()
+                .filter(|row| !computed.contains(row))
+                .take(5)
+                .collect();
+            panic!(
+                "{table} differs from the aggregates over listings ({} rows, {} expected); \
+                 missing {missing:?}, unexpected {extra:?}",
+                stored.len(),
+                computed.len()
+            );
+        }
+    }
+}
+
+/// `kafka_offsets` of a job's database, by partition.
+pub fn stored_offsets(url: &str, topic: &str) -> BTreeMap<i32, i64> {
+    runtime().block_on(async {
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("postgres");
+        tokio::spawn(connection);
+        client
+            .query(
+                "SELECT partition, next_offset FROM kafka_offsets WHERE topic = $1",
+                &[&topic],
+            )
+            .await
+            .expect("kafka_offsets")
+            .into_iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect()
+    })
+}
+
+/// `job_progress.commit_no` of the job database at `url`; None while it is not
+/// migrated yet or does not answer (a Postgres restarting).
+pub fn commit_no(url: &str) -> Option<i64> {
+    runtime().block_on(async {
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await.ok()?;
+        tokio::spawn(connection);
+        let row = client
+            .query_opt("SELECT commit_no FROM job_progress", &[])
+            .await
+            .ok()??;
+        row.try_get(0).ok()
+    })
+}

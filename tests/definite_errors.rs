@@ -1,0 +1,168 @@
+//! A message PostgreSQL refuses for good (a definite error) is rejected to the
+//! dead-letter topic and the job goes on (SPEC §1, §5): every other message lands
+//! exactly as in a run without the refused ones, which means the refused
+//! message's contribution to derived rows (listings, events, summaries, alerts)
+//! is gone too, not only its own row.
+//!
+//! The parser already rejects what PostgreSQL's `text` refuses (NUL), so the
+//! test simulates an unforeseen definite error with CHECK constraints added to
+//! the job's database: one on `price_history` (a row of the message itself) and
+//! one on `events` (a row the message only contributes a field to).
+
+use std::time::Duration;
+
+use conscope_testkit::*;
+
+fn obs(event: &str, section: &str, seat: u32, cents: u64, minute: u32, extra: &str) -> Vec<u8> {
+    format!(
+        r#"{{"event_id":"{event}","section":"{section}","row":"1","seat":"{seat}","source":"s1","price":"{}.{:02}","timestamp":"2026-01-01T{:02}:{:02}:00Z"{extra}}}"#,
+        cents / 100,
+        cents % 100,
+        minute / 60,
+        minute % 60,
+    )
+    .into_bytes()
+}
+
+/// Good observations of e1 (partition 0) and e2 (partition 1): price walks with
+/// drops, so alerts depend on every price before them.
+fn good_messages() -> Vec<(i32, Option<&'static str>, Vec<u8>)> {
+    let mut messages = Vec::new();
+    for step in 0..60u32 {
+        for (partition, event) in [(0, "e1"), (1, "e2")] {
+            let seat = step % 4;
+            // A deterministic walk between 50.00 and 150.00 with frequent drops.
+            let cents = 5_000 + u64::from((step * 7_919 + seat * 104_729) % 10_000);
+            let extra = if step % 10 == 0 {
+                format!(r#","event_name":"Show {event} {step}""#)
+            } else {
+                String::new()
+            };
+            messages.push((partition, Some(event), obs(event, "A", seat, cents, step, &extra)));
+        }
+    }
+    messages
+}
+
+/// The good messages with two poisoned ones inserted: a listing in section
+/// "poison" at the lowest price of its event (so, kept, it would change the
+/// get-in price, the summaries and the alerts), and the last name e2 is given.
+fn with_poison(good: &[(i32, Option<&'static str>, Vec<u8>)]) -> Vec<(i32, Option<&'static str>, Vec<u8>)> {
+    let mut messages = good.to_vec();
+    messages.insert(41, (0, Some("e1"), obs("e1", "poison", 9, 100, 20, "")));
+    messages.push((
+        1,
+        Some("e2"),
+        obs("e2", "A", 1, 9_000, 100, r#","event_name":"Poison Name""#),
+    ));
+    messages
+}
+
+fn add_rule(job: &Job) {
+    execute(
+        &job.database_url,
+        "INSERT INTO alert_rules (event_id, currency, max_price) VALUES ('e1', 'USD', 60)",
+    );
+}
+
+#[test]
+fn a_message_postgres_refuses_goes_to_the_dlq_and_the_rest_lands_as_without_it() {
+    require_broker();
+    let good = good_messages();
+    let clean_input = unique("definite_clean");
+    create_topic(&clean_input, 2);
+    produce(&clean_input, &good);
+    let poisoned_input = unique("definite_poisoned");
+    create_topic(&poisoned_input, 2);
+    produce(&poisoned_input, &with_poison(&good));
+
+    let reference = Job::new("definite_ref", &clean_input);
+    reference.migrate();
+    add_rule(&reference);
+    let reference_out = reference.run_to_end_within(Duration::from_secs(120), &[]);
+
+    let poisoned = Job::new("definite_poisoned", &poisoned_input);
+    poisoned.migrate();
+    add_rule(&poisoned);
+    execute(
+        &poisoned.database_url,
+        "ALTER TABLE price_history ADD CONSTRAINT poison CHECK (section <> 'poison');
+         ALTER TABLE events ADD CONSTRAINT poison_name CHECK (event_name <> 'Poison Name')",
+    );
+    // Bounded: a crash loop or a retry loop fails here.
+    let poisoned_out = poisoned.run_to_end_within(Duration::from_secs(120), &["-w", "2"]);
+
+    assert_eq!(dump(&poisoned.database_url), dump(&reference.database_url));
+    assert_summaries_match_listings(&poisoned.database_url);
+    let expected_ids: Vec<String> = alert_ids_on_topic(&reference.alerts).into_keys().collect();
+    let published = alert_ids_on_topic(&poisoned.alerts);
+    assert!(published.values().all(|count| *count == 1), "{published:?}");
+    assert_eq!(published.into_keys().collect::<Vec<_>>(), expected_ids);
+
+    // Exactly the two poisoned messages, once each, with the usual headers.
+    assert!(read_all(&reference.dlq).is_empty());
+    let mut letters = read_all(&poisoned.dlq);
+    letters.sort_by_key(|letter| letter.headers.get("conscope.partition").cloned());
+    let refused: Vec<(String, String, String)> = letters
+        .iter()
+        .map(|letter| {
+            let header = |name: &str| letter.headers.get(name).cloned().unwrap_or_default();
+            (
+                header("conscope.topic"),
+                header("conscope.partition"),
+                String::from_utf8_lossy(letter.value.as_deref().unwrap_or_default()).into_owned(),
+            )
+        })
+        .collect();
+    let poison = with_poison(&good);
+    assert_eq!(
+        refused,
+        [
+            (
+                poisoned_input.clone(),
+                "0".to_owned(),
+                String::from_utf8_lossy(&poison[41].2).into_owned()
+            ),
+            (
+                poisoned_input.clone(),
+                "1".to_owned(),
+                String::from_utf8_lossy(&poison[poison.len() - 1].2).into_owned()
+            ),
+        ]
+    );
+    for letter in &letters {
+        let error = letter.headers.get("conscope.error").cloned().unwrap_or_default();
+        assert!(
+            error.starts_with("postgres rejected:") && error.contains("23514"),
+            "{error}"
+        );
+        assert!(letter.headers.contains_key("conscope.offset"));
+    }
+
+    let reference_summary = parse_summary(&reference_out);
+    let summary = parse_summary(&poisoned_out);
+    assert_eq!(
+        summary.get("rejected").map(String::as_str),
+        Some("2"),
+        "{poisoned_out}"
+    );
+    for field in [
+        "prices_stored",
+        "events_created",
+        "duplicates",
+        "stale",
+        "listing_drop",
+        "event_low",
+        "rule_match",
+    ] {
+        assert_eq!(summary.get(field), reference_summary.get(field), "{field}");
+    }
+    assert_eq!(
+        query_i64(&poisoned.database_url, "SELECT count(*) FROM outbox"),
+        0
+    );
+    assert_eq!(
+        stored_offsets(&poisoned.database_url, &poisoned_input),
+        high_watermarks(&poisoned_input)
+    );
+}

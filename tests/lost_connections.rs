@@ -1,0 +1,121 @@
+//! SPEC §4: PostgreSQL going away makes the job wait and retry, never stop or
+//! skip data. Every session of the job's database is terminated again and
+//! again while a bounded replay runs (`pg_terminate_backend`: what a server
+//! shutting down does to its sessions, SQLSTATE 57P01), so failures land
+//! everywhere: mid-transaction, at COMMIT, while the writer prepares a fresh
+//! connection, in the publisher and in the job lease. The replay still ends,
+//! with the tables and topics of an uninterrupted run.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use conscope_testkit::*;
+
+/// Rounds of terminations: more than the run would last without them.
+const ROUNDS: usize = 12;
+
+/// Small transactions, so the terminations find commits in flight.
+const SLOW: [&str; 8] = [
+    "--epoch-ms",
+    "10",
+    "--max-batch",
+    "200",
+    "--max-in-flight",
+    "1000",
+    "--max-commit-records",
+    "300",
+];
+
+/// Once the job has committed (its startup is not what this tests), terminates
+/// every other session of `url`'s database every `every`, `rounds` times or
+/// until `stop`; counts the sessions it ended.
+fn terminator(
+    url: String,
+    every: Duration,
+    rounds: usize,
+    stop: Arc<AtomicBool>,
+    ended: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let database = url.rsplit('/').next().unwrap_or_default().to_owned();
+        let admin = format!("{}/postgres", pg_base());
+        let committed = || {
+            std::panic::catch_unwind(|| query_i64(&url, "SELECT commit_no FROM job_progress")).unwrap_or(0)
+                > 0
+        };
+        while !stop.load(Ordering::SeqCst) && !committed() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for _ in 0..rounds {
+            std::thread::sleep(every);
+            if stop.load(Ordering::SeqCst) {
+                return;
+            }
+            let count = runtime().block_on(async {
+                let Ok((client, connection)) = tokio_postgres::connect(&admin, tokio_postgres::NoTls).await
+                else {
+                    return 0;
+                };
+                tokio::spawn(connection);
+                client
+                    .query(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                         WHERE datname = $1 AND pid <> pg_backend_pid()",
+                        &[&database],
+                    )
+                    .await
+                    .map(|rows| rows.len() as u64)
+                    .unwrap_or(0)
+            });
+            ended.fetch_add(count, Ordering::SeqCst);
+        }
+    })
+}
+
+#[test]
+fn sessions_terminated_over_and_over_change_nothing_in_the_result() {
+    require_broker();
+    let input = unique("lost_conn");
+    produce_generated(&input, 2, 8_000, 11, &[]);
+
+    let reference = Job::new("lost_conn_ref", &input);
+    reference.run_to_end_within(Duration::from_secs(300), &["-w", "2"]);
+
+    let job = Job::new("lost_conn", &input);
+    job.migrate();
+    let stop = Arc::new(AtomicBool::new(false));
+    let ended = Arc::new(AtomicU64::new(0));
+    let killer = terminator(
+        job.database_url.clone(),
+        Duration::from_millis(1_500),
+        ROUNDS,
+        Arc::clone(&stop),
+        Arc::clone(&ended),
+    );
+    let mut args = vec!["-w", "2"];
+    args.extend_from_slice(&SLOW);
+    let outcome = std::panic::catch_unwind(|| job.run_to_end_within(Duration::from_secs(300), &args));
+    stop.store(true, Ordering::SeqCst);
+    killer.join().expect("terminator");
+    let stdout = outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    let ended = ended.load(Ordering::SeqCst);
+    println!("sessions terminated during the run: {ended}");
+    assert!(
+        ended >= 10,
+        "too few sessions terminated ({ended}) to mean anything"
+    );
+    assert!(stdout.contains("summary:"), "{stdout}");
+
+    assert_eq!(dump(&job.database_url), dump(&reference.database_url));
+    assert_summaries_match_listings(&job.database_url);
+    let expected: Vec<String> = alert_ids_on_topic(&reference.alerts).into_keys().collect();
+    let published = alert_ids_on_topic(&job.alerts);
+    assert!(
+        published.values().all(|count| *count == 1),
+        "alerts published twice"
+    );
+    assert_eq!(published.into_keys().collect::<Vec<_>>(), expected);
+    assert_eq!(read_all(&job.dlq).len(), read_all(&reference.dlq).len());
+    assert_eq!(query_i64(&job.database_url, "SELECT count(*) FROM outbox"), 0);
+}
