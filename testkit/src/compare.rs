@@ -219,3 +219,35 @@ fn note(details: &mut Vec<String>, what: &str, count: Count, examples: Vec<Strin
         ));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outputs(rows: &[&str], alerts: &[(&str, usize)]) -> Outputs {
+        let mut tables = BTreeMap::new();
+        tables.insert("listings", rows.iter().map(|row| (*row).to_owned()).collect());
+        Outputs {
+            tables,
+            alerts: alerts.iter().map(|(id, n)| ((*id).to_owned(), *n)).collect(),
+            ..Outputs::default()
+        }
+    }
+
+    #[test]
+    fn counts_missing_changed_and_doubled() {
+        let expected = outputs(&["a|1", "b|2", "c|3"], &[("x", 1), ("y", 1)]);
+        let same = compare(&expected, &expected);
+        assert!(same.is_exact(), "{same}");
+        assert_eq!(same.compared, 5);
+
+        // "b" changed, "c" lost; alert "x" published twice, "y" never, "z" unexpected.
+        let got = outputs(&["a|1", "b|9"], &[("x", 2), ("z", 1)]);
+        let diff = compare(&expected, &got);
+        assert!(!diff.is_exact());
+        assert_eq!(diff.tables, Count { missing: 2, extra: 1 });
+        assert_eq!(diff.alerts, Count { missing: 1, extra: 2 });
+        assert_eq!(diff.dead_letters, Count::default());
+        assert_eq!(diff.details.len(), 2, "{diff}");
+    }
+}
