@@ -40,7 +40,7 @@ fn full_fault_suite() {
         name: "full",
         messages: 200_000,
         kills: 20,
-        max_kill_delay: Duration::from_millis(1_500),
+        max_kill_delay: Duration::from_millis(500),
         pg_restarts: 2,
         lock: Duration::from_secs(30),
         in_flight: 20_000,
