@@ -229,7 +229,10 @@ async fn take(url: &str, process: i32) -> Result<Taken, LeaseError> {
                                coalesce(host(a.client_addr), 'local socket'), a.backend_start)
                  FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
                  WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
-                   AND l.classid::bigint = $1 AND l.objid::bigint = $2",
+                   AND l.classid::bigint = $1 AND l.objid::bigint = $2
+                   -- Advisory locks are per database; pg_locks shows every
+                   -- database's: the jobs of other databases hold the same key.
+                   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
                 &[&i64::from(LOCK_CLASS), &i64::from(process)],
             )
             .await

@@ -554,8 +554,13 @@ impl Suite {
     /// with a clear error before it restores state or publishes anything.
     fn second_instance(&mut self, outcome: &mut Outcome) -> Result<(), String> {
         let target = self.target("second", &pg_base(), &brokers());
+        // Another job on another database of the same cluster, as in production:
+        // its lease must neither refuse nor be named to this job's instances.
+        let neighbour = self.target("neighbour", &pg_base(), &brokers());
         outcome.injected = "1 2nd instance".to_owned();
         let result = (|| {
+            let mut other = neighbour.spawn(&self.dir, "neighbour", &SLOW);
+            wait_for_commit(&neighbour, &mut other, 0, Duration::from_secs(120))?;
             let mut first = target.spawn(&self.dir, "first", &SLOW);
             wait_for_commit(&target, &mut first, 0, Duration::from_secs(120))?;
             let mut command = target.command(&["--exit-at-end", "-w", "2"]);
