@@ -13,9 +13,10 @@
 //! (process 0), in a live job the thread that watches the input topic for
 //! added partitions. Then each run of the dataflow reads the stored offsets and
 //! the quarantine, starts one timely worker per thread (worker 0's sink starts
-//! the writer); each worker restores its slice of the state, opens its
-//! partitions and steps the dataflow until the probe says everything is
-//! committed (`--exit-at-end`), the shutdown handle is triggered, or the writer
+//! the writer); worker 0 streams the restored state (events and listings) and
+//! the rules into the dataflow, each worker opens its partitions and steps the
+//! dataflow until the probe says everything is committed (`--exit-at-end`),
+//! the shutdown handle is triggered, or the writer
 //! stops the run. A writer that quarantined messages PostgreSQL refuses asks
 //! for another run, which replays from the last commit without them.
 //! Each step hands the probe's frontier to the metrics, which is how every
@@ -49,7 +50,8 @@ use crate::source::file::{file_source, OpenFile};
 use crate::source::kafka::{
     check_isolation, kafka_source, OwnedPartitions, PartitionWatch, StartFrom, PARTITION_POLL,
 };
-use crate::source::state::{initial_rules, load_slice, state_source, stored_offsets, LiveRules, RuleFeed};
+use crate::source::restore::{restore_source, stored_offsets, Checkpoint};
+use crate::source::rules::{initial_rules, LiveRules, RuleFeed};
 use crate::source::SourceSettings;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -92,7 +94,10 @@ pub struct RunArgs {
     #[arg(long, env = "CONSCOPE_MAX_BATCH", default_value_t = 5_000)]
     max_batch: usize,
     /// Messages per worker read but not yet committed at most (bounds memory).
-    #[arg(long, env = "CONSCOPE_MAX_IN_FLIGHT", default_value_t = 200_000)]
+    // 50 000: 1M messages at -w 2 peaked at 269 MB with 200 000 and at 164 MB
+    // with 50 000 (issue 7), at about the same rate; the writer merges what is
+    // in flight anyway.
+    #[arg(long, env = "CONSCOPE_MAX_IN_FLIGHT", default_value_t = 50_000)]
     max_in_flight: usize,
     /// Records merged into one transaction at most when the writer falls behind.
     #[arg(long, env = "CONSCOPE_MAX_COMMIT_RECORDS", default_value_t = 500_000)]
@@ -187,7 +192,7 @@ fn timely_config(args: &RunArgs) -> anyhow::Result<timely::Config> {
 
 /// Ends the process with `error`: a worker that cannot go on must not leave the
 /// others waiting for it forever.
-fn fatal(error: anyhow::Error) -> ! {
+pub(crate) fn fatal(error: anyhow::Error) -> ! {
     tracing::error!("{error:#}");
     eprintln!("conscope: error: {error:#}");
     std::process::exit(1);
@@ -195,7 +200,7 @@ fn fatal(error: anyhow::Error) -> ! {
 
 /// How long startup reads (offsets, quarantine, restore) ride out PostgreSQL
 /// being away before the job gives up.
-const STARTUP_PATIENCE: Duration = Duration::from_secs(120);
+pub(crate) const STARTUP_PATIENCE: Duration = Duration::from_secs(120);
 
 /// How long a worker parks at most before it looks at the stop flags again.
 const PARK: Duration = Duration::from_millis(100);
@@ -426,24 +431,24 @@ fn run_dataflow(setup: &Setup, shutdown: &Shutdown) -> anyhow::Result<WriterExit
             Ok(runtime) => runtime,
             Err(error) => fatal(error.into()),
         };
-        let startup = runtime.block_on(crate::db::with_patience(STARTUP_PATIENCE, || async {
-            let client = crate::db::connect(&args.db.database_url).await?;
-            let restored = load_slice(&client, peers, index).await?;
-            let rules = if index == 0 {
+        // Worker 0 restores everything (streamed by a reader of its own, see
+        // `source::restore`) and feeds the rules; the processor routes both.
+        let checkpoint = (index == 0).then(|| {
+            let startup = runtime.block_on(crate::db::with_patience(STARTUP_PATIENCE, || async {
+                let client = crate::db::connect(&args.db.database_url).await?;
                 let (initial, known) = initial_rules(&client).await?;
                 let live = (!args.exit_at_end).then(|| LiveRules {
                     database_url: args.db.database_url.clone(),
                     known,
                     interval: Duration::from_millis(args.rules_poll_ms.max(50)),
                 });
-                Some(RuleFeed { initial, live })
-            } else {
-                None
-            };
-            anyhow::Ok((restored, rules))
-        }));
-        let (restored, rules) = startup.unwrap_or_else(|error| fatal(error.context("cannot restore state")));
-        tracing::info!(worker = index, records = restored.len(), "restored state");
+                anyhow::Ok(Checkpoint {
+                    database_url: args.db.database_url.clone(),
+                    rules: RuleFeed { initial, live },
+                })
+            }));
+            startup.unwrap_or_else(|error| fatal(error.context("cannot read the alert rules")))
+        });
 
         let owned = match &args.input_file {
             Some(_) => None,
@@ -487,7 +492,7 @@ fn run_dataflow(setup: &Setup, shutdown: &Shutdown) -> anyhow::Result<WriterExit
                 None => kafka_source(scope, owned, settings, committed.clone()),
             };
             let (observations, source_records) = ingest(events, quarantine);
-            let state = state_source(scope, restored, rules, settings.epoch_ms);
+            let state = restore_source(scope, checkpoint, settings.epoch_ms);
             let processed = process(observations.concat(state), processor_config);
             let summaries = summary_records(summarise(processed.listings));
             let records = processed.records.concat(source_records).concat(summaries);

@@ -1,8 +1,9 @@
 //! Event state stage: the `events` row of one event. Each of `event_name`, `venue`
 //! and `event_date` comes from the most recent observation (by `observed_at`) that
 //! carried it, ties going to the later message; `first_seen`/`last_seen` span all
-//! stored observations. Stale observations count too: SPEC §2 defines these fields
-//! over stored observations, not over the listings' current states.
+//! stored observations. An observation older than its listing's current state
+//! changes nothing but history (SPEC §2, stale), so its fields do not count;
+//! being stored, it can still lower `first_seen` ([`widen`]).
 
 use crate::model::{EventRow, Micros, Observation, Stamped};
 
@@ -36,6 +37,19 @@ pub fn apply(row: &mut EventRow, observation: &Observation) -> bool {
     changed |= stamp(&mut row.venue, observation.venue.as_ref(), at);
     changed |= stamp(&mut row.event_date, observation.event_date.as_ref(), at);
     changed
+}
+
+/// Folds in an observation older than its listing's current state, stale or a
+/// duplicate (only the writer knows which): it can lower `first_seen`, which a
+/// duplicate never does (its identity is stored, so `first_seen` is at or before
+/// it), and never `last_seen` (its listing's current state is newer). `true` if
+/// it changed the row.
+pub fn widen(row: &mut EventRow, observed_at: Micros) -> bool {
+    if observed_at < row.first_seen {
+        row.first_seen = observed_at;
+        return true;
+    }
+    false
 }
 
 /// Takes `value` if it is at least as recent as the stored one: messages are

@@ -3,10 +3,15 @@
 //! *available* current listings that answer "lowest price in this scope" (per
 //! currency, and per section and currency) without scanning the event.
 //!
-//! Ties on price resolve to the smallest [`Seat`] (`section, row, seat, source`),
-//! which is what SPEC §2 asks of a rule that fires on being added.
+//! Each seat is interned once per event ([`SeatId`]): the states and indexes are
+//! addressed by id, so a message hashes its seat once and the indexes compare
+//! integers, not four strings. Ties on price resolve to the smallest [`Seat`]
+//! (`section, row, seat, source`), which is what SPEC §2 asks of a rule that
+//! fires on being added.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use foldhash::HashMap;
 
 use crate::model::{Cents, Currency, ListingKey, ListingPrice, ListingRow, Micros, Observation, Seat};
 
@@ -70,113 +75,158 @@ pub enum Applied {
     Current { previous: Option<Quote> },
 }
 
-/// Available current listings of one scope, cheapest (then smallest seat) first.
-type PriceIndex = BTreeSet<(Cents, Seat)>;
+/// A listing's number within its event. Each seat is interned once, so the
+/// price indexes and the processor's per-epoch bookkeeping hold four bytes per
+/// listing instead of a [`Seat`] of four `String`s, and compare integers.
+pub type SeatId = u32;
 
-/// The listings of one event.
+type SectionId = u32;
+
+/// Available current listings of one scope, cheapest first. Ties on price are
+/// ordered by [`SeatId`] here; [`Listings::lowest`] resolves them by [`Seat`].
+type PriceIndex = BTreeSet<(Cents, SeatId)>;
+
+/// The listings of one event. Interned seats are never forgotten: like the
+/// current states, they follow the event's listings.
 #[derive(Clone, Debug, Default)]
 pub struct Listings {
-    current: HashMap<Seat, Quote>,
+    ids: HashMap<Seat, SeatId>,
+    seats: Vec<Seat>,
+    section_of: Vec<SectionId>,
+    current: Vec<Option<Quote>>,
+    sections: HashMap<String, SectionId>,
     by_currency: HashMap<Currency, PriceIndex>,
-    by_section: HashMap<String, HashMap<Currency, PriceIndex>>,
+    by_section: HashMap<(SectionId, Currency), PriceIndex>,
 }
 
 impl Listings {
+    /// The id of `seat`, assigning the next one the first time.
+    pub fn intern(&mut self, seat: &Seat) -> SeatId {
+        if let Some(id) = self.ids.get(seat) {
+            return *id;
+        }
+        let id = self.seats.len() as SeatId;
+        let next_section = self.sections.len() as SectionId;
+        let section = *self.sections.entry(seat.section.clone()).or_insert(next_section);
+        self.ids.insert(seat.clone(), id);
+        self.seats.push(seat.clone());
+        self.section_of.push(section);
+        self.current.push(None);
+        id
+    }
+
+    pub fn seat(&self, id: SeatId) -> &Seat {
+        &self.seats[id as usize]
+    }
+
+    pub fn quote(&self, id: SeatId) -> Option<&Quote> {
+        self.current.get(id as usize).and_then(Option::as_ref)
+    }
+
     pub fn get(&self, seat: &Seat) -> Option<&Quote> {
-        self.current.get(seat)
+        self.ids.get(seat).and_then(|id| self.quote(*id))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.current.is_empty()
+        self.seats.is_empty()
     }
 
     /// Applies a non-duplicate observation of `seat`. Equal times cannot both be
     /// non-duplicates, so `>=` only matters for inconsistent restored state, where
     /// the later message wins as everywhere else.
     pub fn apply(&mut self, seat: &Seat, quote: Quote) -> Applied {
-        if let Some(current) = self.current.get(seat) {
+        let id = self.intern(seat);
+        self.apply_id(id, quote)
+    }
+
+    /// [`Listings::apply`] to an interned seat.
+    pub fn apply_id(&mut self, id: SeatId, quote: Quote) -> Applied {
+        if let Some(current) = self.quote(id) {
             if quote.observed_at < current.observed_at {
                 return Applied::Stale;
             }
         }
         Applied::Current {
-            previous: self.set(seat, quote),
+            previous: self.set(id, quote),
         }
     }
 
     /// Sets restored state. Keeps whichever state is newer, so the order restore
     /// records arrive in cannot matter.
     pub fn restore(&mut self, seat: &Seat, quote: Quote) {
+        let id = self.intern(seat);
         if self
-            .current
-            .get(seat)
+            .quote(id)
             .is_none_or(|current| current.observed_at <= quote.observed_at)
         {
-            self.set(seat, quote);
+            self.set(id, quote);
         }
     }
 
     /// The lowest available current price of a scope (`section: None` = the whole
     /// event), with the smallest seat holding it.
     pub fn lowest(&self, section: Option<&str>, currency: Currency) -> Option<(Cents, &Seat)> {
-        let index = match section {
-            None => self.by_currency.get(&currency),
-            Some(section) => self
-                .by_section
-                .get(section)
-                .and_then(|by_currency| by_currency.get(&currency)),
-        };
+        let index = self.index(section, currency)?;
+        let (price, _) = *index.first()?;
         index
-            .and_then(BTreeSet::first)
-            .map(|(price, seat)| (*price, seat))
+            .range((price, SeatId::MIN)..=(price, SeatId::MAX))
+            .map(|(_, id)| self.seat(*id))
+            .min()
+            .map(|seat| (price, seat))
     }
 
     pub fn lowest_price(&self, section: Option<&str>, currency: Currency) -> Option<Cents> {
-        self.lowest(section, currency).map(|(price, _)| price)
+        let index = self.index(section, currency)?;
+        index.first().map(|(price, _)| *price)
     }
 
-    /// Replaces the state of `seat`, keeping the indexes in step; returns the
+    fn index(&self, section: Option<&str>, currency: Currency) -> Option<&PriceIndex> {
+        match section {
+            None => self.by_currency.get(&currency),
+            Some(section) => {
+                let section = self.sections.get(section)?;
+                self.by_section.get(&(*section, currency))
+            }
+        }
+    }
+
+    /// Replaces the state of `id`, keeping the indexes in step; returns the
     /// previous state.
-    fn set(&mut self, seat: &Seat, quote: Quote) -> Option<Quote> {
-        let previous = self.current.insert(seat.clone(), quote);
+    fn set(&mut self, id: SeatId, quote: Quote) -> Option<Quote> {
+        let section = self.section_of[id as usize];
+        let previous = self.current[id as usize].replace(quote);
         if let Some(old) = previous {
             if old.available {
-                self.unindex(seat, old);
+                self.unindex(id, section, old);
             }
         }
         if quote.available {
             self.by_currency
                 .entry(quote.currency)
                 .or_default()
-                .insert((quote.price, seat.clone()));
+                .insert((quote.price, id));
             self.by_section
-                .entry(seat.section.clone())
+                .entry((section, quote.currency))
                 .or_default()
-                .entry(quote.currency)
-                .or_default()
-                .insert((quote.price, seat.clone()));
+                .insert((quote.price, id));
         }
         previous
     }
 
     /// Empty indexes are dropped so memory follows what is listed now.
-    fn unindex(&mut self, seat: &Seat, old: Quote) {
-        let entry = (old.price, seat.clone());
+    fn unindex(&mut self, id: SeatId, section: SectionId, old: Quote) {
+        let entry = (old.price, id);
         if let Some(index) = self.by_currency.get_mut(&old.currency) {
             index.remove(&entry);
             if index.is_empty() {
                 self.by_currency.remove(&old.currency);
             }
         }
-        if let Some(by_currency) = self.by_section.get_mut(&seat.section) {
-            if let Some(index) = by_currency.get_mut(&old.currency) {
-                index.remove(&entry);
-                if index.is_empty() {
-                    by_currency.remove(&old.currency);
-                }
-            }
-            if by_currency.is_empty() {
-                self.by_section.remove(&seat.section);
+        let key = (section, old.currency);
+        if let Some(index) = self.by_section.get_mut(&key) {
+            index.remove(&entry);
+            if index.is_empty() {
+                self.by_section.remove(&key);
             }
         }
     }

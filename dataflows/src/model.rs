@@ -317,11 +317,6 @@ impl Counters {
 pub enum Restore {
     Event(EventRow),
     Listing(ListingRow),
-    /// An observation identity already stored in `price_history`.
-    Seen {
-        listing: ListingKey,
-        observed_at: Micros,
-    },
 }
 
 /// What the per-event processor consumes.
@@ -341,7 +336,6 @@ impl ProcessorInput {
         match self {
             ProcessorInput::Restore(Restore::Event(row)) => &row.event_id,
             ProcessorInput::Restore(Restore::Listing(row)) => &row.listing.event_id,
-            ProcessorInput::Restore(Restore::Seen { listing, .. }) => &listing.event_id,
             ProcessorInput::Rule(RuleChange::Activate { rule, .. }) => &rule.event_id,
             ProcessorInput::Rule(RuleChange::Deactivate { event_id, .. }) => event_id,
             ProcessorInput::Observation { observation, .. } => &observation.listing.event_id,
@@ -352,9 +346,20 @@ impl ProcessorInput {
 /// Everything the Postgres sink writes for one epoch, in one transaction.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SinkRecord {
-    /// A new row of `price_history`, and where its message sits in the input:
-    /// what lets the writer name the message behind a row PostgreSQL refuses.
+    /// A new row of `price_history`: an observation newer than its listing's
+    /// current state (or its listing's first), so its identity is not stored
+    /// yet; and where its message sits in the input: what lets the writer name
+    /// the message behind a row PostgreSQL refuses.
     History {
+        row: ListingRow,
+        position: Position,
+    },
+    /// A row for `price_history` of an observation older than its listing's
+    /// current state: stale, unless its identity is stored already (a
+    /// duplicate). Only the stored history can tell, so the writer decides: it
+    /// inserts these in partition order, first one of an identity wins, and
+    /// counts each as stale (inserted) or duplicate (skipped).
+    MaybeStale {
         row: ListingRow,
         position: Position,
     },

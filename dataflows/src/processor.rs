@@ -5,7 +5,8 @@
 //! epoch. Once the frontier passes an epoch, all of its records are applied in one
 //! deterministic order, whatever the batching, arrival order or number of workers:
 //! restores, then rule changes (by rule id, deactivations first), then observations
-//! in `Position` order. Each observation runs through the stages in turn: dedup,
+//! in `Position` order. Each observation runs through the stages in turn: dedup
+//! (against its listing's current state: the processor keeps no history),
 //! event state, listing state, drops, rules. [`Processor`] is that logic without
 //! timely, so it can be driven and tested directly.
 //!
@@ -15,7 +16,9 @@
 //! summaries (`summaries.rs`), which need no per-message order.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
 
 use differential_dataflow::collection::vec::Collection as VecCollection;
 use differential_dataflow::AsCollection;
@@ -27,10 +30,10 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
 use crate::alert_id::alert_id;
-use crate::dedup::Seen;
+use crate::dedup::{classify, Verdict};
 use crate::drops;
 use crate::event_state;
-use crate::listing_state::{Applied, Listings, Quote};
+use crate::listing_state::{Applied, Listings, Quote, SeatId};
 use crate::model::{
     stable_hash, Alert, AlertKind, Cents, Counters, Currency, EventRow, ListingKey, ListingPrice, ListingRow,
     Micros, Observation, Position, ProcessorInput, Restore, Rule, RuleChange, SinkRecord,
@@ -152,14 +155,58 @@ pub struct EpochOutput {
 pub struct EventState {
     /// `None` until the event is observed or restored (it may have rules before).
     row: Option<EventRow>,
-    seen: Seen,
     listings: Listings,
     rules: Rules,
+    /// What the epoch being applied changed of this event.
+    epoch: EventEpoch,
+}
+
+/// The part of an epoch's work that belongs to one event: which listings it
+/// set (with their state before the epoch, the retraction their new state
+/// needs) and whether the events row changed. Kept in the event's state so the
+/// per-message work is a lookup by seat id, not a clone of a [`ListingKey`]
+/// into a map of the whole epoch.
+#[derive(Clone, Debug, Default)]
+struct EventEpoch {
+    /// Listed in [`Epoch::events`].
+    listed: bool,
+    row_changed: bool,
+    /// Every listing the epoch set (observed or restored), once.
+    touched: Vec<Touch>,
+    /// Per seat id: its position in `touched` plus one; 0 = untouched. Reset
+    /// when the epoch finishes.
+    slot: Vec<u32>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Touch {
+    id: SeatId,
+    /// Its price before the epoch.
+    before: Option<ListingPrice>,
+    /// Observed (a `listings` row to write), not only restored.
+    observed: bool,
+}
+
+impl EventEpoch {
+    /// Records that the epoch set listing `id`, whose state before was `before`.
+    fn touch(&mut self, id: SeatId, before: Option<ListingPrice>, observed: bool) {
+        let index = id as usize;
+        if self.slot.len() <= index {
+            self.slot.resize(index + 1, 0);
+        }
+        match self.slot[index] {
+            0 => {
+                self.touched.push(Touch { id, before, observed });
+                self.slot[index] = self.touched.len() as u32;
+            }
+            position => self.touched[position as usize - 1].observed |= observed,
+        }
+    }
 }
 
 impl EventState {
     fn is_empty(&self) -> bool {
-        self.row.is_none() && self.seen.is_empty() && self.listings.is_empty() && self.rules.is_empty()
+        self.row.is_none() && self.listings.is_empty() && self.rules.is_empty()
     }
 }
 
@@ -174,7 +221,7 @@ impl Processor {
     pub fn new(config: ProcessorConfig) -> Processor {
         Processor {
             config,
-            events: HashMap::new(),
+            events: HashMap::default(),
         }
     }
 
@@ -225,18 +272,13 @@ impl Processor {
             }
             Restore::Listing(row) => {
                 let state = self.events.entry(row.listing.event_id.clone()).or_default();
-                // The current state is a stored observation, even if its `Seen`
-                // record is missing.
-                state.seen.insert(&row.listing.seat, row.observed_at);
-                let before = state.listings.get(&row.listing.seat).map(Quote::price);
+                let id = state.listings.intern(&row.listing.seat);
+                let before = state.listings.quote(id).map(Quote::price);
                 state.listings.restore(&row.listing.seat, Quote::of_row(&row));
                 // Not a row to write (it is stored), but it enters the collection
                 // of current listings, so that later changes retract it.
-                epoch.priced.entry(row.listing).or_insert(before);
-            }
-            Restore::Seen { listing, observed_at } => {
-                let state = self.events.entry(listing.event_id).or_default();
-                state.seen.insert(&listing.seat, observed_at);
+                state.epoch.touch(id, before, false);
+                epoch.list(&row.listing.event_id, &mut state.epoch);
             }
         }
     }
@@ -305,9 +347,26 @@ impl Processor {
             return;
         };
 
-        if !state.seen.insert(seat, at) {
-            epoch.counters.duplicates += 1;
-            return;
+        let id = state.listings.intern(seat);
+        let previous = state.listings.quote(id).copied();
+        match classify(previous.map(|quote| quote.observed_at), at) {
+            Verdict::New => {}
+            Verdict::Duplicate => {
+                epoch.counters.duplicates += 1;
+                return;
+            }
+            Verdict::Older => {
+                // Stale or a duplicate: the writer tells, and counts it.
+                epoch.out.push(SinkRecord::MaybeStale {
+                    row: Quote::of(&observation).row(&listing.event_id, seat),
+                    position,
+                });
+                if state.row.as_mut().is_some_and(|row| event_state::widen(row, at)) {
+                    state.epoch.row_changed = true;
+                    epoch.list(&listing.event_id, &mut state.epoch);
+                }
+                return;
+            }
         }
         let quote = Quote::of(&observation);
         epoch.counters.prices_stored += 1;
@@ -324,15 +383,10 @@ impl Processor {
                 true
             }
         };
-        if event_changed && !epoch.events.contains(&listing.event_id) {
-            epoch.events.insert(listing.event_id.clone());
+        if event_changed {
+            state.epoch.row_changed = true;
         }
 
-        let previous = state.listings.get(seat).copied();
-        if previous.is_some_and(|previous| at < previous.observed_at) {
-            epoch.counters.stale += 1;
-            return;
-        }
         // A listing only moves the scopes of its old and new currency.
         let mut currencies = vec![quote.currency];
         if let Some(previous) = previous {
@@ -356,17 +410,11 @@ impl Processor {
             })
             .collect();
 
-        let applied = state.listings.apply(seat, quote);
-        // Staleness was decided above, before the "lowest before" snapshots.
+        let applied = state.listings.apply_id(id, quote);
+        // Newer than `previous`, as decided above.
         debug_assert_eq!(applied, Applied::Current { previous });
-        if !epoch.listings.contains(listing) {
-            epoch.listings.insert(listing.clone());
-        }
-        if !epoch.priced.contains_key(listing) {
-            epoch
-                .priced
-                .insert(listing.clone(), previous.as_ref().map(Quote::price));
-        }
+        state.epoch.touch(id, previous.as_ref().map(Quote::price), true);
+        epoch.list(&listing.event_id, &mut state.epoch);
         let event_name = display_name(&state.row, &listing.event_id);
 
         if let Some((old, new)) = drops::listing_drop(previous.as_ref(), &quote, min_drop) {
@@ -432,55 +480,68 @@ impl Processor {
         }
     }
 
-    fn finish(&self, epoch: Epoch) -> EpochOutput {
+    fn finish(&mut self, epoch: Epoch) -> EpochOutput {
         let Epoch {
             mut out,
             counters,
-            events,
-            listings,
-            priced,
+            mut events,
         } = epoch;
+        // Listing order (event, then seat), the same on every run.
+        events.sort_unstable();
         let mut listing_changes = Vec::new();
-        for (listing, before) in priced {
-            let after = self
-                .events
-                .get(&listing.event_id)
-                .and_then(|state| state.listings.get(&listing.seat))
-                .map(Quote::price);
-            if before == after {
-                continue;
-            }
-            match (before, after) {
-                (Some(before), Some(after)) => {
-                    listing_changes.push(((listing.clone(), before), -1));
-                    listing_changes.push(((listing, after), 1));
-                }
-                (Some(before), None) => listing_changes.push(((listing, before), -1)),
-                (None, Some(after)) => listing_changes.push(((listing, after), 1)),
-                (None, None) => {}
-            }
-        }
+        let mut event_rows = Vec::new();
+        let mut listing_rows = Vec::new();
         for event_id in events {
-            if let Some(row) = self.events.get(&event_id).and_then(|state| state.row.as_ref()) {
-                out.push(SinkRecord::Event(row.clone()));
+            let Some(state) = self.events.get_mut(&event_id) else {
+                continue;
+            };
+            let mut work = std::mem::take(&mut state.epoch);
+            for touch in &work.touched {
+                work.slot[touch.id as usize] = 0;
             }
-        }
-        for listing in listings {
-            let quote = self
-                .events
-                .get(&listing.event_id)
-                .and_then(|state| state.listings.get(&listing.seat))
-                .copied();
-            if let Some(quote) = quote {
-                out.push(SinkRecord::Listing(ListingRow {
-                    listing,
-                    price: quote.price,
-                    currency: quote.currency,
-                    available: quote.available,
-                    observed_at: quote.observed_at,
-                }));
+            if work.row_changed {
+                if let Some(row) = &state.row {
+                    event_rows.push(SinkRecord::Event(row.clone()));
+                }
             }
+            let listings = &state.listings;
+            work.touched
+                .sort_unstable_by(|a, b| listings.seat(a.id).cmp(listings.seat(b.id)));
+            for touch in &work.touched {
+                let quote = listings.quote(touch.id).copied();
+                let listing = || ListingKey {
+                    event_id: event_id.clone(),
+                    seat: listings.seat(touch.id).clone(),
+                };
+                let after = quote.as_ref().map(Quote::price);
+                match (touch.before, after) {
+                    (before, after) if before == after => {}
+                    (Some(before), Some(after)) => {
+                        listing_changes.push(((listing(), before), -1));
+                        listing_changes.push(((listing(), after), 1));
+                    }
+                    (Some(before), None) => listing_changes.push(((listing(), before), -1)),
+                    (None, Some(after)) => listing_changes.push(((listing(), after), 1)),
+                    (None, None) => {}
+                }
+                if let (true, Some(quote)) = (touch.observed, quote) {
+                    listing_rows.push(SinkRecord::Listing(ListingRow {
+                        listing: listing(),
+                        price: quote.price,
+                        currency: quote.currency,
+                        available: quote.available,
+                        observed_at: quote.observed_at,
+                    }));
+                }
+            }
+            // Keep the allocations for the next epoch.
+            work.touched.clear();
+            work.listed = false;
+            work.row_changed = false;
+            state.epoch = work;
         }
+        out.append(&mut event_rows);
+        out.append(&mut listing_rows);
         if !counters.is_empty() {
             out.push(SinkRecord::Counters(counters));
         }
@@ -496,15 +557,19 @@ impl Processor {
 struct Epoch {
     out: Vec<SinkRecord>,
     counters: Counters,
-    /// Ordered so the final rows come out in the same order on every run.
-    events: BTreeSet<String>,
-    listings: BTreeSet<ListingKey>,
-    /// Every listing the epoch set (observed or restored), with its price before
-    /// the epoch: the retraction its new state needs.
-    priced: BTreeMap<ListingKey, Option<ListingPrice>>,
+    /// The events whose [`EventEpoch`] has work, each once.
+    events: Vec<String>,
 }
 
 impl Epoch {
+    /// Lists an event whose [`EventEpoch`] has work.
+    fn list(&mut self, event_id: &str, work: &mut EventEpoch) {
+        if !work.listed {
+            work.listed = true;
+            self.events.push(event_id.to_owned());
+        }
+    }
+
     fn alert(&mut self, alert: Alert) {
         self.counters.count_alert(alert.kind);
         self.out.push(SinkRecord::Alert(alert));

@@ -1,13 +1,13 @@
 //! The processor operator end to end: in-memory inputs through timely, outputs
 //! captured and compared exactly.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{mpsc, Arc, Mutex};
 
 use conscope_dataflows::alert_id::alert_id;
 use conscope_dataflows::model::{
-    Alert, AlertKind, Cents, Counters, Currency, EventRow, ListingKey, ListingRow, Observation, Position,
-    ProcessorInput, Restore, Rule, RuleChange, Seat, SinkRecord, Stamped,
+    Alert, AlertKind, Cents, Counters, Currency, EventRow, ListingKey, ListingRow, Micros, Observation,
+    Position, ProcessorInput, Restore, Rule, RuleChange, Seat, SinkRecord, Stamped,
 };
 use conscope_dataflows::processor::{process, ProcessorConfig};
 use timely::dataflow::operators::capture::Event;
@@ -22,16 +22,29 @@ const EUR: Currency = Currency(*b"EUR");
 // ---------------------------------------------------------------------------
 // Running the operator.
 
-/// What a run produced, from all workers, with the epoch of each record.
+/// What a run produced, from all workers, with the epoch of each record, after
+/// the writer's dedup of `MaybeStale` rows (see [`write_like_the_sink`]).
 #[derive(Debug)]
 struct Output {
     records: Vec<(u64, SinkRecord)>,
+    /// The identities in `price_history` after the run.
+    stored: HashSet<(ListingKey, Micros)>,
 }
 
 /// Runs `epochs` (epoch `i` at time `i`) through `process` on `workers` threads.
 /// Each epoch's records are dealt round-robin to the workers, so they arrive at the
 /// processor from several places in no particular order.
 fn run_on(workers: usize, config: ProcessorConfig, epochs: Vec<Vec<ProcessorInput>>) -> Output {
+    run_after(HashSet::new(), workers, config, epochs)
+}
+
+/// [`run_on`] on a database whose `price_history` holds `stored`.
+fn run_after(
+    stored: HashSet<(ListingKey, Micros)>,
+    workers: usize,
+    config: ProcessorConfig,
+    epochs: Vec<Vec<ProcessorInput>>,
+) -> Output {
     let epochs = Arc::new(epochs);
     let (send, recv) = mpsc::channel::<Event<u64, Vec<SinkRecord>>>();
     let send = Arc::new(Mutex::new(send));
@@ -49,13 +62,62 @@ fn run_on(workers: usize, config: ProcessorConfig, epochs: Vec<Vec<ProcessorInpu
         result.unwrap();
     }
     let mut records = Vec::new();
+    let mut stored = stored;
+    let mut uncounted: BTreeMap<u64, Counters> = BTreeMap::new();
     for event in recv.try_iter() {
         if let Event::Messages(stamp, data) = event {
             let time = *stamp.expect_singleton();
-            records.extend(data.into_iter().map(|record| (time, record)));
+            let counted = uncounted.entry(time).or_default();
+            for record in write_like_the_sink(data, &mut stored, counted) {
+                records.push((time, record));
+            }
         }
     }
-    Output { records }
+    for (time, counters) in uncounted {
+        if !counters.is_empty() {
+            records.push((time, SinkRecord::Counters(counters)));
+        }
+    }
+    Output { records, stored }
+}
+
+/// What the writer does with `MaybeStale` rows, in the order one worker emitted
+/// them: the first of an identity not stored yet is a stale history row, the
+/// others are duplicates. Their counts go into the next `Counters` record of the
+/// epoch (`uncounted` until then).
+fn write_like_the_sink(
+    records: Vec<SinkRecord>,
+    stored: &mut HashSet<(ListingKey, Micros)>,
+    uncounted: &mut Counters,
+) -> Vec<SinkRecord> {
+    let mut out = Vec::with_capacity(records.len());
+    for record in records {
+        match record {
+            SinkRecord::History { row, position } => {
+                assert!(
+                    stored.insert((row.listing.clone(), row.observed_at)),
+                    "a History row of a stored identity: {row:?}"
+                );
+                out.push(SinkRecord::History { row, position });
+            }
+            SinkRecord::MaybeStale { row, position } => {
+                if stored.insert((row.listing.clone(), row.observed_at)) {
+                    uncounted.stale += 1;
+                    uncounted.prices_stored += 1;
+                    out.push(SinkRecord::History { row, position });
+                } else {
+                    uncounted.duplicates += 1;
+                }
+            }
+            SinkRecord::Counters(mut counters) => {
+                counters.add(uncounted);
+                *uncounted = Counters::default();
+                out.push(SinkRecord::Counters(counters));
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 fn run(epochs: Vec<Vec<ProcessorInput>>) -> Output {
@@ -291,7 +353,7 @@ fn duplicates_are_counted_and_change_nothing_first_wins() {
 }
 
 #[test]
-fn stale_observation_goes_to_history_and_event_only() {
+fn stale_observation_goes_to_history_and_first_seen_only() {
     let mut feed = Feed::default();
     let current = obs("1", 1000, 10);
     let stale = obs("1", 1, 5).named("Old name");
@@ -311,11 +373,10 @@ fn stale_observation_goes_to_history_and_event_only() {
             },
             SinkRecord::Event(EventRow {
                 event_id: "ev".into(),
-                // The most recent observation *carrying a name* is the stale one.
-                event_name: Some(Stamped {
-                    value: "Old name".into(),
-                    observed_at: 5
-                }),
+                // Stale: its name does not count (SPEC §2: it changes nothing
+                // but history), but as a stored observation it is the event's
+                // first.
+                event_name: None,
                 venue: None,
                 event_date: None,
                 first_seen: 5,
@@ -874,12 +935,6 @@ fn restore_from(out: &Output) -> Vec<ProcessorInput> {
     for row in out.final_listings().into_values() {
         records.push(ProcessorInput::Restore(Restore::Listing(row)));
     }
-    for row in out.history() {
-        records.push(ProcessorInput::Restore(Restore::Seen {
-            listing: row.listing,
-            observed_at: row.observed_at,
-        }));
-    }
     let states = out.final_rule_states();
     for rule in generated_rules() {
         let below = states.get(&rule.rule_id).copied();
@@ -898,7 +953,8 @@ fn restore_then_continue_equals_an_uninterrupted_run() {
     for split in [1, 555, 1100] {
         let (before, after) = messages.split_at(split);
         let first = run_on(2, ProcessorConfig::default(), epochs_of(&rules, before, 100));
-        let second = run_on(
+        let second = run_after(
+            first.stored.clone(),
             2,
             ProcessorConfig::default(),
             epochs_of(&restore_from(&first), after, 100),

@@ -209,7 +209,7 @@ async fn probe(
         .await
         .map_err(WriteError::at("SAVEPOINT failed"))?;
     let written = match clear_incoming(transaction).await {
-        Ok(()) => write_rows(transaction, config, &subset).await,
+        Ok(()) => write_rows(transaction, config, &subset).await.map(|_stale| ()),
         Err(error) => Err(error),
     };
     let (end, outcome) = match written {

@@ -7,7 +7,12 @@
 //! ```
 //!
 //! # Encoding
-//! History rows go in with binary `COPY`; listings, events and alerts are `COPY`'d
+//! History rows go in with binary `COPY`. Rows of observations older than their
+//! listing's current state (`MaybeStale`: stale, or duplicates of a stored
+//! identity, which only the table knows) are `COPY`'d into a temporary table and
+//! inserted in partition order with `ON CONFLICT DO NOTHING`: the first of an
+//! identity wins, and the count inserted splits them into the stale and
+//! duplicate counters. Listings, events and alerts are `COPY`'d
 //! into temporary tables and merged with one `INSERT … ON CONFLICT` each; rejects
 //! and alerts become `outbox` rows. Summary changes (differential updates) are
 //! folded into the new row of each changed key, or its absence, and merged the
@@ -53,7 +58,6 @@ use conscope_dataflows::model::{
     Alert, Cents, Change, Counters, EventCurrency, EventRow, EventSummary, ListingKey, ListingRow, Micros,
     Position, Rejected, SectionCurrency, SectionSummary, SinkRecord,
 };
-use futures_util::pin_mut;
 use rust_decimal::Decimal;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
@@ -108,6 +112,10 @@ pub(super) struct Merged {
     pub(super) history: Vec<ListingRow>,
     /// The input position of each history row (same index).
     pub(super) origins: Vec<Position>,
+    /// Rows of observations older than their listing's current state, in
+    /// partition order per event (epochs are absorbed in order, and each
+    /// event's records come from one worker, in order).
+    pub(super) maybe_stale: Vec<ListingRow>,
     pub(super) listings: HashMap<ListingKey, ListingRow>,
     pub(super) events: HashMap<String, EventRow>,
     pub(super) alerts: Vec<Alert>,
@@ -122,6 +130,18 @@ pub(super) struct Merged {
 }
 
 impl Merged {
+    /// Counts the `maybe_stale` rows once the commit told how many it inserted
+    /// (`stale`): the rest had a stored identity, so were duplicates.
+    fn count_maybe_stale(&mut self, stale: u64) {
+        let duplicates = self.maybe_stale.len() as u64 - stale;
+        self.counters.add(&Counters {
+            prices_stored: stale,
+            stale,
+            duplicates,
+            ..Counters::default()
+        });
+    }
+
     pub(super) fn absorb(&mut self, batch: EpochBatch) {
         self.epochs.push(batch.epoch);
         self.records += batch.records.len();
@@ -133,6 +153,7 @@ impl Merged {
                     self.history.push(row);
                     self.origins.push(position);
                 }
+                SinkRecord::MaybeStale { row, .. } => self.maybe_stale.push(row),
                 SinkRecord::Listing(row) => {
                     self.listings.insert(row.listing.clone(), row);
                 }
@@ -209,7 +230,7 @@ pub fn run_writer(
                 }
             }
             match writer.commit_with_retry(&merged, &metrics).await {
-                Ok(()) => {}
+                Ok(stale) => merged.count_maybe_stale(stale),
                 Err(WriteError::Definite { context, reason }) => {
                     writer.quarantine_refused(&merged, context, &reason).await?;
                     return Ok(WriterExit::Restart);
@@ -312,16 +333,21 @@ impl Writer {
     }
 
     /// Commits `merged`, retrying transient failures; returns definite and
-    /// fencing ones.
-    async fn commit_with_retry(&mut self, merged: &Merged, metrics: &Metrics) -> Result<(), WriteError> {
+    /// fencing ones. Returns how many of its `maybe_stale` rows were inserted
+    /// (stale, not duplicates).
+    async fn commit_with_retry(&mut self, merged: &Merged, metrics: &Metrics) -> Result<u64, WriteError> {
         let mut delay = Duration::from_millis(100);
         loop {
-            let error = match write(&mut self.client, &self.config, merged, self.commit_no).await {
+            // Set by the attempt before its COMMIT: what a commit that landed
+            // unacknowledged inserted.
+            let mut stale = None;
+            let error = match write(&mut self.client, &self.config, merged, self.commit_no, &mut stale).await
+            {
                 Ok(()) => {
                     self.commit_no += 1;
                     metrics.commit_done();
                     fail_point("after_commit");
-                    return Ok(());
+                    return Ok(stale.unwrap_or(0));
                 }
                 Err(error) if error.is_transient() => error,
                 Err(error) => return Err(error),
@@ -344,7 +370,7 @@ impl Writer {
                     tracing::info!("the interrupted commit had landed");
                     self.commit_no = stored;
                     metrics.commit_done();
-                    return Ok(());
+                    return Ok(stale.unwrap_or(0));
                 }
             }
         }
@@ -398,6 +424,10 @@ async fn prepare(client: &Client) -> Result<(), WriteError> {
                  event_id TEXT, event_name TEXT, venue TEXT, event_date TIMESTAMPTZ,
                  first_seen TIMESTAMPTZ, last_seen TIMESTAMPTZ, event_name_observed_at TIMESTAMPTZ,
                  venue_observed_at TIMESTAMPTZ, event_date_observed_at TIMESTAMPTZ) ON COMMIT DELETE ROWS;
+             CREATE TEMP TABLE IF NOT EXISTS incoming_history (
+                 ord BIGINT, event_id TEXT, section TEXT, \"row\" TEXT, seat TEXT, source TEXT,
+                 price NUMERIC(12,2), currency CHAR(3), available BOOLEAN, observed_at TIMESTAMPTZ)
+                 ON COMMIT DELETE ROWS;
              CREATE TEMP TABLE IF NOT EXISTS incoming_listings (
                  event_id TEXT, section TEXT, \"row\" TEXT, seat TEXT, source TEXT,
                  price NUMERIC(12,2), currency CHAR(3), available BOOLEAN, observed_at TIMESTAMPTZ)
@@ -445,42 +475,103 @@ async fn copy_in<'a, I>(
 where
     I: IntoIterator<Item = Vec<Box<dyn ToSql + Sync + Send + 'a>>>,
 {
-    let sink = transaction
-        .copy_in(statement)
-        .await
-        .map_err(WriteError::at(context))?;
-    let writer = BinaryCopyInWriter::new(sink, types);
-    pin_mut!(writer);
+    let mut copy = CopyIn::start(transaction, context, statement, types).await?;
     for row in rows {
         let refs: Vec<&(dyn ToSql + Sync)> =
             row.iter().map(|value| &**value as &(dyn ToSql + Sync)).collect();
-        writer
-            .as_mut()
-            .write(&refs)
+        copy.write(&refs).await?;
+    }
+    copy.finish().await
+}
+
+/// One `COPY … FROM STDIN BINARY` in progress; `context` names the table in
+/// errors.
+struct CopyIn {
+    context: &'static str,
+    writer: std::pin::Pin<Box<BinaryCopyInWriter>>,
+}
+
+impl CopyIn {
+    async fn start(
+        transaction: &Transaction<'_>,
+        context: &'static str,
+        statement: &str,
+        types: &[Type],
+    ) -> Result<CopyIn, WriteError> {
+        let sink = transaction
+            .copy_in(statement)
             .await
             .map_err(WriteError::at(context))?;
+        Ok(CopyIn {
+            context,
+            writer: Box::pin(BinaryCopyInWriter::new(sink, types)),
+        })
     }
-    writer.finish().await.map_err(WriteError::at(context))?;
-    Ok(())
+
+    async fn write(&mut self, values: &[&(dyn ToSql + Sync)]) -> Result<(), WriteError> {
+        self.writer
+            .as_mut()
+            .write(values)
+            .await
+            .map_err(WriteError::at(self.context))
+    }
+
+    async fn finish(mut self) -> Result<(), WriteError> {
+        self.writer
+            .as_mut()
+            .finish()
+            .await
+            .map_err(WriteError::at(self.context))?;
+        Ok(())
+    }
 }
 
 type Values<'a> = Vec<Box<dyn ToSql + Sync + Send + 'a>>;
 
-fn listing_values(row: &ListingRow) -> Values<'_> {
-    vec![
-        Box::new(row.listing.event_id.as_str()),
-        Box::new(row.listing.seat.section.as_str()),
-        Box::new(row.listing.seat.row.as_str()),
-        Box::new(row.listing.seat.seat.as_str()),
-        Box::new(row.listing.seat.source.as_str()),
-        Box::new(decimal(row.price)),
-        Box::new(row.currency.as_str().to_owned()),
-        Box::new(row.available),
-        Box::new(timestamp(row.observed_at)),
-    ]
+/// `COPY … FROM STDIN BINARY` of listing-shaped rows (history, listings), the
+/// bulk of every commit: the values are borrowed on the stack, nothing is
+/// allocated per row. `ordered`: a first column numbers the rows (partition
+/// order, for `insert_maybe_stale`).
+async fn copy_listing_rows<'a>(
+    transaction: &Transaction<'_>,
+    context: &'static str,
+    statement: &str,
+    ordered: bool,
+    rows: impl IntoIterator<Item = &'a ListingRow>,
+) -> Result<(), WriteError> {
+    let types: &[Type] = if ordered {
+        &ORDERED_LISTING_TYPES
+    } else {
+        &ORDERED_LISTING_TYPES[1..]
+    };
+    let mut copy = CopyIn::start(transaction, context, statement, types).await?;
+    for (ord, row) in rows.into_iter().enumerate() {
+        let ord = ord as i64;
+        let price = decimal(row.price);
+        let currency = row.currency.as_str();
+        let observed_at = timestamp(row.observed_at);
+        let seat = &row.listing.seat;
+        let values: [&(dyn ToSql + Sync); 10] = [
+            &ord,
+            &row.listing.event_id,
+            &seat.section,
+            &seat.row,
+            &seat.seat,
+            &seat.source,
+            &price,
+            &currency,
+            &row.available,
+            &observed_at,
+        ];
+        copy.write(if ordered { &values[..] } else { &values[1..] })
+            .await?;
+    }
+    copy.finish().await
 }
 
-const LISTING_TYPES: [Type; 9] = [
+/// A row number, then the columns of a listing row.
+const ORDERED_LISTING_TYPES: [Type; 10] = [
+    Type::INT8,
     Type::TEXT,
     Type::TEXT,
     Type::TEXT,
@@ -506,6 +597,7 @@ async fn write(
     config: &WriterConfig,
     merged: &Merged,
     commit_no: i64,
+    stale: &mut Option<u64>,
 ) -> Result<(), WriteError> {
     let transaction = client
         .transaction()
@@ -526,7 +618,7 @@ async fn write(
         )));
     }
 
-    write_rows(&transaction, config, merged).await?;
+    *stale = Some(write_rows(&transaction, config, merged).await?);
 
     if !merged.offsets.is_empty() {
         let partitions: Vec<i32> = merged.offsets.keys().copied().collect();
@@ -583,12 +675,13 @@ async fn check_lease(transaction: &Transaction<'_>, lease: &Lease) -> Result<(),
 
 /// Every row derived from the messages of `merged`: events, history, listings,
 /// summaries, alerts, the outbox, rule states. Without the bookkeeping
-/// (progress, offsets), so `isolate` can write parts of a batch.
+/// (progress, offsets), so `isolate` can write parts of a batch. Returns how
+/// many `maybe_stale` rows it inserted.
 pub(super) async fn write_rows(
     transaction: &Transaction<'_>,
     config: &WriterConfig,
     merged: &Merged,
-) -> Result<(), WriteError> {
+) -> Result<u64, WriteError> {
     // Events first: history, listings and alerts reference them.
     if !merged.events.is_empty() {
         let mut events: Vec<&EventRow> = merged.events.values().collect();
@@ -642,25 +735,30 @@ pub(super) async fn write_rows(
     }
 
     if !merged.history.is_empty() {
-        copy_in(
+        copy_listing_rows(
             transaction,
             "cannot copy into price_history",
             "COPY price_history (event_id, section, \"row\", seat, source, price, currency, available, observed_at)
              FROM STDIN BINARY",
-            &LISTING_TYPES,
-            merged.history.iter().map(listing_values),
+            false,
+            &merged.history,
         )
         .await?;
         fail_point("mid_copy");
     }
+    let stale = if merged.maybe_stale.is_empty() {
+        0
+    } else {
+        insert_maybe_stale(transaction, &merged.maybe_stale).await?
+    };
 
     if !merged.listings.is_empty() {
-        copy_in(
+        copy_listing_rows(
             transaction,
             "cannot copy into incoming_listings",
             "COPY incoming_listings FROM STDIN BINARY",
-            &LISTING_TYPES,
-            merged.listings.values().map(listing_values),
+            false,
+            merged.listings.values(),
         )
         .await?;
         transaction
@@ -788,7 +886,32 @@ pub(super) async fn write_rows(
             .map_err(WriteError::at("cannot store rule state"))?;
     }
 
-    Ok(())
+    Ok(stale)
+}
+
+/// Inserts the rows of observations older than their listing's current state,
+/// in partition order, skipping every identity stored already (by an earlier
+/// commit, a row above, or the batch's new rows, COPY'd before): the first one
+/// of an identity wins, as SPEC §2's dedup asks. Returns how many it inserted.
+async fn insert_maybe_stale(transaction: &Transaction<'_>, rows: &[ListingRow]) -> Result<u64, WriteError> {
+    copy_listing_rows(
+        transaction,
+        "cannot copy into incoming_history",
+        "COPY incoming_history FROM STDIN BINARY",
+        true,
+        rows,
+    )
+    .await?;
+    transaction
+        .execute(
+            "INSERT INTO price_history (event_id, section, \"row\", seat, source, price, currency, available, observed_at)
+             SELECT event_id, section, \"row\", seat, source, price, currency, available, observed_at
+             FROM incoming_history ORDER BY ord
+             ON CONFLICT DO NOTHING",
+            &[],
+        )
+        .await
+        .map_err(WriteError::at("cannot insert stale history rows"))
 }
 
 /// The alerts of a merged batch to insert: the first of each `alert_id` in

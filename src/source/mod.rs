@@ -2,13 +2,17 @@
 //!
 //! - `kafka`: the input topic, partitions owned statically by workers.
 //! - `file`: `--input-file`, JSON lines read as one partition (backfills).
-//! - `state`: state restored from PostgreSQL at start and live rule changes.
+//! - `restore`: the committed state read back from PostgreSQL at start (events
+//!   and listings, streamed by one reader), and the source that carries it and
+//!   the rules.
+//! - `rules`: the active rules at start, and the poller of their changes.
 //!
 //! Every source emits at epoch `wall-clock ms / epoch_ms` (see `kafka`'s docs).
 
 pub mod file;
 pub mod kafka;
-pub mod state;
+pub mod restore;
+pub mod rules;
 
 use std::collections::VecDeque;
 use std::time::{SystemTime, UNIX_EPOCH};

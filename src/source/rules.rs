@@ -1,0 +1,150 @@
+//! Alert rules as the job sees them: the active rules at start, each with its
+//! persisted arming state (`rule_state`, kept only for the rule's current
+//! definition and generation), and in a live job a poller that watches
+//! `alert_rules` and reports changes within `--rules-poll-ms`. The restore
+//! source (`restore.rs`) feeds both into the dataflow on worker 0. A bounded
+//! replay (`--exit-at-end`) uses the rules present at start only.
+//!
+//! Touches: reads `alert_rules`, `rule_state`. Writes nothing.
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::Context;
+use conscope_dataflows::model::{Rule, RuleChange};
+use tokio_postgres::Client;
+
+use super::restore::{cents, currency};
+
+/// A rule as the poller knows it: its definition and its generation (bumped by
+/// `rules enable`: a re-enabled rule starts afresh even when the poller never
+/// saw it disabled).
+pub type KnownRule = (Rule, i64);
+
+/// The active rules, by id, with their generation and persisted arming state.
+async fn active_rules(client: &Client) -> anyhow::Result<HashMap<i64, (KnownRule, Option<bool>)>> {
+    let rows = client
+        .query(
+            "SELECT r.rule_id, r.event_id, r.section, r.currency, r.max_price, r.generation, s.below
+             FROM alert_rules r
+             LEFT JOIN rule_state s ON s.rule_id = r.rule_id AND s.definition = rule_definition(r)
+             WHERE r.active",
+            &[],
+        )
+        .await
+        .context("cannot read alert_rules")?;
+    let mut rules = HashMap::new();
+    for row in rows {
+        let currency_text: String = row.get("currency");
+        let rule = Rule {
+            rule_id: row.get("rule_id"),
+            event_id: row.get("event_id"),
+            section: row.get("section"),
+            currency: currency(&currency_text)?,
+            max_price: cents(row.get("max_price"))?,
+        };
+        rules.insert(rule.rule_id, ((rule, row.get("generation")), row.get("below")));
+    }
+    Ok(rules)
+}
+
+/// The rules at start, each with its persisted arming state (`None`: never
+/// evaluated, fires at once if its scope is already low enough).
+pub async fn initial_rules(client: &Client) -> anyhow::Result<(Vec<RuleChange>, HashMap<i64, KnownRule>)> {
+    let rules = active_rules(client).await?;
+    let mut ordered: Vec<_> = rules.into_values().collect();
+    ordered.sort_by_key(|((rule, _), _)| rule.rule_id);
+    let known = ordered
+        .iter()
+        .map(|(known, _)| (known.0.rule_id, known.clone()))
+        .collect();
+    let changes = ordered
+        .into_iter()
+        .map(|((rule, _), below)| RuleChange::Activate { rule, below })
+        .collect();
+    Ok((changes, known))
+}
+
+/// Polls `alert_rules` every `interval` on its own thread and sends the changes.
+/// A poll that fails (database away) is retried at the next tick.
+pub fn spawn_rule_poller(
+    database_url: String,
+    mut known: HashMap<i64, KnownRule>,
+    interval: Duration,
+    changes: mpsc::Sender<Vec<RuleChange>>,
+    wake: timely::scheduling::SyncActivator,
+) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("rule-poller".into())
+        .spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                tracing::error!("cannot start the rule poller's runtime; live rule changes are off");
+                return;
+            };
+            runtime.block_on(async move {
+                let mut client: Option<Client> = None;
+                let mut errors = crate::metrics::RateLimited::new(Duration::from_secs(30));
+                loop {
+                    tokio::time::sleep(interval).await;
+                    if client.as_ref().is_none_or(Client::is_closed) {
+                        client = crate::db::connect(&database_url).await.ok();
+                    }
+                    let Some(connected) = client.as_ref() else {
+                        continue;
+                    };
+                    let current = match active_rules(connected).await {
+                        Ok(current) => current,
+                        Err(error) => {
+                            if errors.allow() {
+                                tracing::warn!("{error:#}; retrying");
+                            }
+                            continue;
+                        }
+                    };
+                    let mut batch = Vec::new();
+                    // A rule edited or re-enabled (a new generation) is
+                    // deactivated, then activated afresh.
+                    for (rule_id, was) in &known {
+                        match current.get(rule_id) {
+                            Some((now, _)) if now == was => {}
+                            _ => batch.push(RuleChange::Deactivate {
+                                rule_id: *rule_id,
+                                event_id: was.0.event_id.clone(),
+                            }),
+                        }
+                    }
+                    for (rule_id, (now, _)) in &current {
+                        if known.get(rule_id) != Some(now) {
+                            batch.push(RuleChange::Activate {
+                                rule: now.0.clone(),
+                                below: None,
+                            });
+                        }
+                    }
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    tracing::info!(changes = batch.len(), "alert rules changed");
+                    known = current.into_iter().map(|(id, (rule, _))| (id, rule)).collect();
+                    if changes.send(batch).is_err() || wake.activate().is_err() {
+                        return; // the dataflow is gone
+                    }
+                }
+            });
+        })?;
+    Ok(())
+}
+
+/// What worker 0 knows about rules when the dataflow is built.
+pub struct RuleFeed {
+    pub initial: Vec<RuleChange>,
+    /// Live changes; `None` in a bounded replay.
+    pub live: Option<LiveRules>,
+}
+
+pub struct LiveRules {
+    pub database_url: String,
+    pub known: HashMap<i64, KnownRule>,
+    pub interval: Duration,
+}
