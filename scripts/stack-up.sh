@@ -210,7 +210,11 @@ kafka_configure() {
     fi
     # A cluster id is 16 random bytes in URL-safe base64 without padding.
     local cluster_id
-    cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
+    # One starting with "-" would be read as an option by the format tool: draw again.
+    cluster_id=-
+    while [[ "$cluster_id" == -* ]]; do
+        cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
+    done
     log "kafka: formatting storage in $dir/data (cluster id $cluster_id)"
     java_cmd
     "${JAVA_CMD[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$dir/server.properties" \

@@ -53,11 +53,22 @@ pub async fn connect(url: &str) -> anyhow::Result<Client> {
 /// Connects, waiting with backoff while PostgreSQL is unreachable (a service must
 /// ride out a database restart), giving up after `patience`.
 pub async fn connect_with_retry(url: &str, patience: Duration) -> anyhow::Result<Client> {
+    with_patience(patience, || connect(url)).await
+}
+
+/// Runs `attempt` until it succeeds, waiting with backoff after each failure,
+/// for `patience` at most: startup reads must ride out a database restart too.
+/// The last failure is returned once patience runs out.
+pub async fn with_patience<T, F, Fut>(patience: Duration, mut attempt: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
     let started = std::time::Instant::now();
     let mut delay = Duration::from_millis(100);
     loop {
-        match connect(url).await {
-            Ok(client) => return Ok(client),
+        match attempt().await {
+            Ok(value) => return Ok(value),
             Err(error) if started.elapsed() < patience => {
                 tracing::warn!("{error:#}; retrying in {delay:?}");
                 tokio::time::sleep(delay).await;

@@ -198,6 +198,10 @@ pub(crate) fn fatal(error: anyhow::Error) -> ! {
     std::process::exit(1);
 }
 
+/// How long startup reads (offsets, quarantine, restore) ride out PostgreSQL
+/// being away before the job gives up.
+pub(crate) const STARTUP_PATIENCE: Duration = Duration::from_secs(120);
+
 /// How long a worker parks at most before it looks at the stop flags again.
 const PARK: Duration = Duration::from_millis(100);
 
@@ -223,7 +227,9 @@ pub fn run(mut args: RunArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     timely_config(&args)?;
     let leader = args.process == 0;
     let runtime = crate::runtime::current_thread()?;
-    runtime.block_on(crate::db::migrate(&args.db.database_url))?;
+    runtime.block_on(crate::db::with_patience(STARTUP_PATIENCE, || {
+        crate::db::migrate(&args.db.database_url)
+    }))?;
     // Before anything is restored or published: one live instance per process.
     let lease = Lease::acquire(&args.db.database_url, args.process, |error| {
         fatal(anyhow::Error::from(error).context("this instance lost the job to another one"))
@@ -382,12 +388,12 @@ fn run_dataflow(setup: &Setup, shutdown: &Shutdown) -> anyhow::Result<WriterExit
     let args = &setup.args;
     let config = timely_config(args)?;
     let runtime = crate::runtime::current_thread()?;
-    let (stored, quarantine) = runtime.block_on(async {
+    let (stored, quarantine) = runtime.block_on(crate::db::with_patience(STARTUP_PATIENCE, || async {
         let client = crate::db::connect(&args.db.database_url).await?;
         let stored = stored_offsets(&client, &setup.input_name).await?;
         let quarantine = crate::sink::quarantine::load(&client, &setup.input_name).await?;
         anyhow::Ok((stored, Arc::new(quarantine)))
-    })?;
+    }))?;
 
     // Set by the writer when it ends for another reason than its input closing.
     let stop = Arc::new(AtomicBool::new(false));
@@ -428,7 +434,7 @@ fn run_dataflow(setup: &Setup, shutdown: &Shutdown) -> anyhow::Result<WriterExit
         // Worker 0 restores everything (streamed by a reader of its own, see
         // `source::restore`) and feeds the rules; the processor routes both.
         let checkpoint = (index == 0).then(|| {
-            let startup = runtime.block_on(async {
+            let startup = runtime.block_on(crate::db::with_patience(STARTUP_PATIENCE, || async {
                 let client = crate::db::connect(&args.db.database_url).await?;
                 let (initial, known) = initial_rules(&client).await?;
                 let live = (!args.exit_at_end).then(|| LiveRules {
@@ -440,7 +446,7 @@ fn run_dataflow(setup: &Setup, shutdown: &Shutdown) -> anyhow::Result<WriterExit
                     database_url: args.db.database_url.clone(),
                     rules: RuleFeed { initial, live },
                 })
-            });
+            }));
             startup.unwrap_or_else(|error| fatal(error.context("cannot read the alert rules")))
         });
 

@@ -42,6 +42,9 @@ pub const LOCK_CLASS: i32 = 0x636f_6e73;
 /// How long another holder must stay before this instance is refused.
 const REFUSE_AFTER: Duration = Duration::from_secs(3);
 
+/// How long the first take waits for PostgreSQL to answer.
+const FIRST_TAKE_PATIENCE: Duration = Duration::from_secs(120);
+
 /// How often the lease checks its connection.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
@@ -128,19 +131,29 @@ impl Lease {
         on_lost: impl FnOnce(LeaseError),
     ) {
         let process = usize::try_from(self.process).unwrap_or(0);
-        let mut client = match take(&url, self.process).await {
-            Ok(Taken::Held(client, pid)) => {
-                self.holder_pid.store(pid, Ordering::SeqCst);
-                let _ = first.send(Ok(()));
-                client
-            }
-            Ok(Taken::Refused(holder)) => {
-                let _ = first.send(Err(LeaseError::Held { process, holder }));
-                return;
-            }
-            Err(error) => {
-                let _ = first.send(Err(error));
-                return;
+        // PostgreSQL may be restarting as the job starts: wait for it a while.
+        let started = std::time::Instant::now();
+        let mut delay = Duration::from_millis(100);
+        let mut client = loop {
+            match take(&url, self.process).await {
+                Ok(Taken::Held(client, pid)) => {
+                    self.holder_pid.store(pid, Ordering::SeqCst);
+                    let _ = first.send(Ok(()));
+                    break client;
+                }
+                Ok(Taken::Refused(holder)) => {
+                    let _ = first.send(Err(LeaseError::Held { process, holder }));
+                    return;
+                }
+                Err(error) if started.elapsed() < FIRST_TAKE_PATIENCE => {
+                    tracing::warn!("{error}; retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(error) => {
+                    let _ = first.send(Err(error));
+                    return;
+                }
             }
         };
         let mut delay = Duration::from_millis(100);

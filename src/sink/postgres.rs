@@ -654,7 +654,8 @@ async fn check_lease(transaction: &Transaction<'_>, lease: &Lease) -> Result<(),
     let held: bool = transaction
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2
-                            AND classid::bigint = $1 AND objid::bigint = $2 AND pid = $3)",
+                            AND classid::bigint = $1 AND objid::bigint = $2 AND pid = $3
+                            AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
             &[&i64::from(LOCK_CLASS), &i64::from(lease.process_key()), &pid],
         )
         .await

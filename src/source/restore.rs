@@ -157,13 +157,15 @@ fn spawn_restore(
         .name("restore".into())
         .spawn(move || {
             let started = Instant::now();
-            let restored = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
+            let restored = crate::runtime::current_thread()
                 .context("cannot start the restore's runtime")
                 .and_then(|runtime| {
                     runtime.block_on(async {
-                        let client = crate::db::connect(&database_url).await?;
+                        // Rides out a database restart before the first row; one
+                        // failing mid-stream ends the job (the restart reads again).
+                        let client =
+                            crate::db::connect_with_retry(&database_url, crate::job::STARTUP_PATIENCE)
+                                .await?;
                         // One snapshot for both tables: the same commit.
                         client
                             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")

@@ -18,8 +18,13 @@ pub fn brokers() -> String {
 }
 
 pub fn client_config() -> ClientConfig {
+    client_config_at(&brokers())
+}
+
+/// A client of the broker at `brokers` (a test's own broker).
+pub fn client_config_at(brokers: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", brokers());
+    config.set("bootstrap.servers", brokers);
     config
 }
 
@@ -175,7 +180,12 @@ pub struct Read {
 
 /// Every message of `topic` (all partitions, up to the high watermarks now).
 pub fn read_all(topic: &str) -> Vec<Read> {
-    let consumer: BaseConsumer = client_config()
+    read_all_at(&brokers(), topic)
+}
+
+/// `read_all` from the broker at `brokers` (a test's own broker).
+pub fn read_all_at(brokers: &str, topic: &str) -> Vec<Read> {
+    let consumer: BaseConsumer = client_config_at(brokers)
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
         .create()
@@ -240,7 +250,12 @@ pub fn read_all(topic: &str) -> Vec<Read> {
 
 /// The high watermark of every partition of `topic`, by partition.
 pub fn high_watermarks(topic: &str) -> BTreeMap<i32, i64> {
-    let consumer: BaseConsumer = client_config().create().expect("Kafka client");
+    high_watermarks_at(&brokers(), topic)
+}
+
+/// `high_watermarks` on the broker at `brokers` (a test's own broker).
+pub fn high_watermarks_at(brokers: &str, topic: &str) -> BTreeMap<i32, i64> {
+    let consumer: BaseConsumer = client_config_at(brokers).create().expect("Kafka client");
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(60))
         .expect("metadata");

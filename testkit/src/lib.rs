@@ -9,6 +9,7 @@
 //! helper hides behind `allow(dead_code)`. Tests `use conscope_testkit::*;`.
 //!
 //! # Layout
+//! - `compare`: a run's outputs against an uninterrupted run's: what is missing, what is doubled.
 //! - `kafka`: topics, producing, reading back, watermarks, alert ids.
 //! - `pg`: databases, queries, the dump of the output tables, table checks.
 //! - `run`: the `conscope` binary, a job's command line, child processes, cluster ports.
@@ -16,6 +17,7 @@
 //! - `dashboard`: a database seeded for the dashboard, a running dashboard, HTTP
 //!   requests (not glob-exported: `use conscope_testkit::dashboard::*`).
 
+pub mod compare;
 pub mod dashboard;
 pub mod kafka;
 pub mod pg;

@@ -195,3 +195,17 @@ pub fn stored_offsets(url: &str, topic: &str) -> BTreeMap<i32, i64> {
             .collect()
     })
 }
+
+/// `job_progress.commit_no` of the job database at `url`; None while it is not
+/// migrated yet or does not answer (a Postgres restarting).
+pub fn commit_no(url: &str) -> Option<i64> {
+    runtime().block_on(async {
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await.ok()?;
+        tokio::spawn(connection);
+        let row = client
+            .query_opt("SELECT commit_no FROM job_progress", &[])
+            .await
+            .ok()??;
+        row.try_get(0).ok()
+    })
+}

@@ -174,7 +174,20 @@ pub fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bo
 
 /// Runs `conscope produce` into `topic` (created with `partitions`).
 pub fn produce_generated(topic: &str, partitions: i32, count: u64, seed: u64, extra: &[&str]) {
+    produce_generated_at(&brokers(), topic, partitions, count, seed, extra);
+}
+
+/// `produce_generated` on the broker at `brokers` (a test's own broker).
+pub fn produce_generated_at(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    count: u64,
+    seed: u64,
+    extra: &[&str],
+) {
     let output = conscope()
+        .env("CONSCOPE_BROKERS", brokers)
         .args([
             "produce",
             "--topic",
@@ -195,6 +208,21 @@ pub fn produce_generated(topic: &str, partitions: i32, count: u64, seed: u64, ex
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// `conscope run` flags for small transactions, so a run commits often and is
+/// still mid-run when a fault hits: against a fast broker the writer otherwise
+/// merges a run's epochs into a couple of commits and a fault point late in the
+/// commit is never reached.
+pub const SMALL_TRANSACTIONS: [&str; 8] = [
+    "--epoch-ms",
+    "10",
+    "--max-batch",
+    "200",
+    "--max-in-flight",
+    "500",
+    "--max-commit-records",
+    "200",
+];
 
 /// Kills the child when dropped, so a failing test never leaves a job running.
 pub struct KillOnDrop(pub Child);
