@@ -78,7 +78,7 @@ pub fn spawn_rule_poller(
     std::thread::Builder::new()
         .name("rule-poller".into())
         .spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(runtime) = crate::runtime::current_thread() else {
                 tracing::error!("cannot start the rule poller's runtime; live rule changes are off");
                 return;
             };
@@ -87,6 +87,11 @@ pub fn spawn_rule_poller(
                 let mut errors = crate::metrics::RateLimited::new(Duration::from_secs(30));
                 loop {
                     tokio::time::sleep(interval).await;
+                    // A dataflow dropped for an in-process replay leaves its
+                    // receiver gone: stop polling for it (an empty batch is a no-op).
+                    if changes.send(Vec::new()).is_err() {
+                        return;
+                    }
                     if client.as_ref().is_none_or(Client::is_closed) {
                         client = crate::db::connect(&database_url).await.ok();
                     }
