@@ -71,7 +71,9 @@ fn terminator(
 fn sessions_terminated_over_and_over_change_nothing_in_the_result() {
     require_broker();
     let input = unique("lost_conn");
-    produce_generated(&input, 2, 16_000, 11, &[]);
+    // Enough input that even a fast (release) run spans several rounds of
+    // the terminator: 16 000 messages were read in under 1.5 s, two rounds.
+    produce_generated(&input, 2, 80_000, 11, &[]);
 
     let reference = Job::new("lost_conn_ref", &input);
     reference.run_to_end_within(Duration::from_secs(300), &["-w", "2"]);
