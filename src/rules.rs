@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
-use conscope_dataflows::parse::{price_cents, PriceProblem};
+use conscope_dataflows::parse::{price_cents, PriceProblem, MAX_EVENT_ID_CHARS, MAX_SECTION_CHARS};
 use rust_decimal::Decimal;
 
 use crate::config::{redact_url, DbArgs};
@@ -26,10 +26,6 @@ use conscope::text::{money, printable};
 
 /// Largest accepted `--max-price` (SPEC §1: prices are ≤ 1000000).
 const MAX_PRICE_LIMIT: i64 = 1_000_000;
-/// Longest event id, in characters (SPEC §1).
-const MAX_EVENT_CHARS: usize = 128;
-/// Longest section, in characters (SPEC §1).
-const MAX_SECTION_CHARS: usize = 64;
 
 #[derive(Args, Debug)]
 pub struct RulesArgs {
@@ -327,10 +323,10 @@ pub fn validate(
     if event_chars == 0 {
         return Err(invalid(RuleField::Event, "must not be empty".into()));
     }
-    if event_chars > MAX_EVENT_CHARS {
+    if event_chars > MAX_EVENT_ID_CHARS {
         return Err(invalid(
             RuleField::Event,
-            format!("must be at most {MAX_EVENT_CHARS} characters, got {event_chars}"),
+            format!("must be at most {MAX_EVENT_ID_CHARS} characters, got {event_chars}"),
         ));
     }
     if let Some(section) = section {

@@ -260,6 +260,11 @@ pub fn parse_raw(raw: &RawMessage) -> Result<Observation, ParseError> {
     }
 }
 
+/// Longest `event_id`, in characters (SPEC §1); rules and the dashboard check it too.
+pub const MAX_EVENT_ID_CHARS: usize = 128;
+/// Longest `section`, in characters (SPEC §1).
+pub const MAX_SECTION_CHARS: usize = 64;
+
 /// Parses and validates one message value (SPEC §1), applying the defaults.
 pub fn parse_observation(payload: &[u8]) -> Result<Observation, ParseError> {
     if payload.len() > MAX_MESSAGE_BYTES {
@@ -275,7 +280,7 @@ pub fn parse_observation(payload: &[u8]) -> Result<Observation, ParseError> {
     }
     let get = |field: Field| kind_of(fields.raw[field as usize]);
 
-    let event_id = required_string(Field::EventId, get(Field::EventId), 1, 128)?;
+    let event_id = required_string(Field::EventId, get(Field::EventId), 1, MAX_EVENT_ID_CHARS)?;
     let event_name = optional_string(Field::EventName, get(Field::EventName), 1, 512)?;
     let venue = optional_string(Field::Venue, get(Field::Venue), 0, 512)?;
     let event_date = match get(Field::EventDate) {
@@ -286,7 +291,7 @@ pub fn parse_observation(payload: &[u8]) -> Result<Observation, ParseError> {
         }
         Some(_) => return Err(wrong_type(Field::EventDate, "a string")),
     };
-    let section = required_string(Field::Section, get(Field::Section), 1, 64)?;
+    let section = required_string(Field::Section, get(Field::Section), 1, MAX_SECTION_CHARS)?;
     let row = optional_string(Field::Row, get(Field::Row), 0, 64)?;
     let seat = optional_string(Field::Seat, get(Field::Seat), 0, 64)?;
     let source = optional_string(Field::Source, get(Field::Source), 0, 64)?;

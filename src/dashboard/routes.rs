@@ -20,6 +20,7 @@ use super::pages::{self, ChartView, EventView, EventsQuery, RuleForm, Viewer};
 use super::queries::{self, Sort};
 use super::Shared;
 use crate::rules::{self, Activation};
+use conscope_dataflows::parse::MAX_EVENT_ID_CHARS;
 
 /// `?` for handlers that answer with a `Response` either way.
 macro_rules! or_respond {
@@ -35,7 +36,6 @@ const PER_PAGE: i64 = 50;
 /// Pages past this are refused rather than scanned (50 000 events deep).
 const MAX_PAGE: i64 = 1_000;
 const MAX_SEARCH_CHARS: usize = 200;
-const MAX_EVENT_ID_CHARS: usize = 128;
 /// Sections charted per currency, besides the get-in price.
 const CHARTED_SECTIONS: usize = 6;
 const LISTINGS_SHOWN: i64 = 500;
