@@ -323,6 +323,14 @@ pub fn validate(
     if event_chars == 0 {
         return Err(invalid(RuleField::Event, "must not be empty".into()));
     }
+    // The input parser refuses NUL (PostgreSQL text cannot hold it), so no
+    // event could ever match, and the INSERT would fail.
+    if event.contains('\0') {
+        return Err(invalid(
+            RuleField::Event,
+            "must not contain a NUL character".into(),
+        ));
+    }
     if event_chars > MAX_EVENT_ID_CHARS {
         return Err(invalid(
             RuleField::Event,
@@ -335,6 +343,12 @@ pub fn validate(
             return Err(invalid(
                 RuleField::Section,
                 "must not be empty (omit it to watch the whole event)".into(),
+            ));
+        }
+        if section.contains('\0') {
+            return Err(invalid(
+                RuleField::Section,
+                "must not contain a NUL character".into(),
             ));
         }
         if section_chars > MAX_SECTION_CHARS {
@@ -466,6 +480,8 @@ mod tests {
         assert_eq!(rule.max_price.to_string(), "5.00");
         for (event, section, currency, word) in [
             ("", None, "USD", "--event"),
+            ("a\0b", None, "USD", "--event"),
+            ("e", Some("a\0"), "USD", "--section"),
             ("e", Some(""), "USD", "--section"),
             ("e", None, "usd", "--currency"),
             ("e", None, "US", "--currency"),

@@ -226,6 +226,9 @@ fn every_page_renders_with_its_content() {
     assert!(js.body.contains("textContent") && !js.body.contains("innerHTML"));
     assert_html(&dashboard.get("/nope"), 404);
     assert_html(&dashboard.get("/events/no-such-event"), 404);
+    // NUL, which PostgreSQL refuses in a parameter: not a database error (503).
+    assert_html(&dashboard.get("/events/a%00b"), 404);
+    assert_html(&dashboard.get("/?q=a%00b"), 200);
     assert_eq!(send("DELETE", &dashboard.url("/rules"), &[], None).status, 405);
 }
 

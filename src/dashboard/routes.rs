@@ -95,6 +95,8 @@ pub async fn events(
         .q
         .unwrap_or_default()
         .chars()
+        // Stored text never holds NUL, and PostgreSQL refuses it in a parameter.
+        .filter(|c| *c != '\0')
         .take(MAX_SEARCH_CHARS)
         .collect();
     let query = EventsQuery {
@@ -135,7 +137,8 @@ pub async fn event(
             "No event has this id.",
         )
     };
-    if event_id.is_empty() || event_id.chars().count() > MAX_EVENT_ID_CHARS {
+    // No stored event id holds NUL, which PostgreSQL refuses in a parameter.
+    if event_id.is_empty() || event_id.contains('\0') || event_id.chars().count() > MAX_EVENT_ID_CHARS {
         return missing();
     }
     let (window, span) = match params.window.as_deref() {
