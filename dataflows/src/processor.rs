@@ -140,9 +140,11 @@ pub fn process<'scope>(
 /// What one epoch produced on one worker.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EpochOutput {
-    /// What the sink must write: history rows, alerts and rule states in the
-    /// order they arose, then the final state of every event and listing the epoch
-    /// changed, then counters.
+    /// What the sink must write: history rows and alerts in the order they
+    /// arose, then the final arming state of every rule, event and listing the
+    /// epoch changed, then counters. The sink may receive these records in any
+    /// order within the epoch (see the sink's `Merged::absorb`): nothing here is written
+    /// twice for one key in one epoch, and the sink orders what must be ordered.
     pub records: Vec<SinkRecord>,
     /// The epoch's net change of the collection of current listings, in listing
     /// order: a listing whose price, currency or availability changed retracts its
@@ -297,7 +299,7 @@ impl Processor {
         let Activation::Evaluated { below } = activation else {
             return;
         };
-        epoch.out.push(SinkRecord::RuleState { rule_id, below });
+        epoch.rule_states.insert(rule_id, below);
         if !below {
             return;
         }
@@ -457,7 +459,7 @@ impl Processor {
             let after = state.listings.lowest_price(section.as_deref(), currency);
             match state.rules.observe(rule_id, after) {
                 Some(Transition::Fired) => {
-                    epoch.out.push(SinkRecord::RuleState { rule_id, below: true });
+                    epoch.rule_states.insert(rule_id, true);
                     if let Some(new) = after {
                         epoch.alert(new_alert(
                             AlertKind::RuleMatch,
@@ -471,10 +473,9 @@ impl Processor {
                         ));
                     }
                 }
-                Some(Transition::Rearmed) => epoch.out.push(SinkRecord::RuleState {
-                    rule_id,
-                    below: false,
-                }),
+                Some(Transition::Rearmed) => {
+                    epoch.rule_states.insert(rule_id, false);
+                }
                 None => {}
             }
         }
@@ -485,7 +486,13 @@ impl Processor {
             mut out,
             counters,
             mut events,
+            rule_states,
         } = epoch;
+        out.extend(
+            rule_states
+                .into_iter()
+                .map(|(rule_id, below)| SinkRecord::RuleState { rule_id, below }),
+        );
         // Listing order (event, then seat), the same on every run.
         events.sort_unstable();
         let mut listing_changes = Vec::new();
@@ -557,6 +564,10 @@ impl Processor {
 struct Epoch {
     out: Vec<SinkRecord>,
     counters: Counters,
+    /// Each rule's arming state after the epoch, if the epoch moved it. One
+    /// record per rule and epoch, never a sequence: timely hands the sink an
+    /// epoch's containers in any order, so only the final value may be sent.
+    rule_states: BTreeMap<i64, bool>,
     /// The events whose [`EventEpoch`] has work, each once.
     events: Vec<String>,
 }
@@ -724,6 +735,39 @@ mod tests {
         })]);
         assert_eq!(out, EpochOutput::default());
         assert_eq!(processor.event_count(), 0);
+    }
+
+    /// A rule that fires and re-arms within one epoch sends its final state
+    /// once: the sink may receive the epoch's records in any order, so a
+    /// "below, then above" sequence could be stored as "below".
+    #[test]
+    fn a_rule_moved_twice_in_one_epoch_sends_its_final_state_once() {
+        let rule = Rule {
+            rule_id: 4,
+            event_id: "ev".into(),
+            section: None,
+            currency: Currency::USD,
+            max_price: Cents(100),
+        };
+        let mut processor = Processor::new(ProcessorConfig::default());
+        processor.process_epoch(vec![ProcessorInput::Rule(RuleChange::Activate {
+            rule,
+            below: None,
+        })]);
+        let out = processor.process_epoch(vec![observation("1", 90, 1), observation("1", 120, 2)]);
+        assert_eq!(counters(&out.records).rule_match, 1);
+        let states: Vec<&SinkRecord> = out
+            .records
+            .iter()
+            .filter(|record| matches!(record, SinkRecord::RuleState { .. }))
+            .collect();
+        assert_eq!(
+            states,
+            [&SinkRecord::RuleState {
+                rule_id: 4,
+                below: false
+            }]
+        );
     }
 
     #[test]

@@ -552,17 +552,10 @@ fn rule_fires_rearms_and_fires_again() {
             ("rule_match", "A/1/1".into(), None, 800, Some(7)),
         ]
     );
-    assert_eq!(
-        out.rule_states(),
-        vec![
-            (7, false),
-            (7, true),
-            (7, false),
-            (7, true),
-            (7, false),
-            (7, true)
-        ]
-    );
+    // One state per rule and epoch, the last: the sink may receive an epoch's
+    // records in any order, so a sequence within an epoch could be stored
+    // reversed.
+    assert_eq!(out.rule_states(), vec![(7, false), (7, true)]);
     let fired = out
         .alerts()
         .into_iter()

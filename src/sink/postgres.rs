@@ -113,8 +113,7 @@ pub(super) struct Merged {
     /// The input position of each history row (same index).
     pub(super) origins: Vec<Position>,
     /// Rows of observations older than their listing's current state, in
-    /// partition order per event (epochs are absorbed in order, and each
-    /// event's records come from one worker, in order).
+    /// input order: epoch by epoch, and by position within an epoch.
     pub(super) maybe_stale: Vec<ListingRow>,
     pub(super) listings: HashMap<ListingKey, ListingRow>,
     pub(super) events: HashMap<String, EventRow>,
@@ -142,18 +141,24 @@ impl Merged {
         });
     }
 
+    /// Adds the next epoch. Its records arrive in no particular order: timely's
+    /// `for_each_stamp` sorts the containers of one time unstably, so even one
+    /// worker's containers may come swapped. What depends on order is put in
+    /// input order here; the rest is one record per key and epoch.
     pub(super) fn absorb(&mut self, batch: EpochBatch) {
         self.epochs.push(batch.epoch);
         self.records += batch.records.len();
         let mut event_summaries = Vec::new();
         let mut section_summaries = Vec::new();
+        let mut maybe_stale = Vec::new();
+        let mut rejected = Vec::new();
         for record in batch.records {
             match record {
                 SinkRecord::History { row, position } => {
                     self.history.push(row);
                     self.origins.push(position);
                 }
-                SinkRecord::MaybeStale { row, .. } => self.maybe_stale.push(row),
+                SinkRecord::MaybeStale { row, position } => maybe_stale.push((position, row)),
                 SinkRecord::Listing(row) => {
                     self.listings.insert(row.listing.clone(), row);
                 }
@@ -164,7 +169,7 @@ impl Merged {
                 SinkRecord::RuleState { rule_id, below } => {
                     self.rule_states.insert(rule_id, below);
                 }
-                SinkRecord::Rejected(rejected) => self.rejected.push(rejected),
+                SinkRecord::Rejected(record) => rejected.push(record),
                 SinkRecord::Offset(position) => {
                     let next = self.offsets.entry(position.partition).or_insert(position.offset);
                     *next = (*next).max(position.offset);
@@ -174,6 +179,12 @@ impl Merged {
                 SinkRecord::SectionSummary(change) => section_summaries.push(change),
             }
         }
+        // Stable: two records at one position are one message delivered twice.
+        maybe_stale.sort_by_key(|(position, _)| *position);
+        self.maybe_stale
+            .extend(maybe_stale.into_iter().map(|(_, row)| row));
+        rejected.sort_by_key(|record| record.position);
+        self.rejected.append(&mut rejected);
         fold_changes(&mut self.event_summaries, event_summaries);
         fold_changes(&mut self.section_summaries, section_summaries);
     }
@@ -1206,6 +1217,42 @@ mod tests {
         assert_eq!(merged.rule_states, BTreeMap::from([(3, false)]));
         assert_eq!(merged.rejected.len(), 1);
         assert_eq!(merged.counters.processed, 5);
+    }
+
+    /// One epoch's containers reach the sink in any order (timely sorts them
+    /// unstably by time), so what depends on order is put back in input order:
+    /// the first of two stale copies of an identity is the one kept.
+    #[test]
+    fn an_epoch_in_any_order_gives_stale_rows_and_dead_letters_in_input_order() {
+        let stale = |offset: i64, cents: i64| SinkRecord::MaybeStale {
+            row: listing_row("1", cents, 5),
+            position: at(0, offset),
+        };
+        let rejected = |partition: i32, offset: i64| {
+            SinkRecord::Rejected(Rejected {
+                position: at(partition, offset),
+                key: None,
+                payload: None,
+                reason: "bad".to_owned(),
+            })
+        };
+        let mut merged = Merged::default();
+        merged.absorb(EpochBatch {
+            epoch: 1,
+            records: vec![stale(9, 300), rejected(1, 2), stale(3, 100)],
+        });
+        merged.absorb(EpochBatch {
+            epoch: 2,
+            records: vec![rejected(0, 8), stale(12, 400), rejected(0, 7), stale(10, 200)],
+        });
+        let prices: Vec<i64> = merged.maybe_stale.iter().map(|row| row.price.0).collect();
+        assert_eq!(
+            prices,
+            [100, 300, 200, 400],
+            "by position within each epoch, epochs in order"
+        );
+        let positions: Vec<Position> = merged.rejected.iter().map(|record| record.position).collect();
+        assert_eq!(positions, [at(1, 2), at(0, 7), at(0, 8)]);
     }
 
     #[test]
