@@ -386,21 +386,26 @@ fn messages_lost_to_retention_are_counted_and_warned_about() {
 /// Observations older than their listing's current state are written by the
 /// Postgres writer with the first of each identity winning, in one batch and
 /// across runs; the duplicates among them change nothing (not the stored price,
-/// not the event's fields), the stale ones only history and `first_seen`.
+/// not the event's fields), the stale ones change history, `first_seen`, and
+/// the event fields they are the most recent carrier of (SPEC §2), which later
+/// rows of the job keep unless they carry something more recent.
 #[test]
 fn older_observations_first_of_an_identity_wins_and_duplicates_change_nothing() {
     require_broker();
     let input = unique("e2e_older");
     create_topic(&input, 1);
     let named = r#","event_name":"Show""#;
-    let dup_fields = r#","event_name":"Dup Name","venue":"Dup Hall""#;
+    let stale_fields = r#","event_name":"Old Name","venue":"Stale Hall""#;
+    let dup_fields = r#","event_name":"Dup Name","venue":"Dup Hall","event_date":"2027-01-01T00:00:00Z""#;
     let l1 = |price, at, extra| (0, Some("e1"), obs("e1", "A", "1", price, at, extra));
+    let l2 = |price, at, extra| (0, Some("e1"), obs("e1", "A", "2", price, at, extra));
     produce(
         &input,
         &[
             l1("100", "2026-01-01T00:10:00Z", named),
-            // Older: stale, history only.
-            l1("50", "2026-01-01T00:05:00Z", ""),
+            // Older: stale. Its name is older than "Show"; its venue is the
+            // only one yet, so it counts.
+            l1("50", "2026-01-01T00:05:00Z", stale_fields),
             // The same identity again, another price and event fields: a duplicate.
             l1("60", "2026-01-01T00:05:00Z", dup_fields),
         ],
@@ -412,42 +417,51 @@ fn older_observations_first_of_an_identity_wins_and_duplicates_change_nothing() 
         &[("prices_stored", 2), ("stale", 1), ("duplicates", 1)],
     );
 
-    // After a restart: a duplicate of a stored older identity, and a stale
-    // observation before everything stored.
+    // After a restart: a duplicate of a stored older identity, a stale
+    // observation before everything stored, another listing's first (current)
+    // observation with a venue older than the stale one's, and a newer one.
     produce(
         &input,
         &[
             l1("70", "2026-01-01T00:05:00Z", dup_fields),
-            l1("40", "2026-01-01T00:01:00Z", ""),
+            l1("40", "2026-01-01T00:01:00Z", r#","venue":"Oldest Hall""#),
+            l2("80", "2026-01-01T00:03:00Z", r#","venue":"L2 Hall""#),
+            l1("90", "2026-01-01T00:20:00Z", ""),
         ],
     );
     let second = job.run_to_end(&[]);
     assert_summary(
         &String::from_utf8_lossy(&second.stdout),
-        &[("prices_stored", 1), ("stale", 1), ("duplicates", 1)],
+        &[("prices_stored", 3), ("stale", 1), ("duplicates", 1)],
     );
 
     let url = &job.database_url;
     assert_eq!(
         query_strings(
             url,
-            "SELECT concat_ws('|', price, observed_at) FROM price_history ORDER BY observed_at"
+            "SELECT concat_ws('|', seat, price, observed_at) FROM price_history ORDER BY observed_at"
         ),
         [
-            "40.00|2026-01-01 00:01:00+00",
-            "50.00|2026-01-01 00:05:00+00",
-            "100.00|2026-01-01 00:10:00+00",
+            "1|40.00|2026-01-01 00:01:00+00",
+            "2|80.00|2026-01-01 00:03:00+00",
+            "1|50.00|2026-01-01 00:05:00+00",
+            "1|100.00|2026-01-01 00:10:00+00",
+            "1|90.00|2026-01-01 00:20:00+00",
         ]
     );
     assert_eq!(
         query_strings(
             url,
-            "SELECT concat_ws('|', event_name, coalesce(venue, '-'), first_seen, last_seen) FROM events"
+            "SELECT concat_ws('|', event_name, coalesce(venue, '-'), coalesce(event_date::text, '-'),
+                              first_seen, last_seen) FROM events"
         ),
-        ["Show|-|2026-01-01 00:01:00+00|2026-01-01 00:10:00+00"]
+        ["Show|Stale Hall|-|2026-01-01 00:01:00+00|2026-01-01 00:20:00+00"]
     );
     assert_eq!(
-        query_strings(url, "SELECT concat_ws('|', price, observed_at) FROM listings"),
-        ["100.00|2026-01-01 00:10:00+00"]
+        query_strings(
+            url,
+            "SELECT concat_ws('|', seat, price, observed_at) FROM listings ORDER BY seat"
+        ),
+        ["1|90.00|2026-01-01 00:20:00+00", "2|80.00|2026-01-01 00:03:00+00"]
     );
 }

@@ -8,11 +8,12 @@
 //! - a listing without a current state has no stored observation: *new*;
 //! - newer than the current state: no stored identity can match: *new*;
 //! - at the current state's time: that identity is stored: *duplicate*;
-//! - older: it changes nothing but `price_history` either way (SPEC §2: stale),
+//! - older: it changes no listing, rule or alert either way (SPEC §2: stale),
 //!   and whether its identity is stored only the history knows. The processor
 //!   hands it to the writer as a `SinkRecord::MaybeStale` row, which inserts such
 //!   rows in partition order with `ON CONFLICT DO NOTHING` on the identity (first
-//!   one wins) and counts what it skipped as duplicates, the rest as stale.
+//!   one wins), counts what it skipped as duplicates and the rest as stale, and
+//!   applies the event fields of the stale ones.
 
 use crate::model::Micros;
 

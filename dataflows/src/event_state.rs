@@ -2,8 +2,10 @@
 //! and `event_date` comes from the most recent observation (by `observed_at`) that
 //! carried it, ties going to the later message; `first_seen`/`last_seen` span all
 //! stored observations. An observation older than its listing's current state
-//! changes nothing but history (SPEC §2, stale), so its fields do not count;
-//! being stored, it can still lower `first_seen` ([`widen`]).
+//! may be stale or a duplicate, which only the stored history tells: its fields
+//! are applied by the Postgres writer once it has inserted the row (and the
+//! writer merges each field by `observed_at`, so the rows of this stage never
+//! undo that); here it can only lower `first_seen` ([`widen`]).
 
 use crate::model::{EventRow, Micros, Observation, Stamped};
 

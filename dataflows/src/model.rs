@@ -85,6 +85,26 @@ pub struct Observation {
     pub observed_at: Micros,
 }
 
+/// The optional event fields an observation carried (at its `observed_at`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventFields {
+    pub event_name: Option<String>,
+    pub venue: Option<String>,
+    pub event_date: Option<Micros>,
+}
+
+impl EventFields {
+    /// The fields of `observation`, `None` when it carried none.
+    pub fn of(observation: &Observation) -> Option<Box<EventFields>> {
+        let fields = EventFields {
+            event_name: observation.event_name.clone(),
+            venue: observation.venue.clone(),
+            event_date: observation.event_date,
+        };
+        (fields != EventFields::default()).then(|| Box::new(fields))
+    }
+}
+
 /// Where a message sits in its input: the order that decides "first wins" and the
 /// order alerts are evaluated in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -358,10 +378,13 @@ pub enum SinkRecord {
     /// current state: stale, unless its identity is stored already (a
     /// duplicate). Only the stored history can tell, so the writer decides: it
     /// inserts these in partition order, first one of an identity wins, and
-    /// counts each as stale (inserted) or duplicate (skipped).
+    /// counts each as stale (inserted) or duplicate (skipped). A stale one's
+    /// event fields count for `events` (SPEC §2: the most recent carrier of a
+    /// field), so the writer applies `fields` of the rows it inserted.
     MaybeStale {
         row: ListingRow,
         position: Position,
+        fields: Option<Box<EventFields>>,
     },
     /// The latest state of a listing at the end of the epoch.
     Listing(ListingRow),

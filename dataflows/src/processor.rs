@@ -35,8 +35,9 @@ use crate::drops;
 use crate::event_state;
 use crate::listing_state::{Applied, Listings, Quote, SeatId};
 use crate::model::{
-    stable_hash, Alert, AlertKind, Cents, Counters, Currency, EventRow, ListingKey, ListingPrice, ListingRow,
-    Micros, Observation, Position, ProcessorInput, Restore, Rule, RuleChange, SinkRecord,
+    stable_hash, Alert, AlertKind, Cents, Counters, Currency, EventFields, EventRow, ListingKey,
+    ListingPrice, ListingRow, Micros, Observation, Position, ProcessorInput, Restore, Rule, RuleChange,
+    SinkRecord,
 };
 use crate::rules::{Activation, Rules, Transition};
 
@@ -358,10 +359,12 @@ impl Processor {
                 return;
             }
             Verdict::Older => {
-                // Stale or a duplicate: the writer tells, and counts it.
+                // Stale or a duplicate: the writer tells, counts it, and
+                // applies a stale one's event fields.
                 epoch.out.push(SinkRecord::MaybeStale {
                     row: Quote::of(&observation).row(&listing.event_id, seat),
                     position,
+                    fields: EventFields::of(&observation),
                 });
                 if state.row.as_mut().is_some_and(|row| event_state::widen(row, at)) {
                     state.epoch.row_changed = true;

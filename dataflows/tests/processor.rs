@@ -100,7 +100,7 @@ fn write_like_the_sink(
                 );
                 out.push(SinkRecord::History { row, position });
             }
-            SinkRecord::MaybeStale { row, position } => {
+            SinkRecord::MaybeStale { row, position, .. } => {
                 if stored.insert((row.listing.clone(), row.observed_at)) {
                     uncounted.stale += 1;
                     uncounted.prices_stored += 1;
@@ -373,9 +373,10 @@ fn stale_observation_goes_to_history_and_first_seen_only() {
             },
             SinkRecord::Event(EventRow {
                 event_id: "ev".into(),
-                // Stale: its name does not count (SPEC §2: it changes nothing
-                // but history), but as a stored observation it is the event's
-                // first.
+                // Its name is not applied here: only the writer knows the row
+                // is stale rather than a duplicate, and it applies a stale
+                // row's fields itself (`fields` of the MaybeStale record). As
+                // a stored observation it is the event's first.
                 event_name: None,
                 venue: None,
                 event_date: None,

@@ -11,8 +11,9 @@
 //! listing's current state (`MaybeStale`: stale, or duplicates of a stored
 //! identity, which only the table knows) are `COPY`'d into a temporary table and
 //! inserted in partition order with `ON CONFLICT DO NOTHING`: the first of an
-//! identity wins, and the count inserted splits them into the stale and
-//! duplicate counters. Listings, events and alerts are `COPY`'d
+//! identity wins, the rows inserted split them into the stale and duplicate
+//! counters, and the stale ones' event fields are applied where they are the
+//! most recent (the events merge keeps, per field, the most recent value). Listings, events and alerts are `COPY`'d
 //! into temporary tables and merged with one `INSERT … ON CONFLICT` each; rejects
 //! and alerts become `outbox` rows. Summary changes (differential updates) are
 //! folded into the new row of each changed key, or its absence, and merged the
@@ -55,8 +56,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use conscope_dataflows::model::{
-    Alert, Cents, Change, Counters, EventCurrency, EventRow, EventSummary, ListingKey, ListingRow, Micros,
-    Position, Rejected, SectionCurrency, SectionSummary, SinkRecord,
+    Alert, Cents, Change, Counters, EventCurrency, EventFields, EventRow, EventSummary, ListingKey,
+    ListingRow, Micros, Position, Rejected, Seat, SectionCurrency, SectionSummary, SinkRecord,
 };
 use rust_decimal::Decimal;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -115,6 +116,8 @@ pub(super) struct Merged {
     /// Rows of observations older than their listing's current state, in
     /// input order: epoch by epoch, and by position within an epoch.
     pub(super) maybe_stale: Vec<ListingRow>,
+    /// The event fields each `maybe_stale` row carried (same index).
+    pub(super) maybe_stale_fields: Vec<Option<Box<EventFields>>>,
     pub(super) listings: HashMap<ListingKey, ListingRow>,
     pub(super) events: HashMap<String, EventRow>,
     pub(super) alerts: Vec<Alert>,
@@ -158,7 +161,11 @@ impl Merged {
                     self.history.push(row);
                     self.origins.push(position);
                 }
-                SinkRecord::MaybeStale { row, position } => maybe_stale.push((position, row)),
+                SinkRecord::MaybeStale {
+                    row,
+                    position,
+                    fields,
+                } => maybe_stale.push((position, row, fields)),
                 SinkRecord::Listing(row) => {
                     self.listings.insert(row.listing.clone(), row);
                 }
@@ -180,9 +187,11 @@ impl Merged {
             }
         }
         // Stable: two records at one position are one message delivered twice.
-        maybe_stale.sort_by_key(|(position, _)| *position);
-        self.maybe_stale
-            .extend(maybe_stale.into_iter().map(|(_, row)| row));
+        maybe_stale.sort_by_key(|(position, _, _)| *position);
+        for (_, row, fields) in maybe_stale {
+            self.maybe_stale.push(row);
+            self.maybe_stale_fields.push(fields);
+        }
         rejected.sort_by_key(|record| record.position);
         self.rejected.append(&mut rejected);
         fold_changes(&mut self.event_summaries, event_summaries);
@@ -734,11 +743,21 @@ pub(super) async fn write_rows(
                                      event_name_observed_at, venue_observed_at, event_date_observed_at)
                  SELECT * FROM incoming_events
                  ON CONFLICT (event_id) DO UPDATE SET
-                     event_name = EXCLUDED.event_name, venue = EXCLUDED.venue, event_date = EXCLUDED.event_date,
+                     -- Per field the most recent value: a stale row's (applied
+                     -- by the writer) stays until something newer comes.
+                     event_name = CASE WHEN events.event_name_observed_at IS NULL OR EXCLUDED.event_name_observed_at >= events.event_name_observed_at
+                         THEN EXCLUDED.event_name ELSE events.event_name END,
+                     event_name_observed_at = CASE WHEN events.event_name_observed_at IS NULL OR EXCLUDED.event_name_observed_at >= events.event_name_observed_at
+                         THEN EXCLUDED.event_name_observed_at ELSE events.event_name_observed_at END,
+                     venue = CASE WHEN events.venue_observed_at IS NULL OR EXCLUDED.venue_observed_at >= events.venue_observed_at
+                         THEN EXCLUDED.venue ELSE events.venue END,
+                     venue_observed_at = CASE WHEN events.venue_observed_at IS NULL OR EXCLUDED.venue_observed_at >= events.venue_observed_at
+                         THEN EXCLUDED.venue_observed_at ELSE events.venue_observed_at END,
+                     event_date = CASE WHEN events.event_date_observed_at IS NULL OR EXCLUDED.event_date_observed_at >= events.event_date_observed_at
+                         THEN EXCLUDED.event_date ELSE events.event_date END,
+                     event_date_observed_at = CASE WHEN events.event_date_observed_at IS NULL OR EXCLUDED.event_date_observed_at >= events.event_date_observed_at
+                         THEN EXCLUDED.event_date_observed_at ELSE events.event_date_observed_at END,
                      first_seen = EXCLUDED.first_seen, last_seen = EXCLUDED.last_seen,
-                     event_name_observed_at = EXCLUDED.event_name_observed_at,
-                     venue_observed_at = EXCLUDED.venue_observed_at,
-                     event_date_observed_at = EXCLUDED.event_date_observed_at,
                      updated_at = now()",
             )
             .await
@@ -760,7 +779,7 @@ pub(super) async fn write_rows(
     let stale = if merged.maybe_stale.is_empty() {
         0
     } else {
-        insert_maybe_stale(transaction, &merged.maybe_stale).await?
+        insert_maybe_stale(transaction, &merged.maybe_stale, &merged.maybe_stale_fields).await?
     };
 
     if !merged.listings.is_empty() {
@@ -903,8 +922,14 @@ pub(super) async fn write_rows(
 /// Inserts the rows of observations older than their listing's current state,
 /// in partition order, skipping every identity stored already (by an earlier
 /// commit, a row above, or the batch's new rows, COPY'd before): the first one
-/// of an identity wins, as SPEC §2's dedup asks. Returns how many it inserted.
-async fn insert_maybe_stale(transaction: &Transaction<'_>, rows: &[ListingRow]) -> Result<u64, WriteError> {
+/// of an identity wins, as SPEC §2's dedup asks. The rows it inserted are
+/// stale, and their event fields then count for `events`. Returns how many it
+/// inserted.
+async fn insert_maybe_stale(
+    transaction: &Transaction<'_>,
+    rows: &[ListingRow],
+    fields: &[Option<Box<EventFields>>],
+) -> Result<u64, WriteError> {
     copy_listing_rows(
         transaction,
         "cannot copy into incoming_history",
@@ -913,16 +938,149 @@ async fn insert_maybe_stale(transaction: &Transaction<'_>, rows: &[ListingRow]) 
         rows,
     )
     .await?;
-    transaction
-        .execute(
+    let inserted = transaction
+        .query(
             "INSERT INTO price_history (event_id, section, \"row\", seat, source, price, currency, available, observed_at)
              SELECT event_id, section, \"row\", seat, source, price, currency, available, observed_at
              FROM incoming_history ORDER BY ord
-             ON CONFLICT DO NOTHING",
+             ON CONFLICT DO NOTHING
+             RETURNING event_id, section, \"row\", seat, source, observed_at",
             &[],
         )
         .await
-        .map_err(WriteError::at("cannot insert stale history rows"))
+        .map_err(WriteError::at("cannot insert stale history rows"))?;
+    let count = inserted.len() as u64;
+    if fields.iter().all(Option::is_none) {
+        return Ok(count);
+    }
+    let inserted: HashSet<(ListingKey, Micros)> = inserted
+        .iter()
+        .map(|row| {
+            let listing = ListingKey {
+                event_id: row.get(0),
+                seat: Seat {
+                    section: row.get(1),
+                    row: row.get(2),
+                    seat: row.get(3),
+                    source: row.get(4),
+                },
+            };
+            let observed_at: DateTime<Utc> = row.get(5);
+            (listing, observed_at.timestamp_micros())
+        })
+        .collect();
+    let updates = stale_event_fields(rows, fields, &inserted);
+    apply_stale_event_fields(transaction, &updates).await?;
+    Ok(count)
+}
+
+/// One event's fields as the stale rows of a commit bring them, each with the
+/// `observed_at` of its carrier.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct StaleFields {
+    event_name: Option<(String, Micros)>,
+    venue: Option<(String, Micros)>,
+    event_date: Option<(Micros, Micros)>,
+}
+
+/// Per event, the most recent carrier of each field among the rows `inserted`
+/// (the first row of each inserted identity; later copies were duplicates).
+/// Of carriers at one `observed_at` the first in input order is kept, and the
+/// update only takes a strictly more recent value: so the result is the same
+/// however the input is cut into commits (see `apply_stale_event_fields`).
+fn stale_event_fields(
+    rows: &[ListingRow],
+    fields: &[Option<Box<EventFields>>],
+    inserted: &HashSet<(ListingKey, Micros)>,
+) -> BTreeMap<String, StaleFields> {
+    fn newer<V: Clone>(slot: &mut Option<(V, Micros)>, value: Option<&V>, at: Micros) {
+        if let Some(value) = value {
+            if slot.as_ref().is_none_or(|(_, stored)| at > *stored) {
+                *slot = Some((value.clone(), at));
+            }
+        }
+    }
+    let mut seen: HashSet<(&ListingKey, Micros)> = HashSet::new();
+    let mut updates: BTreeMap<String, StaleFields> = BTreeMap::new();
+    for (row, fields) in rows.iter().zip(fields) {
+        let identity = (&row.listing, row.observed_at);
+        if !seen.insert(identity) {
+            continue;
+        }
+        let Some(fields) = fields else { continue };
+        if !inserted.contains(&(row.listing.clone(), row.observed_at)) {
+            continue;
+        }
+        let at = row.observed_at;
+        let update = updates.entry(row.listing.event_id.clone()).or_default();
+        newer(&mut update.event_name, fields.event_name.as_ref(), at);
+        newer(&mut update.venue, fields.venue.as_ref(), at);
+        newer(&mut update.event_date, fields.event_date.as_ref(), at);
+    }
+    updates
+}
+
+/// Sets each field a stale row brought where it is more recent than the
+/// stored one. Strictly: at one `observed_at` the value already stored stays,
+/// whether the job's own event row (merged before, in this commit or an
+/// earlier one) or an earlier stale row put it there.
+async fn apply_stale_event_fields(
+    transaction: &Transaction<'_>,
+    updates: &BTreeMap<String, StaleFields>,
+) -> Result<(), WriteError> {
+    if updates.is_empty() {
+        return Ok(());
+    }
+    let n = updates.len();
+    let mut events: Vec<&str> = Vec::with_capacity(n);
+    let (mut names, mut name_ats) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut venues, mut venue_ats) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut dates, mut date_ats) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for (event, fields) in updates {
+        events.push(event.as_str());
+        let (name, at) = split(fields.event_name.as_ref().map(|(name, at)| (name.as_str(), *at)));
+        names.push(name);
+        name_ats.push(at);
+        let (venue, at) = split(fields.venue.as_ref().map(|(venue, at)| (venue.as_str(), *at)));
+        venues.push(venue);
+        venue_ats.push(at);
+        let (date, at) = split(fields.event_date.map(|(date, at)| (timestamp(date), at)));
+        dates.push(date);
+        date_ats.push(at);
+    }
+    transaction
+        .execute(
+            "UPDATE events e SET
+                 event_name = CASE WHEN u.name_at > e.event_name_observed_at OR e.event_name_observed_at IS NULL
+                     THEN coalesce(u.name, e.event_name) ELSE e.event_name END,
+                 event_name_observed_at = CASE WHEN u.name_at > e.event_name_observed_at OR e.event_name_observed_at IS NULL
+                     THEN coalesce(u.name_at, e.event_name_observed_at) ELSE e.event_name_observed_at END,
+                 venue = CASE WHEN u.venue_at > e.venue_observed_at OR e.venue_observed_at IS NULL
+                     THEN coalesce(u.venue, e.venue) ELSE e.venue END,
+                 venue_observed_at = CASE WHEN u.venue_at > e.venue_observed_at OR e.venue_observed_at IS NULL
+                     THEN coalesce(u.venue_at, e.venue_observed_at) ELSE e.venue_observed_at END,
+                 event_date = CASE WHEN u.date_at > e.event_date_observed_at OR e.event_date_observed_at IS NULL
+                     THEN coalesce(u.event_date, e.event_date) ELSE e.event_date END,
+                 event_date_observed_at = CASE WHEN u.date_at > e.event_date_observed_at OR e.event_date_observed_at IS NULL
+                     THEN coalesce(u.date_at, e.event_date_observed_at) ELSE e.event_date_observed_at END,
+                 updated_at = now()
+             FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::timestamptz[],
+                         $6::timestamptz[], $7::timestamptz[])
+                  AS u(event_id, name, name_at, venue, venue_at, event_date, date_at)
+             WHERE e.event_id = u.event_id",
+            &[&events, &names, &name_ats, &venues, &venue_ats, &dates, &date_ats],
+        )
+        .await
+        .map_err(WriteError::at("cannot apply the event fields of stale rows"))?;
+    Ok(())
+}
+
+/// A value and its time, as two nullable SQL parameters.
+fn split<V>(field: Option<(V, Micros)>) -> (Option<V>, Option<DateTime<Utc>>) {
+    match field {
+        Some((value, at)) => (Some(value), Some(timestamp(at))),
+        None => (None, None),
+    }
 }
 
 /// The alerts of a merged batch to insert: the first of each `alert_id` in
@@ -1227,6 +1385,7 @@ mod tests {
         let stale = |offset: i64, cents: i64| SinkRecord::MaybeStale {
             row: listing_row("1", cents, 5),
             position: at(0, offset),
+            fields: None,
         };
         let rejected = |partition: i32, offset: i64| {
             SinkRecord::Rejected(Rejected {
@@ -1253,6 +1412,57 @@ mod tests {
         );
         let positions: Vec<Position> = merged.rejected.iter().map(|record| record.position).collect();
         assert_eq!(positions, [at(1, 2), at(0, 7), at(0, 8)]);
+    }
+
+    /// Of the stale rows' event fields only inserted rows count (a later copy
+    /// of an identity, or one the table held, is a duplicate), the most recent
+    /// carrier wins, and of carriers at one time the first in input order.
+    #[test]
+    fn stale_rows_bring_the_fields_of_their_most_recent_inserted_carrier() {
+        let venue = |venue: &str| {
+            Some(Box::new(EventFields {
+                venue: Some(venue.to_owned()),
+                ..EventFields::default()
+            }))
+        };
+        let named = |name: &str| {
+            Some(Box::new(EventFields {
+                event_name: Some(name.to_owned()),
+                ..EventFields::default()
+            }))
+        };
+        let rows = vec![
+            listing_row("a", 100, 5),
+            listing_row("a", 101, 5),
+            listing_row("b", 100, 9),
+            listing_row("c", 100, 7),
+            listing_row("d", 100, 7),
+            listing_row("e", 100, 3),
+        ];
+        let fields = vec![
+            venue("V5"),
+            venue("copy of a@5, a duplicate"),
+            named("b@9 was stored before, a duplicate"),
+            venue("V7"),
+            venue("V7 later"),
+            named("N3"),
+        ];
+        let inserted: HashSet<(ListingKey, Micros)> = [("a", 5), ("c", 7), ("d", 7), ("e", 3)]
+            .into_iter()
+            .map(|(seat, at)| (listing_row(seat, 0, at).listing, at))
+            .collect();
+        let updates = stale_event_fields(&rows, &fields, &inserted);
+        assert_eq!(
+            updates,
+            BTreeMap::from([(
+                "e1".to_owned(),
+                StaleFields {
+                    event_name: Some(("N3".to_owned(), 3)),
+                    venue: Some(("V7".to_owned(), 7)),
+                    event_date: None,
+                }
+            )])
+        );
     }
 
     #[test]
