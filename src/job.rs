@@ -94,10 +94,11 @@ pub struct RunArgs {
     #[arg(long, env = "CONSCOPE_MAX_BATCH", default_value_t = 5_000)]
     max_batch: usize,
     /// Messages per worker read but not yet committed at most (bounds memory).
-    // 50 000: 1M messages at -w 2 peaked at 269 MB with 200 000 and at 164 MB
-    // with 50 000 (issue 7), at about the same rate; the writer merges what is
-    // in flight anyway.
-    #[arg(long, env = "CONSCOPE_MAX_IN_FLIGHT", default_value_t = 50_000)]
+    // 25 000: 1M messages from Kafka at -w 2 peaked at 309 MB with 50 000 and
+    // at 214 MB with 25 000, at the same rate once librdkafka's fetch queue no
+    // longer backs off for a second (source/kafka.rs); the writer merges what
+    // is in flight anyway.
+    #[arg(long, env = "CONSCOPE_MAX_IN_FLIGHT", default_value_t = 25_000)]
     max_in_flight: usize,
     /// Records merged into one transaction at most when the writer falls behind.
     #[arg(long, env = "CONSCOPE_MAX_COMMIT_RECORDS", default_value_t = 500_000)]
