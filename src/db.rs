@@ -35,6 +35,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0007_quarantine",
         include_str!("../migrations/0007_quarantine.sql"),
     ),
+    (
+        "0008_recent_alerts",
+        include_str!("../migrations/0008_recent_alerts.sql"),
+    ),
 ];
 
 /// Connects once; the connection task runs on the current tokio runtime.

@@ -317,18 +317,32 @@ pub async fn listings(client: &Client, event_id: &str, limit: i64) -> Result<Vec
 /// The newest alerts (by the time of the observation that triggered them),
 /// of one event or of all.
 pub async fn alerts(client: &Client, event_id: Option<&str>, limit: i64) -> Result<Vec<Alert>, Error> {
-    let rows = client
-        .query(
-            "SELECT a.alert_id, a.kind, a.event_id, coalesce(e.event_name, a.event_id) AS event_name,
-                    a.section, a.\"row\", a.seat, a.source, a.rule_id, a.old_price, a.new_price,
-                    a.currency::text AS currency, a.observed_at
-             FROM price_alerts a LEFT JOIN events e ON e.event_id = a.event_id
-             WHERE $1::text IS NULL OR a.event_id = $1
-             ORDER BY a.observed_at DESC, a.alert_id DESC
-             LIMIT $2",
-            &[&event_id, &limit],
-        )
-        .await?;
+    // Two statements, not one with `$1 IS NULL OR event_id = $1`: a generic
+    // plan of that could use neither index (price_alerts_event, _recent).
+    macro_rules! newest_alerts {
+        ($filter:literal, $limit:literal) => {
+            concat!(
+                "SELECT a.alert_id, a.kind, a.event_id, coalesce(e.event_name, a.event_id) AS event_name,
+                        a.section, a.\"row\", a.seat, a.source, a.rule_id, a.old_price, a.new_price,
+                        a.currency::text AS currency, a.observed_at
+                 FROM price_alerts a LEFT JOIN events e ON e.event_id = a.event_id ",
+                $filter,
+                " ORDER BY a.observed_at DESC, a.alert_id DESC LIMIT ",
+                $limit
+            )
+        };
+    }
+    let rows = match event_id {
+        Some(event_id) => {
+            client
+                .query(
+                    newest_alerts!("WHERE a.event_id = $1", "$2"),
+                    &[&event_id, &limit],
+                )
+                .await?
+        }
+        None => client.query(newest_alerts!("", "$1"), &[&limit]).await?,
+    };
     rows.iter()
         .map(|row| {
             Ok(Alert {
