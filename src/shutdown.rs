@@ -27,6 +27,14 @@ impl Shutdown {
         self.0.load(Ordering::SeqCst)
     }
 
+    /// Resolves once triggered (checked every 50 ms: the flag is shared with
+    /// threads that are not async).
+    pub async fn triggered(&self) {
+        while !self.is_triggered() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// A handle the first SIGINT/SIGTERM triggers (logging `stopping`); the
     /// second one exits the process at once with status 130.
     pub fn on_signals(stopping: &'static str) -> anyhow::Result<Shutdown> {

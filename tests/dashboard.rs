@@ -725,14 +725,7 @@ fn hostile_requests_get_4xx() {
 #[test]
 fn live_alerts_arrive_over_server_sent_events() {
     let dashboard = Dashboard::start(database(), None);
-    let response = ureq::AgentBuilder::new()
-        .timeout_read(Duration::from_secs(30))
-        .build()
-        .get(&dashboard.url("/alerts/stream"))
-        .call()
-        .expect("stream");
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.header("content-type"), Some("text/event-stream"));
+    let response = dashboard.open_stream();
     // Let the poller see the table as it is before the new alert.
     std::thread::sleep(Duration::from_secs(3));
     let alert_id = unique("live-alert");
@@ -772,4 +765,37 @@ fn live_alerts_arrive_over_server_sent_events() {
     let page = dashboard.get("/alerts");
     let first = page.body.find("<td class=\"time\"").expect("a row");
     assert!(page.body[first..].starts_with("<td class=\"time\" title=\"2099-01-01 00:00 UTC\""));
+}
+
+/// SIGTERM (what systemd and Kubernetes send) stops the dashboard cleanly:
+/// it stops accepting, lets requests in progress finish, cuts a live stream
+/// after the grace period, and exits with status 0.
+#[test]
+fn sigterm_stops_the_dashboard_cleanly_even_with_a_live_stream_open() {
+    let mut dashboard = Dashboard::start(database(), None);
+    let stream = dashboard.open_stream();
+    let started = Instant::now();
+    let status = dashboard
+        .terminate(Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("still running 20 s after SIGTERM: {}", dashboard.log()));
+    assert!(
+        status.success(),
+        "exit after SIGTERM: {status}\n{}",
+        dashboard.log()
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(4),
+        "the open stream got no grace period ({took:?})"
+    );
+    assert!(
+        dashboard.log().contains("dashboard stopped"),
+        "{}",
+        dashboard.log()
+    );
+    assert!(
+        std::net::TcpStream::connect(dashboard.host()).is_err(),
+        "still accepting after the stop"
+    );
+    drop(stream);
 }

@@ -24,8 +24,9 @@
 //! Content-Security-Policy allows no inline script or style.
 //!
 //! Touches: the database at `--database-url` (applies the migrations at start;
-//! reads; writes `alert_rules` only through `crate::rules`), and the socket at
-//! `--listen`.
+//! reads; writes `alert_rules` only through `crate::rules`), the socket at
+//! `--listen`, and SIGINT/SIGTERM (through `crate::shutdown`), which stop it
+//! after a grace period ([`GRACE`]).
 
 mod auth;
 mod chart;
@@ -51,6 +52,7 @@ use clap::Args;
 
 use crate::config::{redact_url, DbArgs};
 use crate::db;
+use crate::shutdown::Shutdown;
 
 /// Connections served at once; a live stream holds one.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -62,6 +64,9 @@ pub const MAX_HEAD: usize = 64 * 1024;
 pub const MAX_BODY: usize = 16 * 1024;
 /// The longest a response may take to start.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// After SIGINT/SIGTERM, how long requests in progress may take to finish
+/// (a live stream never does: it is cut after this).
+pub const GRACE: Duration = Duration::from_secs(5);
 /// PostgreSQL's limit for one statement of the dashboard.
 const STATEMENT_TIMEOUT_MS: u64 = 15_000;
 /// Pooled database connections.
@@ -101,15 +106,19 @@ pub struct AppState {
 type Shared = Arc<AppState>;
 
 pub fn run(args: DashboardArgs) -> anyhow::Result<()> {
+    let stop = Shutdown::on_signals("closing the dashboard")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    runtime.block_on(serve(args))
+    let served = runtime.block_on(serve(args, stop));
+    // Whatever still runs (a live stream past the grace period) ends here.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    served
 }
 
-async fn serve(args: DashboardArgs) -> anyhow::Result<()> {
+async fn serve(args: DashboardArgs, stop: Shutdown) -> anyhow::Result<()> {
     let url = &args.db.database_url;
     db::migrate(url).await?;
     let pool = pool(url)?;
@@ -135,8 +144,8 @@ async fn serve(args: DashboardArgs) -> anyhow::Result<()> {
     tracing::info!(%local, writable = token.is_some(), database = %redact_url(url), "dashboard serving");
     let app = router(state);
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let shutdown = tokio::signal::ctrl_c();
-    tokio::pin!(shutdown);
+    // Tells open connections to finish their current request and close.
+    let (closing, closed) = tokio::sync::watch::channel(false);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -148,25 +157,44 @@ async fn serve(args: DashboardArgs) -> anyhow::Result<()> {
                     continue;
                 }
             },
-            _ = &mut shutdown => return Ok(()),
+            () = stop.triggered() => break,
         };
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
             tracing::warn!(%peer, "dashboard: {MAX_CONNECTIONS} connections open; closing a new one");
             continue;
         };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let mut closed = closed.clone();
         tokio::spawn(async move {
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .max_buf_size(MAX_HEAD)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            if let Err(error) = connection.await {
+            tokio::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                () = async { drop(closed.wait_for(|closing| *closing).await) } => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = ended {
                 tracing::debug!(%peer, %error, "dashboard: connection ended");
             }
             drop(permit);
         });
     }
+    // Requests in progress get a grace period; a live stream never ends by
+    // itself, so the wait is bounded.
+    drop(listener);
+    let _ = closing.send(true);
+    let all = u32::try_from(MAX_CONNECTIONS).unwrap_or(u32::MAX);
+    let finished = tokio::time::timeout(GRACE, permits.acquire_many(all))
+        .await
+        .is_ok();
+    tracing::info!(finished, "dashboard stopped");
+    Ok(())
 }
 
 /// A few connections, each with a statement timeout, recycled when broken.

@@ -205,6 +205,38 @@ impl Dashboard {
         }
     }
 
+    /// Opens the live alerts stream (`/alerts/stream`), checked to be one.
+    pub fn open_stream(&self) -> ureq::Response {
+        let response = ureq::AgentBuilder::new()
+            .timeout_read(Duration::from_secs(30))
+            .build()
+            .get(&self.url("/alerts/stream"))
+            .call()
+            .expect("stream");
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.header("content-type"), Some("text/event-stream"));
+        response
+    }
+
+    /// Sends SIGTERM and waits up to `limit` for the exit: its status, or
+    /// `None` if it is still running (it is then killed on drop).
+    pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let child = &mut self._child.0;
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// host:port, as browsers send it in `Host`.
     pub fn host(&self) -> &str {
         self.base.trim_start_matches("http://")
