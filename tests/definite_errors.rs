@@ -44,12 +44,21 @@ fn good_messages() -> Vec<(i32, Option<&'static str>, Vec<u8>)> {
     messages
 }
 
-/// The good messages with two poisoned ones inserted: a listing in section
+/// The good messages with three poisoned ones inserted: a listing in section
 /// "poison" at the lowest price of its event (so, kept, it would change the
-/// get-in price, the summaries and the alerts), and the last name e2 is given.
+/// get-in price, the summaries and the alerts); an observation of e2 older
+/// than its listing's current one (stale) whose name is the most recent (its
+/// refusal comes from the writer's update of the event's fields); and the
+/// last name e2 is given.
 fn with_poison(good: &[(i32, Option<&'static str>, Vec<u8>)]) -> Vec<(i32, Option<&'static str>, Vec<u8>)> {
     let mut messages = good.to_vec();
     messages.insert(41, (0, Some("e1"), obs("e1", "poison", 9, 100, 20, "")));
+    // Seat 1 of e2 was last observed at minute 57; the latest name is minute 50's.
+    messages.push((
+        1,
+        Some("e2"),
+        obs("e2", "A", 1, 7_000, 55, r#","event_name":"Poison Name""#),
+    ));
     messages.push((
         1,
         Some("e2"),
@@ -99,7 +108,7 @@ fn a_message_postgres_refuses_goes_to_the_dlq_and_the_rest_lands_as_without_it()
     assert!(published.values().all(|count| *count == 1), "{published:?}");
     assert_eq!(published.into_keys().collect::<Vec<_>>(), expected_ids);
 
-    // Exactly the two poisoned messages, once each, with the usual headers.
+    // Exactly the three poisoned messages, once each, with the usual headers.
     assert!(read_all(&reference.dlq).is_empty());
     let mut letters = read_all(&poisoned.dlq);
     letters.sort_by_key(|letter| letter.headers.get("conscope.partition").cloned());
@@ -126,6 +135,11 @@ fn a_message_postgres_refuses_goes_to_the_dlq_and_the_rest_lands_as_without_it()
             (
                 poisoned_input.clone(),
                 "1".to_owned(),
+                String::from_utf8_lossy(&poison[poison.len() - 2].2).into_owned()
+            ),
+            (
+                poisoned_input.clone(),
+                "1".to_owned(),
                 String::from_utf8_lossy(&poison[poison.len() - 1].2).into_owned()
             ),
         ]
@@ -143,7 +157,7 @@ fn a_message_postgres_refuses_goes_to_the_dlq_and_the_rest_lands_as_without_it()
     let summary = parse_summary(&poisoned_out);
     assert_eq!(
         summary.get("rejected").map(String::as_str),
-        Some("2"),
+        Some("3"),
         "{poisoned_out}"
     );
     for field in [

@@ -19,6 +19,10 @@
 //! would (events before the listings that reference them); units of a refused
 //! event are not probed, they could only fail for want of their event.
 //!
+//! A message older than its listing's current state has a unit of its own:
+//! its history row, inserted the way the writer does (skipped if a duplicate),
+//! and the event fields it brings.
+//!
 //! Only identifies: the messages' contributions to everything derived (the
 //! current listing, the event's fields, get-in prices, summaries, alerts after
 //! them) are removed by the replay that rejects them (`quarantine`). Rows no
@@ -27,7 +31,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use conscope_dataflows::model::{Alert, EventRow, ListingRow, Micros, Position, Seat};
+use conscope_dataflows::model::{Alert, EventFields, EventRow, ListingRow, Micros, Position, Seat};
 use tokio_postgres::{Client, Transaction};
 
 use super::postgres::{clear_incoming, write_rows, Merged, WriterConfig};
@@ -42,6 +46,13 @@ enum Unit<'a> {
         listing: Option<&'a ListingRow>,
         alerts: Vec<&'a Alert>,
     },
+    /// A message older than its listing's current state: its history row
+    /// (stale, or a duplicate the insert skips) and the event fields it brings.
+    Older {
+        position: Position,
+        row: &'a ListingRow,
+        fields: &'a Option<Box<EventFields>>,
+    },
 }
 
 impl Unit<'_> {
@@ -49,6 +60,14 @@ impl Unit<'_> {
         match self {
             Unit::Event(row) => &row.event_id,
             Unit::Message { history, .. } => &history.listing.event_id,
+            Unit::Older { row, .. } => &row.listing.event_id,
+        }
+    }
+
+    fn position(&self) -> Option<Position> {
+        match self {
+            Unit::Event(_) => None,
+            Unit::Message { position, .. } | Unit::Older { position, .. } => Some(*position),
         }
     }
 }
@@ -81,9 +100,9 @@ pub(super) async fn offenders(
     let mut found = BTreeSet::new();
     let mut offenders = Vec::new();
     for (index, reason) in bisect(&transaction, config, &messages).await? {
-        if let Unit::Message { position, .. } = &messages[index] {
-            if found.insert(*position) {
-                offenders.push((*position, format!("postgres rejected: {reason}")));
+        if let Some(position) = messages[index].position() {
+            if found.insert(position) {
+                offenders.push((position, format!("postgres rejected: {reason}")));
             }
         }
     }
@@ -104,7 +123,8 @@ pub(super) async fn offenders(
     Ok(offenders)
 }
 
-/// One unit per stored message of `merged`, in input order.
+/// One unit per message of `merged` with rows of its own (stored, or older
+/// than its listing's current state), in input order.
 fn message_units(merged: &Merged) -> Vec<Unit<'_>> {
     let mut alerts: HashMap<(&str, &Seat, Micros), Vec<&Alert>> = HashMap::new();
     for alert in &merged.alerts {
@@ -113,10 +133,10 @@ fn message_units(merged: &Merged) -> Vec<Unit<'_>> {
             .or_default()
             .push(alert);
     }
-    let mut stored: Vec<(&Position, &ListingRow)> = merged.origins.iter().zip(&merged.history).collect();
-    stored.sort_by_key(|(position, _)| **position);
-    stored
-        .into_iter()
+    let mut units = merged
+        .origins
+        .iter()
+        .zip(&merged.history)
         .map(|(position, history)| Unit::Message {
             position: *position,
             history,
@@ -132,7 +152,21 @@ fn message_units(merged: &Merged) -> Vec<Unit<'_>> {
                 ))
                 .unwrap_or_default(),
         })
-        .collect()
+        .chain(
+            merged
+                .maybe_stale
+                .iter()
+                .zip(&merged.maybe_stale_fields)
+                .zip(&merged.maybe_stale_origins)
+                .map(|((row, fields), position)| Unit::Older {
+                    position: *position,
+                    row,
+                    fields,
+                }),
+        )
+        .collect::<Vec<_>>();
+    units.sort_by_key(Unit::position);
+    units
 }
 
 /// The stored messages of `merged` whose fields the event row `row` carries:
@@ -250,6 +284,15 @@ fn subset(units: &[Unit<'_>]) -> Merged {
                 }
                 merged.alerts.extend(alerts.iter().map(|alert| (*alert).clone()));
             }
+            Unit::Older {
+                position,
+                row,
+                fields,
+            } => {
+                merged.maybe_stale.push((*row).clone());
+                merged.maybe_stale_fields.push((*fields).clone());
+                merged.maybe_stale_origins.push(*position);
+            }
         }
     }
     merged
@@ -291,12 +334,19 @@ mod tests {
     }
 
     /// A message's unit holds its history row, and the listing row only when
-    /// the listing's final state is that message's; units come in input order.
+    /// the listing's final state is that message's; a message older than its
+    /// listing's state has a unit of its own; units come in input order.
     #[test]
     fn message_units_carry_what_each_message_set() {
-        let merged = batch();
+        let mut merged = batch();
+        merged.maybe_stale.push(row("1", 5));
+        merged.maybe_stale_fields.push(None);
+        merged.maybe_stale_origins.push(Position {
+            partition: 0,
+            offset: 4,
+        });
         let units = message_units(&merged);
-        let summary: Vec<(i64, Micros, bool)> = units
+        let summary: Vec<(i64, Micros, &str)> = units
             .iter()
             .filter_map(|unit| match unit {
                 Unit::Message {
@@ -304,11 +354,34 @@ mod tests {
                     history,
                     listing,
                     ..
-                } => Some((position.offset, history.observed_at, listing.is_some())),
+                } => Some((
+                    position.offset,
+                    history.observed_at,
+                    if listing.is_some() { "current" } else { "stored" },
+                )),
+                Unit::Older { position, row, .. } => Some((position.offset, row.observed_at, "older")),
                 Unit::Event(_) => None,
             })
             .collect();
-        assert_eq!(summary, [(1, 20, true), (2, 30, true), (3, 10, false)]);
+        assert_eq!(
+            summary,
+            [
+                (1, 20, "current"),
+                (2, 30, "current"),
+                (3, 10, "stored"),
+                (4, 5, "older")
+            ]
+        );
+        let older = subset(&units[3..]);
+        assert_eq!(older.maybe_stale, [row("1", 5)]);
+        assert_eq!(
+            older.maybe_stale_origins,
+            [Position {
+                partition: 0,
+                offset: 4
+            }]
+        );
+        assert!(older.history.is_empty());
     }
 
     /// A refused event row points at the messages that set its text fields;

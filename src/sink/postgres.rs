@@ -118,6 +118,8 @@ pub(super) struct Merged {
     pub(super) maybe_stale: Vec<ListingRow>,
     /// The event fields each `maybe_stale` row carried (same index).
     pub(super) maybe_stale_fields: Vec<Option<Box<EventFields>>>,
+    /// The input position of each `maybe_stale` row (same index).
+    pub(super) maybe_stale_origins: Vec<Position>,
     pub(super) listings: HashMap<ListingKey, ListingRow>,
     pub(super) events: HashMap<String, EventRow>,
     pub(super) alerts: Vec<Alert>,
@@ -188,9 +190,10 @@ impl Merged {
         }
         // Stable: two records at one position are one message delivered twice.
         maybe_stale.sort_by_key(|(position, _, _)| *position);
-        for (_, row, fields) in maybe_stale {
+        for (position, row, fields) in maybe_stale {
             self.maybe_stale.push(row);
             self.maybe_stale_fields.push(fields);
+            self.maybe_stale_origins.push(position);
         }
         rejected.sort_by_key(|record| record.position);
         self.rejected.append(&mut rejected);
