@@ -4,7 +4,8 @@
 #
 #   scripts/test.sh [extra nextest / cargo test filter args...]
 #
-# Phases, each timed: stack-up, chromium, fmt, clippy, build, tests. A
+# Phases, each timed: stack-up, old-test-databases, chromium, fmt, clippy,
+# build, tests. A
 # failing phase does not hide the others: every phase runs, except the tests
 # when the stack or the build failed. Exits non-zero when any phase failed.
 #
@@ -14,7 +15,10 @@
 # `chromedriver` (package chromium-driver): the chromium phase installs both
 # when missing (apt-get update first). Without them that test fails, saying so.
 # They find the stack through CONSCOPE_BROKERS (exported here) and the default
-# database URL, and create their own topics and databases.
+# database URL, and create their own topics and databases, named
+# <what>_t<pid>_<nanos> (testkit's `unique`). The old-test-databases phase
+# drops those whose test process is gone (a run's databases stay until the
+# next run, for a look after a failure; a run in progress keeps its own).
 #
 # Environment:
 #   CONSCOPE_BROKER_PORT   broker port (default 9092)
@@ -93,10 +97,24 @@ tally_tests() {
     echo "tests: $passed passed, $failed failed"
 }
 
+# Databases of earlier test runs whose process is gone (see the header).
+drop_old_test_databases() {
+    local db pid dropped=0
+    while read -r db; do
+        [[ -n "$db" ]] || continue
+        pid=$(sed -E 's/.*_t([0-9]+)_[0-9]+$/\1/' <<<"$db")
+        kill -0 "$pid" 2>/dev/null && continue
+        psql_admin -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null
+        dropped=$((dropped + 1))
+    done < <(psql_admin -Atc "SELECT datname FROM pg_database WHERE datname ~ '_t[0-9]+_[0-9]+$'")
+    log "dropped $dropped databases of finished test runs"
+}
+
 total_started=$SECONDS
 stack_ok=true
 build_ok=true
 run_phase stack-up bash scripts/stack-up.sh || stack_ok=false
+[[ $stack_ok == true ]] && { run_phase old-test-databases drop_old_test_databases || true; }
 run_phase chromium install_chromium || true
 # tests/progress.rs draws its bars in a pseudo-terminal made by util-linux's
 # script(1), from Debian's bsdutils (essential, so normally there).

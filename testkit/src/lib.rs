@@ -37,7 +37,9 @@ pub fn unique(prefix: &str) -> String {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    format!("{prefix}_{}_{}", std::process::id(), nanos % 1_000_000_000_000)
+    // `_t<pid>_`: scripts/test.sh drops the databases of test processes that
+    // are gone, and only those.
+    format!("{prefix}_t{}_{}", std::process::id(), nanos % 1_000_000_000_000)
 }
 
 pub fn runtime() -> tokio::runtime::Runtime {
