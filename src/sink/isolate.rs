@@ -31,10 +31,10 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use conscope_dataflows::model::{Alert, EventFields, EventRow, ListingRow, Micros, Position, Seat};
+use conscope_dataflows::model::{Alert, EventRow, ListingRow, Micros, Position, Seat};
 use tokio_postgres::{Client, Transaction};
 
-use super::postgres::{clear_incoming, write_rows, Merged, WriterConfig};
+use super::postgres::{clear_incoming, write_rows, Merged, OlderRow, WriterConfig};
 use super::write_error::WriteError;
 
 /// One part of a batch that is accepted or refused as a whole.
@@ -48,11 +48,7 @@ enum Unit<'a> {
     },
     /// A message older than its listing's current state: its history row
     /// (stale, or a duplicate the insert skips) and the event fields it brings.
-    Older {
-        position: Position,
-        row: &'a ListingRow,
-        fields: &'a Option<Box<EventFields>>,
-    },
+    Older(&'a OlderRow),
 }
 
 impl Unit<'_> {
@@ -60,14 +56,15 @@ impl Unit<'_> {
         match self {
             Unit::Event(row) => &row.event_id,
             Unit::Message { history, .. } => &history.listing.event_id,
-            Unit::Older { row, .. } => &row.listing.event_id,
+            Unit::Older(older) => &older.row.listing.event_id,
         }
     }
 
     fn position(&self) -> Option<Position> {
         match self {
             Unit::Event(_) => None,
-            Unit::Message { position, .. } | Unit::Older { position, .. } => Some(*position),
+            Unit::Message { position, .. } => Some(*position),
+            Unit::Older(older) => Some(older.position),
         }
     }
 }
@@ -152,18 +149,7 @@ fn message_units(merged: &Merged) -> Vec<Unit<'_>> {
                 ))
                 .unwrap_or_default(),
         })
-        .chain(
-            merged
-                .maybe_stale
-                .iter()
-                .zip(&merged.maybe_stale_fields)
-                .zip(&merged.maybe_stale_origins)
-                .map(|((row, fields), position)| Unit::Older {
-                    position: *position,
-                    row,
-                    fields,
-                }),
-        )
+        .chain(merged.maybe_stale.iter().map(Unit::Older))
         .collect::<Vec<_>>();
     units.sort_by_key(Unit::position);
     units
@@ -284,15 +270,7 @@ fn subset(units: &[Unit<'_>]) -> Merged {
                 }
                 merged.alerts.extend(alerts.iter().map(|alert| (*alert).clone()));
             }
-            Unit::Older {
-                position,
-                row,
-                fields,
-            } => {
-                merged.maybe_stale.push((*row).clone());
-                merged.maybe_stale_fields.push((*fields).clone());
-                merged.maybe_stale_origins.push(*position);
-            }
+            Unit::Older(older) => merged.maybe_stale.push((*older).clone()),
         }
     }
     merged
@@ -339,12 +317,15 @@ mod tests {
     #[test]
     fn message_units_carry_what_each_message_set() {
         let mut merged = batch();
-        merged.maybe_stale.push(row("1", 5));
-        merged.maybe_stale_fields.push(None);
-        merged.maybe_stale_origins.push(Position {
-            partition: 0,
-            offset: 4,
-        });
+        let older = OlderRow {
+            row: row("1", 5),
+            position: Position {
+                partition: 0,
+                offset: 4,
+            },
+            fields: None,
+        };
+        merged.maybe_stale.push(older.clone());
         let units = message_units(&merged);
         let summary: Vec<(i64, Micros, &str)> = units
             .iter()
@@ -359,7 +340,7 @@ mod tests {
                     history.observed_at,
                     if listing.is_some() { "current" } else { "stored" },
                 )),
-                Unit::Older { position, row, .. } => Some((position.offset, row.observed_at, "older")),
+                Unit::Older(older) => Some((older.position.offset, older.row.observed_at, "older")),
                 Unit::Event(_) => None,
             })
             .collect();
@@ -372,16 +353,9 @@ mod tests {
                 (4, 5, "older")
             ]
         );
-        let older = subset(&units[3..]);
-        assert_eq!(older.maybe_stale, [row("1", 5)]);
-        assert_eq!(
-            older.maybe_stale_origins,
-            [Position {
-                partition: 0,
-                offset: 4
-            }]
-        );
-        assert!(older.history.is_empty());
+        let alone = subset(&units[3..]);
+        assert_eq!(alone.maybe_stale, [older]);
+        assert!(alone.history.is_empty());
     }
 
     /// A refused event row points at the messages that set its text fields;

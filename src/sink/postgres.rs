@@ -115,11 +115,7 @@ pub(super) struct Merged {
     pub(super) origins: Vec<Position>,
     /// Rows of observations older than their listing's current state, in
     /// input order: epoch by epoch, and by position within an epoch.
-    pub(super) maybe_stale: Vec<ListingRow>,
-    /// The event fields each `maybe_stale` row carried (same index).
-    pub(super) maybe_stale_fields: Vec<Option<Box<EventFields>>>,
-    /// The input position of each `maybe_stale` row (same index).
-    pub(super) maybe_stale_origins: Vec<Position>,
+    pub(super) maybe_stale: Vec<OlderRow>,
     pub(super) listings: HashMap<ListingKey, ListingRow>,
     pub(super) events: HashMap<String, EventRow>,
     pub(super) alerts: Vec<Alert>,
@@ -131,6 +127,16 @@ pub(super) struct Merged {
     /// Each changed summary key's row after the epochs; `None`: delete it.
     pub(super) event_summaries: HashMap<EventCurrency, Option<EventSummary>>,
     pub(super) section_summaries: HashMap<SectionCurrency, Option<SectionSummary>>,
+}
+
+/// An observation older than its listing's current state (a `MaybeStale`
+/// record): its history row, its input position, and the event fields it
+/// carried.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct OlderRow {
+    pub(super) row: ListingRow,
+    pub(super) position: Position,
+    pub(super) fields: Option<Box<EventFields>>,
 }
 
 impl Merged {
@@ -167,7 +173,11 @@ impl Merged {
                     row,
                     position,
                     fields,
-                } => maybe_stale.push((position, row, fields)),
+                } => maybe_stale.push(OlderRow {
+                    row,
+                    position,
+                    fields,
+                }),
                 SinkRecord::Listing(row) => {
                     self.listings.insert(row.listing.clone(), row);
                 }
@@ -189,12 +199,8 @@ impl Merged {
             }
         }
         // Stable: two records at one position are one message delivered twice.
-        maybe_stale.sort_by_key(|(position, _, _)| *position);
-        for (position, row, fields) in maybe_stale {
-            self.maybe_stale.push(row);
-            self.maybe_stale_fields.push(fields);
-            self.maybe_stale_origins.push(position);
-        }
+        maybe_stale.sort_by_key(|older| older.position);
+        self.maybe_stale.append(&mut maybe_stale);
         rejected.sort_by_key(|record| record.position);
         self.rejected.append(&mut rejected);
         fold_changes(&mut self.event_summaries, event_summaries);
@@ -782,7 +788,7 @@ pub(super) async fn write_rows(
     let stale = if merged.maybe_stale.is_empty() {
         0
     } else {
-        insert_maybe_stale(transaction, &merged.maybe_stale, &merged.maybe_stale_fields).await?
+        insert_maybe_stale(transaction, &merged.maybe_stale).await?
     };
 
     if !merged.listings.is_empty() {
@@ -928,17 +934,13 @@ pub(super) async fn write_rows(
 /// of an identity wins, as SPEC §2's dedup asks. The rows it inserted are
 /// stale, and their event fields then count for `events`. Returns how many it
 /// inserted.
-async fn insert_maybe_stale(
-    transaction: &Transaction<'_>,
-    rows: &[ListingRow],
-    fields: &[Option<Box<EventFields>>],
-) -> Result<u64, WriteError> {
+async fn insert_maybe_stale(transaction: &Transaction<'_>, rows: &[OlderRow]) -> Result<u64, WriteError> {
     copy_listing_rows(
         transaction,
         "cannot copy into incoming_history",
         "COPY incoming_history FROM STDIN BINARY",
         true,
-        rows,
+        rows.iter().map(|older| &older.row),
     )
     .await?;
     let inserted = transaction
@@ -953,7 +955,7 @@ async fn insert_maybe_stale(
         .await
         .map_err(WriteError::at("cannot insert stale history rows"))?;
     let count = inserted.len() as u64;
-    if fields.iter().all(Option::is_none) {
+    if rows.iter().all(|older| older.fields.is_none()) {
         return Ok(count);
     }
     let inserted: HashSet<(ListingKey, Micros)> = inserted
@@ -972,7 +974,7 @@ async fn insert_maybe_stale(
             (listing, observed_at.timestamp_micros())
         })
         .collect();
-    let updates = stale_event_fields(rows, fields, &inserted);
+    let updates = stale_event_fields(rows, &inserted);
     apply_stale_event_fields(transaction, &updates).await?;
     Ok(count)
 }
@@ -992,8 +994,7 @@ struct StaleFields {
 /// update only takes a strictly more recent value: so the result is the same
 /// however the input is cut into commits (see `apply_stale_event_fields`).
 fn stale_event_fields(
-    rows: &[ListingRow],
-    fields: &[Option<Box<EventFields>>],
+    rows: &[OlderRow],
     inserted: &HashSet<(ListingKey, Micros)>,
 ) -> BTreeMap<String, StaleFields> {
     fn newer<V: Clone>(slot: &mut Option<(V, Micros)>, value: Option<&V>, at: Micros) {
@@ -1005,7 +1006,7 @@ fn stale_event_fields(
     }
     let mut seen: HashSet<(&ListingKey, Micros)> = HashSet::new();
     let mut updates: BTreeMap<String, StaleFields> = BTreeMap::new();
-    for (row, fields) in rows.iter().zip(fields) {
+    for OlderRow { row, fields, .. } in rows {
         let identity = (&row.listing, row.observed_at);
         if !seen.insert(identity) {
             continue;
@@ -1407,7 +1408,7 @@ mod tests {
             epoch: 2,
             records: vec![rejected(0, 8), stale(12, 400), rejected(0, 7), stale(10, 200)],
         });
-        let prices: Vec<i64> = merged.maybe_stale.iter().map(|row| row.price.0).collect();
+        let prices: Vec<i64> = merged.maybe_stale.iter().map(|older| older.row.price.0).collect();
         assert_eq!(
             prices,
             [100, 300, 200, 400],
@@ -1434,27 +1435,30 @@ mod tests {
                 ..EventFields::default()
             }))
         };
-        let rows = vec![
-            listing_row("a", 100, 5),
-            listing_row("a", 101, 5),
-            listing_row("b", 100, 9),
-            listing_row("c", 100, 7),
-            listing_row("d", 100, 7),
-            listing_row("e", 100, 3),
-        ];
-        let fields = vec![
-            venue("V5"),
-            venue("copy of a@5, a duplicate"),
-            named("b@9 was stored before, a duplicate"),
-            venue("V7"),
-            venue("V7 later"),
-            named("N3"),
-        ];
+        let rows: Vec<OlderRow> = [
+            (listing_row("a", 100, 5), venue("V5")),
+            (listing_row("a", 101, 5), venue("copy of a@5, a duplicate")),
+            (
+                listing_row("b", 100, 9),
+                named("b@9 was stored before, a duplicate"),
+            ),
+            (listing_row("c", 100, 7), venue("V7")),
+            (listing_row("d", 100, 7), venue("V7 later")),
+            (listing_row("e", 100, 3), named("N3")),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(offset, (row, fields))| OlderRow {
+            row,
+            position: at(0, offset as i64),
+            fields,
+        })
+        .collect();
         let inserted: HashSet<(ListingKey, Micros)> = [("a", 5), ("c", 7), ("d", 7), ("e", 3)]
             .into_iter()
             .map(|(seat, at)| (listing_row(seat, 0, at).listing, at))
             .collect();
-        let updates = stale_event_fields(&rows, &fields, &inserted);
+        let updates = stale_event_fields(&rows, &inserted);
         assert_eq!(
             updates,
             BTreeMap::from([(
