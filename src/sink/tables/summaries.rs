@@ -1,5 +1,11 @@
 //! The `event_summary` and `section_summary` tables: each changed key's new
 //! row upserted, or deleted when the key has no listing left.
+//!
+//! A key loses its last listing only when a listing changes currency, so most
+//! commits delete nothing: the `DELETE … USING` runs only when some key goes.
+//! The temporary table it joins has no statistics (autovacuum never analyses
+//! temporary tables), and PostgreSQL scanned the whole summary table for it at
+//! every commit: 1.5 s of a 100 000-listing replay's 79 commits.
 
 use tokio_postgres::types::Type;
 use tokio_postgres::Transaction;
@@ -39,11 +45,18 @@ pub(super) async fn write_summaries(
             }),
         )
         .await?;
+        if merged.event_summaries.values().any(Option::is_none) {
+            transaction
+                .batch_execute(
+                    "DELETE FROM event_summary s USING incoming_event_summary i
+                     WHERE NOT i.present AND s.event_id = i.event_id AND s.currency = i.currency",
+                )
+                .await
+                .map_err(WriteError::at("cannot delete from event_summary"))?;
+        }
         transaction
             .batch_execute(
-                "DELETE FROM event_summary s USING incoming_event_summary i
-                 WHERE NOT i.present AND s.event_id = i.event_id AND s.currency = i.currency;
-                 INSERT INTO event_summary (event_id, currency, listings, available, get_in_price)
+                "INSERT INTO event_summary (event_id, currency, listings, available, get_in_price)
                  SELECT event_id, currency, listings, available, get_in_price
                  FROM incoming_event_summary WHERE present
                  ON CONFLICT (event_id, currency) DO UPDATE SET
@@ -81,12 +94,19 @@ pub(super) async fn write_summaries(
                 }),
         )
         .await?;
+        if merged.section_summaries.values().any(Option::is_none) {
+            transaction
+                .batch_execute(
+                    "DELETE FROM section_summary s USING incoming_section_summary i
+                     WHERE NOT i.present AND s.event_id = i.event_id AND s.section = i.section
+                       AND s.currency = i.currency",
+                )
+                .await
+                .map_err(WriteError::at("cannot delete from section_summary"))?;
+        }
         transaction
             .batch_execute(
-                "DELETE FROM section_summary s USING incoming_section_summary i
-                 WHERE NOT i.present AND s.event_id = i.event_id AND s.section = i.section
-                   AND s.currency = i.currency;
-                 INSERT INTO section_summary (event_id, section, currency, available, low_price)
+                "INSERT INTO section_summary (event_id, section, currency, available, low_price)
                  SELECT event_id, section, currency, available, low_price
                  FROM incoming_section_summary WHERE present
                  ON CONFLICT (event_id, section, currency) DO UPDATE SET
