@@ -252,8 +252,10 @@ def world_section(report, world):
 
     limit_name = min(limits, key=limits.get)
     limit = limits[limit_name]
-    what = "min(broker read, COPY)" if len(limits) > 1 else "the COPY limit (no broker read: a file)"
-    print(f"  limit: {what} = the {limit_name} limit, {limit:.0f} msgs/s")
+    if len(limits) > 1:
+        print(f"  limit: min(broker read, COPY) = the {limit_name} limit, {limit:.0f} msgs/s")
+    else:
+        print(f"  limit: the {limit_name} limit, {limit:.0f} msgs/s (a file: no broker read)")
     for run in runs.values():
         total = per_million(total_cpu(run), run["messages"])
         print(f"  {run['label']}: {run['rate'] / limit * 100:.1f} % of the limit;"
