@@ -5,8 +5,9 @@
 //!
 //! ```text
 //! bench drain         --topic T                   a plain librdkafka consumer reads T to its end: msgs/s
-//! bench copy          --topic T --database-url U  T's valid, first-seen observations as price_history
-//!                     --table TBL                 rows, one binary COPY into TBL: rows/s, Postgres CPU
+//! bench copy          --topic T | --file F        T's (or the JSON-lines file F's) valid, first-seen
+//!                     --database-url U            observations as price_history rows, one binary
+//!                     --table TBL                 COPY into TBL: rows/s, Postgres CPU
 //! bench create-topic  --topic T --partitions P    creates T (--log-append-time: the broker stamps
 //!                     [--log-append-time]         every message with the time it appended it)
 //! bench alert-latency --alerts-topic A            tails A until --stop-file exists and A is read to its
@@ -20,6 +21,7 @@
 //! observation" mean here what they mean to the job.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -58,10 +60,13 @@ enum Command {
         #[arg(long)]
         topic: String,
     },
-    /// COPYs a topic's valid, first-seen observations into a table shaped like price_history.
+    /// COPYs a topic's (or a file's) valid, first-seen observations into a table shaped like price_history.
     Copy {
+        #[arg(long, required_unless_present = "file", conflicts_with = "file")]
+        topic: Option<String>,
+        /// JSON lines, one message a line, as `conscope run --input-file` reads them.
         #[arg(long)]
-        topic: String,
+        file: Option<PathBuf>,
         #[arg(long)]
         database_url: String,
         #[arg(long)]
@@ -97,9 +102,17 @@ fn main() -> anyhow::Result<()> {
         Command::Drain { topic } => drain(&cli.brokers, &topic)?,
         Command::Copy {
             topic,
+            file,
             database_url,
             table,
-        } => copy(&cli.brokers, &topic, &database_url, &table)?,
+        } => {
+            let input = match (topic, file) {
+                (_, Some(file)) => CopyInput::File(file),
+                (Some(topic), None) => CopyInput::Topic(topic),
+                (None, None) => bail!("bench copy needs --topic or --file"),
+            };
+            copy(&cli.brokers, &input, &database_url, &table)?
+        }
         Command::CreateTopic {
             topic,
             partitions,
@@ -220,19 +233,57 @@ fn drain(brokers: &str, topic: &str) -> anyhow::Result<serde_json::Value> {
 /// An observation's identity: its listing and `observed_at`.
 type Identity = (ListingKey, Micros);
 
-fn copy(brokers: &str, topic: &str, database_url: &str, table: &str) -> anyhow::Result<serde_json::Value> {
-    let consumer = consumer(brokers)?;
+/// Where `bench copy` reads its messages.
+enum CopyInput {
+    Topic(String),
+    File(PathBuf),
+}
+
+/// Hands every line of `path` (without its `\n`) to `each`, as the job's
+/// `--input-file` source reads them: one message a line.
+fn read_lines(path: &std::path::Path, mut each: impl FnMut(&[u8])) -> anyhow::Result<()> {
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let read = reader
+            .read_until(b'\n', &mut line)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if read == 0 {
+            return Ok(());
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        each(&line);
+    }
+}
+
+fn copy(
+    brokers: &str,
+    input: &CopyInput,
+    database_url: &str,
+    table: &str,
+) -> anyhow::Result<serde_json::Value> {
     let started = Instant::now();
-    let ends = assign_all(&consumer, topic)?;
     let (mut messages, mut rejected) = (0_u64, 0_u64);
     let mut observations: Vec<Observation> = Vec::new();
-    read_to(&consumer, ends, |message| {
+    let mut take = |payload: Option<&[u8]>| {
         messages += 1;
-        match message.payload().map(parse_observation) {
+        match payload.map(parse_observation) {
             Some(Ok(observation)) => observations.push(observation),
             _ => rejected += 1,
         }
-    })?;
+    };
+    match input {
+        CopyInput::Topic(topic) => {
+            let consumer = consumer(brokers)?;
+            let ends = assign_all(&consumer, topic)?;
+            read_to(&consumer, ends, |message| take(message.payload()))?;
+        }
+        CopyInput::File(path) => read_lines(path, |line| take(Some(line)))?,
+    }
     // First seen wins, as in the job; later copies are duplicates.
     let mut seen: HashSet<(&ListingKey, Micros)> = HashSet::with_capacity(observations.len());
     let rows: Vec<&Observation> = observations

@@ -1,26 +1,52 @@
 #!/usr/bin/env bash
 # Benchmark: conscope against what the broker and PostgreSQL can do on their
 # own and against the Python storage consumer it replaces, plus produce -> row
-# and produce -> alert latency under a steady load. Everything is measured in
-# this run on this machine and printed as one report; nothing in it is
-# hard-coded.
+# and produce -> alert latency under a steady load, in up to three worlds of
+# different sizes side by side. Everything is measured in this run on this
+# machine and printed as one report; nothing in it is hard-coded.
 #
-#   scripts/bench.sh [--count N] [--baseline-count M] [--partitions P]
+#   scripts/bench.sh [--worlds small,100k,1m] [--count N] [--file-count F]
+#                    [--keep-file] [--baseline-count M] [--partitions P]
 #                    [--latency-rate R] [--latency-seconds S]
-#                    [--latency-epoch-ms MS] [--no-python] [--stall-timeout S]
+#                    [--latency-epoch-ms MS] [--latency-worlds small,100k]
+#                    [--no-latency] [--no-python] [--stall-timeout S]
 #                    [--broker-port PORT]
 #
-#   --count N            messages of the throughput runs (default 1000000)
+# Worlds (conscope produce's knobs; each world is replayed with seed 1):
+#   small  the generator's default world: 50 events x 40 listings = 2,000
+#          listings, N messages from Kafka (what this benchmark measured first)
+#   100k   2,500 events x 40 listings = 100,000 listings, N messages from Kafka:
+#          --sections-per-event 8 --pick uniform --step-pct=-8,5
+#          --duplicate-rate 0.02 --malformed-rate 0.005 (about 10 observations a
+#          listing at 1M messages, one in five a >= 5 % listing drop)
+#   1m     25,000 events x 40 listings = 1,000,000 listings, the 100k world's
+#          knobs, F messages from a FILE (conscope produce --output FILE,
+#          conscope run --input-file FILE --exit-at-end): no broker read, so its
+#          limit is the COPY limit alone
+#
+#   --worlds LIST        comma-separated worlds to run, in this order (default
+#                        small,100k,1m)
+#   --count N            messages of the Kafka worlds' throughput runs (default
+#                        1000000)
+#   --file-count F       messages of the file world (default 10000000; the file
+#                        is about 250 bytes a message)
+#   --keep-file          keep the file world's input file in the results
+#                        directory (default: removed when the script ends; the
+#                        same flags and seed make it again byte for byte)
 #   --baseline-count M   messages for the Python consumer (default 20000: it commits
 #                        one transaction per message, so it is slow); it and
 #                        conscope then run on the same M-message topic, the first
-#                        M messages of the same generator (seed 1). M = N: the
-#                        Python consumer reads the main topic itself
+#                        M messages of the small world (seed 1). M = N: the
+#                        Python consumer reads the small world's topic itself.
+#                        Runs only when the small world does
 #   --partitions P       partitions of the input topics (default 4)
-#   --latency-rate R     messages/s of the latency run's producer (default 20000)
+#   --latency-rate R     messages/s of the latency runs' producer (default 20000)
 #   --latency-seconds S  how long it produces (default 60)
-#   --latency-epoch-ms MS  the latency run's --epoch-ms (default: the job's own,
+#   --latency-epoch-ms MS  the latency runs' --epoch-ms (default: the job's own,
 #                        100): how often it commits, which bounds its latency
+#   --latency-worlds LIST  Kafka worlds whose latency is measured (default
+#                        small,100k; only those also in --worlds run)
+#   --no-latency         skip the latency runs
 #   --no-python          skip the Python baseline (and its venv)
 #   --stall-timeout S    fail a conscope run whose metrics show no progress for
 #                        S seconds (default 300): a benchmark never hangs
@@ -32,56 +58,80 @@
 #                        environment). A fresh broker measures away from other
 #                        clients' topics and load.
 #
+# A quick run (a few minutes): scripts/bench.sh --no-python --count 20000
+#   --file-count 50000 --latency-seconds 5
+#
 # Steps (each one failing stops the script with a non-zero status):
 #   1. scripts/stack-up.sh (Postgres + Apache Kafka), cargo build --release of
 #      conscope and of examples/bench.rs (the measuring tools); both binaries are
 #      copied into the results directory, so a rebuild by someone else during the
 #      run cannot change what is measured.
-#   2. conscope produce N messages (seed 1) to a fresh topic bench_<ts>.
-#   3. broker read limit: `bench drain`, a plain librdkafka consumer, reads the
-#      topic from start to end.
-#   4. COPY limit: `bench copy` parses the topic with conscope's parser, keeps the
-#      rows conscope stores in price_history (valid, first of their identity) and
-#      COPYs them (binary, one statement) into a fresh table shaped like
-#      price_history (same columns, primary key and defaults) in database
-#      bench_<ts>_copy; Postgres CPU over the COPY alone.
+#   Then, for each world W of --worlds (steps 2-6):
+#   2. conscope produce (seed 1, the world's knobs): a Kafka world's N messages
+#      to a fresh topic bench_<ts>_W, the file world's F messages to W.jsonl in
+#      the results directory.
+#   3. broker read limit (Kafka worlds): `bench drain`, a plain librdkafka
+#      consumer, reads the topic from start to end.
+#   4. COPY limit: `bench copy` parses the topic (or the file: `bench copy
+#      --file`) with conscope's parser, keeps the rows conscope stores in
+#      price_history (valid, first of their identity) and COPYs them (binary,
+#      one statement) into a fresh table shaped like price_history (same
+#      columns, primary key and defaults) in database bench_<ts>_W_copy;
+#      Postgres CPU over the COPY alone.
 #   5. rules: six alert rules derived from those rows (the busiest events, three
 #      whole-event, three on one section, at a low percentile of their prices),
-#      added to every conscope database below before its run.
-#   6. conscope run --exit-at-end -w 1, then -w 2, over the topic, each into a
-#      fresh database bench_<ts>_w1 / _w2: its `summary:` line (rate, alerts,
-#      publish lag, peak RSS), /usr/bin/time -v (CPU, max RSS), and the CPU of
-#      every postgres process (from /proc) before and after.
-#   7. Python baseline (../shared/peers/python_storage_consumer.py beside the
-#      repository, or beside its main checkout for a git worktree) on M messages into bench_<ts>_py, and conscope -w 1
-#      and -w 2 on the same topic (when M < N) into bench_<ts>_base_w1 / _w2.
-#   8. latency: fresh topic bench_<ts>_lat, its alerts topic created with
+#      added to every conscope database of the world before its run.
+#   6. conscope run --exit-at-end -w 1, then -w 2, over the topic (or
+#      --input-file), each into a fresh database bench_<ts>_W_w1 / _w2: its
+#      `summary:` line (rate, alerts, publish lag, peak RSS), /usr/bin/time -v
+#      (CPU, max RSS), and the CPU of every postgres process (from /proc)
+#      before and after.
+#   7. Python baseline (with the small world; ../shared/peers/python_storage_consumer.py
+#      beside the repository, or beside its main checkout for a git worktree) on
+#      M messages into bench_<ts>_py, and conscope -w 1 and -w 2 on the same
+#      topic (when M < N) into bench_<ts>_base_w1 / _w2.
+#   8. latency, for each world of --latency-worlds: fresh topic
+#      bench_<ts>_W_lat, its alerts topic created with
 #      message.timestamp.type=LogAppendTime (the broker stamps each alert with
 #      the time it appended it), conscope run -w 2 as a service (no
-#      --exit-at-end) into bench_<ts>_lat, and `bench alert-latency` tailing the
-#      alerts; then conscope produce at R msgs/s for S seconds. Once every
-#      message is committed and every alert published: produce -> row committed
-#      p50/p99 from the job's own metrics (commit time minus each message's Kafka
-#      timestamp), produce -> alert on the topic p50/p99 (the alert's append time
-#      minus the Kafka timestamp of the message that triggered it, found in the
-#      input topic by the alert's listing and observed_at).
-#   9. scripts/bench_report.py prints the report (tables, ratios, targets).
+#      --exit-at-end) into bench_<ts>_W_lat with the world's rules, and `bench
+#      alert-latency` tailing the alerts; then conscope produce (the world's
+#      knobs) at R msgs/s for S seconds. Once every message is committed and
+#      every alert published: produce -> row committed p50/p99 from the job's
+#      own metrics (commit time minus each message's Kafka timestamp), produce
+#      -> alert on the topic p50/p99 (the alert's append time minus the Kafka
+#      timestamp of the message that triggered it, found in the input topic by
+#      the alert's listing and observed_at).
+#   9. scripts/bench_report.py prints the report: per world the limits, -w 1
+#      next to -w 2 and the speed-up, the ratio to the lower limit and issue
+#      13's targets with meets/BELOW verdicts (100k at -w 2: >= 70 % of
+#      min(broker read, COPY), <= 15 CPU-s per 1M messages conscope + Postgres,
+#      <= 300 MB peak RSS, -w 2 >= 1.3x -w 1; 1m at -w 2: >= 50k msgs/s, <= 20
+#      CPU-s per 1M, <= 600 MB; MB = 10^6 bytes), the Python comparison, the
+#      latency lines (p99 < 250 ms) and a summary table across the worlds.
 #
 # The Python consumer needs confluent-kafka, psycopg[binary] and psycopg_pool:
 # they are installed into a venv, $CONSCOPE_STACK_DIR/bench-venv (default
 # .stack/bench-venv), the first time, and reused afterwards.
 #
-# Everything stays: topics, databases and the results directory
-# .stack/bench/<ts>/ (raw outputs of every step, manifest, report.txt). The last
-# lines print how to drop the databases. The machine's other load is not
-# controlled: the report prints the load average around every run, and the
-# Postgres CPU figures count every postgres process, other clients' included.
+# Everything but the file world's input file stays: topics, databases and the
+# results directory .stack/bench/<ts>/ (raw outputs of every step, manifest,
+# report.txt). The last lines print how to drop the databases. Every process
+# the script starts is stopped when it ends, however it ends. The machine's
+# other load is not controlled: the report prints the load average around every
+# run, and the Postgres CPU figures count every postgres process, other
+# clients' included.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$CONSCOPE_ROOT"
 
 count=1000000
+file_count=10000000
+keep_file=false
+worlds="small,100k,1m"
+latency_worlds="small,100k"
+latency=true
 baseline_count=20000
 partitions=4
 latency_rate=20000
@@ -91,12 +141,17 @@ python=true
 stall_timeout=300
 while (($#)); do
     case "$1" in
+    --worlds) worlds="${2:-}" && shift 2 ;;
     --count) count="${2:-}" && shift 2 ;;
+    --file-count) file_count="${2:-}" && shift 2 ;;
+    --keep-file) keep_file=true && shift ;;
     --baseline-count) baseline_count="${2:-}" && shift 2 ;;
     --partitions) partitions="${2:-}" && shift 2 ;;
     --latency-rate) latency_rate="${2:-}" && shift 2 ;;
     --latency-seconds) latency_seconds="${2:-}" && shift 2 ;;
     --latency-epoch-ms) latency_epoch_ms="${2:-}" && shift 2 ;;
+    --latency-worlds) latency_worlds="${2:-}" && shift 2 ;;
+    --no-latency) latency=false && shift ;;
     --no-python) python=false && shift ;;
     --stall-timeout) stall_timeout="${2:-}" && shift 2 ;;
     --broker-port) CONSCOPE_BROKER_PORT="${2:-}" && shift 2 ;;
@@ -104,11 +159,65 @@ while (($#)); do
     *) die "unknown argument $1 (see $0 --help)" ;;
     esac
 done
-for value in "$count" "$baseline_count" "$partitions" "$latency_rate" "$latency_seconds" \
+for value in "$count" "$file_count" "$baseline_count" "$partitions" "$latency_rate" "$latency_seconds" \
     "$stall_timeout" "$CONSCOPE_BROKER_PORT" ${latency_epoch_ms:+"$latency_epoch_ms"}; do
     [[ "$value" =~ ^[1-9][0-9]*$ ]] || die "counts, rates, seconds and ports must be positive integers, got '$value'"
 done
 ((baseline_count <= count)) || die "--baseline-count ($baseline_count) must not exceed --count ($count)"
+
+# world_knobs WORLD: conscope produce's arguments that make WORLD (one a line).
+world_knobs() {
+    local large=(--listings-per-event 40 --sections-per-event 8 --pick uniform --step-pct=-8,5
+        --duplicate-rate 0.02 --malformed-rate 0.005)
+    case "$1" in
+    small) ;;
+    100k) printf '%s\n' --events 2500 "${large[@]}" ;;
+    1m) printf '%s\n' --events 25000 "${large[@]}" ;;
+    *) return 1 ;;
+    esac
+}
+# world_source WORLD: where WORLD's messages come from (kafka or file).
+world_source() {
+    case "$1" in
+    1m) echo file ;;
+    *) echo kafka ;;
+    esac
+}
+# world_count WORLD: how many messages WORLD's throughput runs replay.
+world_count() {
+    case "$(world_source "$1")" in
+    file) echo "$file_count" ;;
+    *) echo "$count" ;;
+    esac
+}
+# A comma-separated list of known worlds, each once, into the named array.
+parse_worlds() {
+    local -n into="$2"
+    local world listed=()
+    into=()
+    IFS=',' read -r -a listed <<<"$1"
+    ((${#listed[@]})) || die "no world in '$1'"
+    for world in "${listed[@]}"; do
+        world_knobs "$world" >/dev/null || die "unknown world '$world' (small, 100k or 1m)"
+        [[ " ${into[*]} " != *" $world "* ]] || die "world $world listed twice in '$1'"
+        into+=("$world")
+    done
+}
+parse_worlds "$worlds" world_list
+parse_worlds "$latency_worlds" latency_listed
+latency_list=()
+if [[ "$latency" == true ]]; then
+    for world in "${latency_listed[@]}"; do
+        [[ "$(world_source "$world")" == kafka ]] || die "--latency-worlds: $world is replayed from a file, not from Kafka"
+        [[ " ${world_list[*]} " == *" $world "* ]] && latency_list+=("$world")
+    done
+fi
+with_small=false
+[[ " ${world_list[*]} " == *" small "* ]] && with_small=true
+if [[ "$python" == true && "$with_small" == false ]]; then
+    log "no small world in --worlds: no Python baseline"
+    python=false
+fi
 export CONSCOPE_BROKER_PORT # scripts/stack-up.sh reads it
 
 # The Python baseline sits beside the repository; a git worktree looks beside
@@ -127,7 +236,6 @@ for tool in cargo psql python3; do
 done
 
 stamp="$(date +%Y%m%d_%H%M%S)"
-topic="bench_$stamp"
 brokers="127.0.0.1:$CONSCOPE_BROKER_PORT"
 pg="postgres://$PGUSER_DEFAULT@$PGHOST_DEFAULT:$PGPORT_DEFAULT"
 results="$CONSCOPE_STACK_DIR/bench/$stamp"
@@ -150,6 +258,14 @@ fact() { printf '%s=%s\n' "$1" "$2" >>"$manifest"; }
 
 fact started "$(date -Is)"
 fact count "$count"
+fact file_count "$file_count"
+fact worlds "$(IFS=,; echo "${world_list[*]}")"
+fact latency_worlds "$(IFS=,; echo "${latency_list[*]}")"
+for world in "${world_list[@]}"; do
+    fact "world_${world}_source" "$(world_source "$world")"
+    fact "world_${world}_count" "$(world_count "$world")"
+    fact "world_${world}_knobs" "$(world_knobs "$world" | tr '\n' ' ' | sed 's/ $//')"
+done
 fact baseline_count "$baseline_count"
 fact partitions "$partitions"
 fact latency_rate "$latency_rate"
@@ -190,13 +306,18 @@ fact binary "$bin ($("$bin" --version), sha256 $(sha256sum "$bin" | cut -c1-12))
 # Processes this script started and has not stopped yet: stopped when it ends
 # early (an error, Ctrl-C, TERM), so nothing outlives the benchmark.
 running=()
+# Files removed when the script ends (the file world's input, unless --keep-file).
+scratch=()
 on_exit() {
-    local pid
+    local pid file
     for pid in "${running[@]}"; do
         if kill -0 "$pid" 2>/dev/null; then
             log "stopping pid $pid"
             stop_tree "$pid"
         fi
+    done
+    for file in "${scratch[@]}"; do
+        rm -f "$file"
     done
 }
 trap on_exit EXIT
@@ -244,7 +365,7 @@ fresh_database() {
         { tail -n 20 "$results/$1.migrate.log" >&2; die "migrate $1 failed"; }
 }
 
-# add_rules DATABASE: the benchmark's rules (step 5) into DATABASE.
+# add_rules DATABASE WORLD: WORLD's rules (step 5) into DATABASE.
 add_rules() {
     local event section currency price
     while IFS='|' read -r event section currency price; do
@@ -253,7 +374,7 @@ add_rules() {
         "$bin" rules add --database-url "$pg/$1" --event "$event" "${scope[@]}" \
             --currency "$currency" --max-price "$price" >>"$results/$1.rules.log" 2>&1 ||
             { tail -n 20 "$results/$1.rules.log" >&2; die "rules add into $1 failed"; }
-    done <"$results/rules.txt"
+    done <"$results/rules_$2.txt"
 }
 
 # produce NAME TOPIC COUNT [ARGS...]: the mock producer, seed 1, under measure;
@@ -265,9 +386,7 @@ produce() {
         measure "$name" 0 "$bin" produce --brokers "$brokers" --topic "$to" --partitions "$partitions" \
         --count "$n" --seed 1 "$@"
     local line
-    line="$(grep -E '^produced ' "$results/$name.out" | tail -n 1)"
-    [[ -n "$line" ]] || die "the producer printed no 'produced ...' line (see $results/$name.out)"
-    log "$line"
+    line="$(produced_line "$name")"
     if ! [[ "$line" =~ \ ([0-9]+)\ delivered,\ 0\ failed ]] || ((BASH_REMATCH[1] != n)); then
         die "not every message was delivered: $line"
     fi
@@ -275,6 +394,30 @@ produce() {
     held="$(messages_in "$to")"
     ((held == n)) || die "topic $to holds $held messages, expected $n"
     fact "produce_$name" "$line"
+}
+
+# produced_line NAME: the producer's 'produced ...' line of step NAME, logged.
+produced_line() {
+    local line
+    line="$(grep -E '^produced ' "$results/$1.out" | tail -n 1)"
+    [[ -n "$line" ]] || die "the producer printed no 'produced ...' line (see $results/$1.out)"
+    log "$line"
+    echo "$line"
+}
+
+# produce_file NAME FILE COUNT [ARGS...]: the mock producer, seed 1, writing
+# COUNT JSON lines to FILE under measure; checks the file holds COUNT lines.
+produce_file() {
+    local name="$1" to="$2" n="$3"
+    shift 3
+    [[ "$keep_file" == true ]] || scratch+=("$to")
+    phase "produce $n messages to $to (seed 1${*:+, $*})" \
+        measure "$name" 0 "$bin" produce --output "$to" --count "$n" --seed 1 "$@"
+    local line held
+    line="$(produced_line "$name")"
+    held="$(wc -l <"$to")"
+    ((held == n)) || die "$to holds $held lines, expected $n"
+    fact "produce_$name" "$line; $(du -h "$to" | cut -f1)"
 }
 
 # postgres_ticks: CPU clock ticks every postgres process has used so far.
@@ -367,48 +510,55 @@ measure() {
     fi
 }
 
-# conscope_run NAME TOPIC WORKERS: conscope run --exit-at-end into a fresh
-# database bench_<ts>_NAME (with the rules) with its own alerts/DLQ topics and group.
+# conscope_run NAME WORLD SOURCE WORKERS: conscope run --exit-at-end over
+# SOURCE (a topic, or file:PATH) into a fresh database bench_<ts>_NAME (with
+# WORLD's rules) with its own alerts/DLQ topics and group.
 conscope_run() {
-    local name="$1" from_topic="$2" workers="$3"
-    local db="bench_${stamp}_$name"
+    local name="$1" world="$2" from="$3" workers="$4"
+    local db="bench_${stamp}_$name" input
     fresh_database "$db"
-    add_rules "$db"
-    phase "conscope run -w $workers --exit-at-end over $from_topic into $db" \
+    add_rules "$db" "$world"
+    case "$from" in
+    file:*) input=(--input-file "${from#file:}") ;;
+    *) input=(--input-topic "$from" --from earliest) ;;
+    esac
+    phase "conscope run -w $workers --exit-at-end over $from into $db" \
         measure "$name" 1 "$bin" run --brokers "$brokers" --database-url "$pg/$db" \
-        --input-topic "$from_topic" --alerts-topic "$db.alerts" --dlq-topic "$db.dlq" \
-        --group-id "$db" --exit-at-end --from earliest -w "$workers"
+        "${input[@]}" --alerts-topic "$db.alerts" --dlq-topic "$db.dlq" \
+        --group-id "$db" --exit-at-end -w "$workers"
     local summary
     summary="$(grep -E '^summary: ' "$results/$name.out" | tail -n 1)"
     [[ -n "$summary" ]] || die "conscope run printed no 'summary:' line (see $results/$name.out)"
     log "$summary"
-    fact "topic_$name" "$from_topic"
+    fact "topic_$name" "$from"
     fact "database_$name" "$db"
 }
 
-# --- 2-4. the topic, and what the broker and Postgres do on their own ----------
+# --- 2-6. per world: its input, the broker and COPY limits, rules, conscope ------
 
-produce main "$topic" "$count"
+# copy_limit WORLD SOURCE...: step 4, `bench copy` over SOURCE (--topic T or
+# --file F) into bench_<ts>_WORLD_copy.copy_rows, and the listings it holds.
+copy_limit() {
+    local world="$1"
+    shift
+    local copy_db="bench_${stamp}_${world}_copy"
+    fresh_database "$copy_db"
+    psql_admin -d "$copy_db" -qc "CREATE TABLE copy_rows (LIKE price_history INCLUDING ALL)"
+    phase "COPY limit ($world): $* as price_history rows into $copy_db.copy_rows" \
+        measure "${world}_copy" 0 "$tool" --brokers "$brokers" copy "$@" \
+        --database-url "$pg/$copy_db" --table copy_rows
+    log "copy: $(tail -n 1 "$results/${world}_copy.out")"
+    fact "listings_$world" "$(psql_admin -d "$copy_db" -tAc \
+        'SELECT count(*) FROM (SELECT DISTINCT event_id, section, "row", seat, source FROM copy_rows) AS listing')"
+}
 
-phase "broker read limit: plain librdkafka consumer over $topic" \
-    measure drain 0 "$tool" --brokers "$brokers" drain --topic "$topic"
-log "drain: $(tail -n 1 "$results/drain.out")"
-
-copy_db="bench_${stamp}_copy"
-fresh_database "$copy_db"
-psql_admin -d "$copy_db" -qc "CREATE TABLE copy_rows (LIKE price_history INCLUDING ALL)"
-phase "COPY limit: $topic's price_history rows into $copy_db.copy_rows" \
-    measure copy 0 "$tool" --brokers "$brokers" copy --topic "$topic" \
-    --database-url "$pg/$copy_db" --table copy_rows
-log "copy: $(tail -n 1 "$results/copy.out")"
-
-# --- 5. rules ------------------------------------------------------------------
-
-# The six busiest (event, currency) pairs among available observations: the
-# first three get a whole-event rule at the 2nd percentile of their prices, the
-# last three a rule on their busiest section at its 10th percentile, so rules
-# fire and re-arm during the runs.
-psql_admin -d "$copy_db" -tA -F '|' >"$results/rules.txt" <<'SQL'
+# derive_rules WORLD: step 5. The six busiest (event, currency) pairs among
+# available observations: the first three get a whole-event rule at the 2nd
+# percentile of their prices, the last three a rule on their busiest section at
+# its 10th percentile, so rules fire and re-arm during the runs.
+derive_rules() {
+    local copy_db="bench_${stamp}_$1_copy" rules="$results/rules_$1.txt"
+    psql_admin -d "$copy_db" -tA -F '|' >"$rules" <<'SQL'
 WITH busiest AS (
     SELECT event_id, currency, row_number() OVER (ORDER BY count(*) DESC, event_id, currency) AS rank
     FROM copy_rows WHERE available GROUP BY event_id, currency
@@ -429,16 +579,46 @@ JOIN copy_rows c ON c.event_id = b.event_id AND c.currency = b.currency AND c.av
 GROUP BY b.rank, b.event_id, s.section, b.currency
 ORDER BY b.rank
 SQL
-rule_count="$(grep -c . "$results/rules.txt" || true)"
-((rule_count > 0)) || die "no rules could be derived from $copy_db.copy_rows"
-fact rules "$rule_count"
-log "rules for every conscope run (event|section|currency|max_price):"
-sed 's/^/    /' "$results/rules.txt" >&2
+    local rule_count
+    rule_count="$(grep -c . "$rules" || true)"
+    ((rule_count > 0)) || die "no rules could be derived from $copy_db.copy_rows"
+    fact "rules_$1" "$rule_count"
+    log "rules for every conscope run of world $1 (event|section|currency|max_price):"
+    sed 's/^/    /' "$rules" >&2
+}
 
-# --- 6. conscope on N messages -------------------------------------------------
+# run_world WORLD: steps 2-6 for WORLD.
+run_world() {
+    local world="$1" n knobs source
+    n="$(world_count "$world")"
+    source="$(world_source "$world")"
+    mapfile -t knobs < <(world_knobs "$world")
+    if [[ "$source" == file ]]; then
+        local file="$results/$world.jsonl"
+        produce_file "$world" "$file" "$n" "${knobs[@]}"
+        copy_limit "$world" --file "$file"
+        derive_rules "$world"
+        conscope_run "${world}_w1" "$world" "file:$file" 1
+        conscope_run "${world}_w2" "$world" "file:$file" 2
+        if [[ "$keep_file" != true ]]; then
+            rm -f "$file"
+        fi
+    else
+        local topic="bench_${stamp}_$world"
+        produce "$world" "$topic" "$n" "${knobs[@]}"
+        phase "broker read limit ($world): plain librdkafka consumer over $topic" \
+            measure "${world}_drain" 0 "$tool" --brokers "$brokers" drain --topic "$topic"
+        log "drain: $(tail -n 1 "$results/${world}_drain.out")"
+        copy_limit "$world" --topic "$topic"
+        derive_rules "$world"
+        conscope_run "${world}_w1" "$world" "$topic" 1
+        conscope_run "${world}_w2" "$world" "$topic" 2
+    fi
+}
 
-conscope_run w1 "$topic" 1
-conscope_run w2 "$topic" 2
+for world in "${world_list[@]}"; do
+    run_world "$world"
+done
 
 # --- 7. the Python baseline, and conscope on its topic --------------------------
 
@@ -460,10 +640,12 @@ if [[ "$python" == true ]]; then
     fi
     fact python "$("$venv/bin/python" -c 'import sys, confluent_kafka, psycopg; print("Python", sys.version.split()[0], "confluent-kafka", confluent_kafka.version()[0], "librdkafka", confluent_kafka.libversion()[0], "psycopg", psycopg.__version__)')"
 
-    base_topic="$topic"
+    small_topic="bench_${stamp}_small"
+    base_topic="$small_topic"
     if ((baseline_count < count)); then
         base_topic="bench_${stamp}_base"
-        produce base "$base_topic" "$baseline_count"
+        mapfile -t small_knobs < <(world_knobs small)
+        produce base "$base_topic" "$baseline_count" "${small_knobs[@]}"
     fi
     py_db="bench_${stamp}_py"
     py_schema="bench_py_$stamp"
@@ -476,91 +658,103 @@ if [[ "$python" == true ]]; then
         "$brokers" "$base_topic" "$pg/$py_db" "$py_schema" "$baseline_count"
     log "python: $(grep -E '^\{.*"msgs_per_s"' "$results/py.out" | tail -n 1)"
     fact topic_py "$base_topic"
-    if [[ "$base_topic" != "$topic" ]]; then
-        conscope_run base_w1 "$base_topic" 1
-        conscope_run base_w2 "$base_topic" 2
+    if [[ "$base_topic" != "$small_topic" ]]; then
+        conscope_run base_w1 small "$base_topic" 1
+        conscope_run base_w2 small "$base_topic" 2
     fi
 fi
 
 # --- 8. latency under a steady load ---------------------------------------------
 
-lat_topic="bench_${stamp}_lat"
-lat_db="bench_${stamp}_lat"
-lat_count=$((latency_rate * latency_seconds))
-"$tool" --brokers "$brokers" create-topic --topic "$lat_topic" --partitions "$partitions" >/dev/null
-"$tool" --brokers "$brokers" create-topic --topic "$lat_db.alerts" --partitions "$partitions" \
-    --log-append-time >/dev/null
-fresh_database "$lat_db"
-add_rules "$lat_db"
-fact topic_lat "$lat_topic"
-fact database_lat "$lat_db"
+# latency_run WORLD: step 8 for WORLD.
+latency_run() {
+    local world="$1" knobs
+    mapfile -t knobs < <(world_knobs "$world")
+    local name="${world}_lat"
+    local lat_topic="bench_${stamp}_$name" lat_db="bench_${stamp}_$name"
+    local lat_count=$((latency_rate * latency_seconds))
+    local run_err="$results/${name}_run.err"
+    "$tool" --brokers "$brokers" create-topic --topic "$lat_topic" --partitions "$partitions" >/dev/null
+    "$tool" --brokers "$brokers" create-topic --topic "$lat_db.alerts" --partitions "$partitions" \
+        --log-append-time >/dev/null
+    fresh_database "$lat_db"
+    add_rules "$lat_db" "$world"
+    fact "topic_$name" "$lat_topic"
+    fact "database_$name" "$lat_db"
 
-log "latency: starting conscope run -w 2 as a service over $lat_topic into $lat_db"
-epoch_args=()
-[[ -n "$latency_epoch_ms" ]] && epoch_args=(--epoch-ms "$latency_epoch_ms")
-# There before job_ready first reads it.
-: >"$results/lat_run.err"
-"$bin" run --brokers "$brokers" --database-url "$pg/$lat_db" --input-topic "$lat_topic" \
-    --alerts-topic "$lat_db.alerts" --dlq-topic "$lat_db.dlq" --group-id "$lat_db" \
-    --from earliest -w 2 --metrics-interval 1 "${epoch_args[@]}" \
-    >"$results/lat_run.out" 2>"$results/lat_run.err" &
-lat_pid=$!
-running+=("$lat_pid")
-# Ready: every partition assigned and a first metrics line out (or it ended).
-job_ready() {
-    ! kill -0 "$lat_pid" 2>/dev/null || {
-        (($(grep -c 'assigned partition' "$results/lat_run.err") >= partitions)) &&
-            [[ -n "$(latest_metrics "$results/lat_run.err")" ]]
+    log "latency ($world): starting conscope run -w 2 as a service over $lat_topic into $lat_db"
+    local epoch_args=()
+    [[ -n "$latency_epoch_ms" ]] && epoch_args=(--epoch-ms "$latency_epoch_ms")
+    # There before job_ready first reads it.
+    : >"$run_err"
+    "$bin" run --brokers "$brokers" --database-url "$pg/$lat_db" --input-topic "$lat_topic" \
+        --alerts-topic "$lat_db.alerts" --dlq-topic "$lat_db.dlq" --group-id "$lat_db" \
+        --from earliest -w 2 --metrics-interval 1 "${epoch_args[@]}" \
+        >"$results/${name}_run.out" 2>"$run_err" &
+    local lat_pid=$!
+    running+=("$lat_pid")
+    # Ready: every partition assigned and a first metrics line out (or it ended).
+    job_ready() {
+        ! kill -0 "$lat_pid" 2>/dev/null || {
+            (($(grep -c 'assigned partition' "$run_err") >= partitions)) &&
+                [[ -n "$(latest_metrics "$run_err")" ]]
+        }
     }
-}
-if ! wait_for 120 "conscope to assign its partitions" job_ready || ! kill -0 "$lat_pid" 2>/dev/null; then
-    tail -n 30 "$results/lat_run.err" >&2
-    die "conscope run did not start (see $results/lat_run.err)"
-fi
+    if ! wait_for 120 "conscope to assign its partitions" job_ready || ! kill -0 "$lat_pid" 2>/dev/null; then
+        tail -n 30 "$run_err" >&2
+        die "conscope run did not start (see $run_err)"
+    fi
 
-"$tool" --brokers "$brokers" alert-latency --alerts-topic "$lat_db.alerts" --input-topic "$lat_topic" \
-    --stop-file "$results/lat_alerts.stop" >"$results/lat_alerts.out" 2>"$results/lat_alerts.err" &
-alerts_pid=$!
-running+=("$alerts_pid")
-sleep 2
+    "$tool" --brokers "$brokers" alert-latency --alerts-topic "$lat_db.alerts" --input-topic "$lat_topic" \
+        --stop-file "$results/${name}_alerts.stop" \
+        >"$results/${name}_alerts.out" 2>"$results/${name}_alerts.err" &
+    local alerts_pid=$!
+    running+=("$alerts_pid")
+    sleep 2
 
-job_ticks_before="$(process_ticks "$lat_pid")"
-produce lat "$lat_topic" "$lat_count" --rate "$latency_rate"
+    local job_ticks_before
+    job_ticks_before="$(process_ticks "$lat_pid")"
+    produce "$name" "$lat_topic" "$lat_count" --rate "$latency_rate" "${knobs[@]}"
 
-# Caught up: every message committed (offsets start at 0 on a fresh topic) and
-# the outbox empty (every alert published).
-caught_up() {
-    ! kill -0 "$lat_pid" 2>/dev/null || {
-        local state
-        state="$(psql_admin -d "$lat_db" -tAc "SELECT (SELECT coalesce(sum(next_offset), 0) FROM kafka_offsets
-            WHERE topic = '$lat_topic') || ' ' || (SELECT count(*) FROM outbox)")"
-        [[ "$state" == "$lat_count 0" ]]
+    # Caught up: every message committed (offsets start at 0 on a fresh topic) and
+    # the outbox empty (every alert published).
+    caught_up() {
+        ! kill -0 "$lat_pid" 2>/dev/null || {
+            local state
+            state="$(psql_admin -d "$lat_db" -tAc "SELECT (SELECT coalesce(sum(next_offset), 0) FROM kafka_offsets
+                WHERE topic = '$lat_topic') || ' ' || (SELECT count(*) FROM outbox)")"
+            [[ "$state" == "$lat_count 0" ]]
+        }
     }
-}
-caught_up_started=$SECONDS
-if ! wait_for "$stall_timeout" "conscope to commit and publish everything" caught_up ||
-    ! kill -0 "$lat_pid" 2>/dev/null; then
-    tail -n 30 "$results/lat_run.err" >&2
-    die "conscope did not catch up within ${stall_timeout}s, or exited (see $results/lat_run.err)"
-fi
-fact lat_catch_up_s "$((SECONDS - caught_up_started))"
-fact lat_job_ticks "$(($(process_ticks "$lat_pid") - job_ticks_before))"
-snapshot caught_up_lat
-# One more metrics line, so the last one counts every commit.
-sleep 2
-fact lat_metrics "$(latest_metrics "$results/lat_run.err")"
-fact lat_alert_rows "$(psql_admin -d "$lat_db" -tAc "SELECT count(*) FROM price_alerts")"
-fact lat_peak_rss "$(awk '/^VmHWM:/ { print $2 $3 }' "/proc/$lat_pid/status")"
+    local caught_up_started=$SECONDS
+    if ! wait_for "$stall_timeout" "conscope to commit and publish everything" caught_up ||
+        ! kill -0 "$lat_pid" 2>/dev/null; then
+        tail -n 30 "$run_err" >&2
+        die "conscope did not catch up within ${stall_timeout}s, or exited (see $run_err)"
+    fi
+    fact "${name}_catch_up_s" "$((SECONDS - caught_up_started))"
+    fact "${name}_job_ticks" "$(($(process_ticks "$lat_pid") - job_ticks_before))"
+    snapshot "caught_up_$name"
+    # One more metrics line, so the last one counts every commit.
+    sleep 2
+    fact "${name}_metrics" "$(latest_metrics "$run_err")"
+    fact "${name}_alert_rows" "$(psql_admin -d "$lat_db" -tAc "SELECT count(*) FROM price_alerts")"
+    fact "${name}_peak_rss" "$(awk '/^VmHWM:/ { print $2 $3 }' "/proc/$lat_pid/status")"
 
-touch "$results/lat_alerts.stop"
-wait_for 600 "the alert tail to finish" bash -c "! kill -0 $alerts_pid 2>/dev/null" ||
-    die "bench alert-latency did not finish (see $results/lat_alerts.err)"
-wait "$alerts_pid" || die "bench alert-latency failed (see $results/lat_alerts.err)"
-forget "$alerts_pid"
-log "alerts: $(tail -n 1 "$results/lat_alerts.out")"
-stop_tree "$lat_pid"
-wait "$lat_pid" 2>/dev/null || true
-forget "$lat_pid"
+    touch "$results/${name}_alerts.stop"
+    wait_for 600 "the alert tail to finish" bash -c "! kill -0 $alerts_pid 2>/dev/null" ||
+        die "bench alert-latency did not finish (see $results/${name}_alerts.err)"
+    wait "$alerts_pid" || die "bench alert-latency failed (see $results/${name}_alerts.err)"
+    forget "$alerts_pid"
+    log "alerts: $(tail -n 1 "$results/${name}_alerts.out")"
+    stop_tree "$lat_pid"
+    wait "$lat_pid" 2>/dev/null || true
+    forget "$lat_pid"
+}
+
+for world in "${latency_list[@]}"; do
+    latency_run "$world"
+done
 
 fact load_end "$(cut -d' ' -f1-3 /proc/loadavg)"
 fact finished "$(date -Is)"
