@@ -107,6 +107,9 @@ SELECT 'rb-e' || e, 'Event ' || e, timestamptz '2026-01-01 00:00:00+00',
        timestamptz '2026-01-01 00:00:00+00' + (:per - 1) * interval '1 minute'
 FROM generate_series(0, :listings / 20 - 1) AS e;
 
+-- price_history is partitioned by month (migration 0010): its months first.
+SELECT price_history_ensure_months(ARRAY(
+    SELECT DISTINCT date_trunc('month', observed_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' FROM gen));
 INSERT INTO price_history (event_id, section, "row", seat, source, price, currency, available, observed_at)
 SELECT event_id, section, "row", '', 'src', price, 'USD', true, observed_at FROM gen;
 

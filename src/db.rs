@@ -43,6 +43,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0009_listings_hot",
         include_str!("../migrations/0009_listings_hot.sql"),
     ),
+    (
+        "0010_history_partitions",
+        include_str!("../migrations/0010_history_partitions.sql"),
+    ),
 ];
 
 /// Connects once; the connection task runs on the current tokio runtime.

@@ -30,7 +30,7 @@
 //!   stops on a `shutdown` handle. `lease`: one live instance per process of a job.
 //! - `runtime`: the tokio runtime builder. Printable text and money are the
 //!   library target's `conscope::text` (with the alert decoder, see `lib.rs`).
-//! - `produce`, `alerts`, `rules`, `dashboard/`: the other subcommands.
+//! - `produce`, `alerts`, `rules`, `history`, `dashboard/`: the other subcommands.
 //! - `metrics`, `metrics_server`, `lag`: the job's figures, `/metrics`, and the
 //!   consumer lag of each process's partitions.
 //! - `progress`: progress bars on a terminal, and the log writer around them.
@@ -40,6 +40,7 @@ mod config;
 mod dashboard;
 mod db;
 mod fail;
+mod history;
 mod job;
 mod kafka;
 mod lag;
@@ -88,6 +89,8 @@ enum Command {
     /// Web dashboard: events, get-in prices, price-history charts, live
     /// alerts, alert rules (writes need --token).
     Dashboard(dashboard::DashboardArgs),
+    /// Retention of price_history: drop whole months before a date.
+    History(history::HistoryArgs),
     /// Apply database migrations.
     Migrate {
         #[command(flatten)]
@@ -116,6 +119,7 @@ fn main() -> std::process::ExitCode {
         Command::Alerts(args) => alerts::run(args),
         Command::Rules(args) => rules::run(args),
         Command::Dashboard(args) => dashboard::run(args),
+        Command::History(args) => history::run(args),
         Command::Migrate { db } => db::migrate_blocking(&db),
     };
     match result {

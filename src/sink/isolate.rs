@@ -36,7 +36,7 @@ use tokio_postgres::{Client, Transaction};
 
 use super::config::WriterConfig;
 use super::merge::{Merged, OlderRow};
-use super::tables::{clear_incoming, write_rows};
+use super::tables::{clear_incoming, write_rows, KnownMonths};
 use super::write_error::WriteError;
 
 /// One part of a batch that is accepted or refused as a whole.
@@ -231,7 +231,10 @@ async fn probe(
         .await
         .map_err(WriteError::at("SAVEPOINT failed"))?;
     let written = match clear_incoming(transaction).await {
-        Ok(()) => write_rows(transaction, config, &subset).await.map(|_stale| ()),
+        // Every month asked for: a probe's creations are rolled back with it.
+        Ok(()) => write_rows(transaction, config, &subset, &KnownMonths::default())
+            .await
+            .map(|_written| ()),
         Err(error) => Err(error),
     };
     let (end, outcome) = match written {

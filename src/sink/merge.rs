@@ -52,14 +52,28 @@ pub(super) struct OlderRow {
     pub(super) fields: Option<Box<EventFields>>,
 }
 
+/// What a commit did with the batch's history rows (`tables` tells).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct HistoryWritten {
+    /// `maybe_stale` rows inserted (stale, not duplicates).
+    pub(super) stale: u64,
+    /// Rows not written for being observed before the pruned boundary: new
+    /// rows (counted as stored by the dataflow) and older ones.
+    pub(super) pruned_new: u64,
+    pub(super) pruned_older: u64,
+}
+
 impl Merged {
-    /// Counts the `maybe_stale` rows once the commit told how many it inserted
-    /// (`stale`): the rest had a stored identity, so were duplicates.
-    pub(super) fn count_maybe_stale(&mut self, stale: u64) {
-        let duplicates = self.maybe_stale.len() as u64 - stale;
+    /// Counts the history rows once the commit told what it did with them:
+    /// the `maybe_stale` rows it inserted are stale, the rest had a stored
+    /// identity, so were duplicates; rows for a pruned month are stale and
+    /// not stored.
+    pub(super) fn count_history(&mut self, written: &HistoryWritten) {
+        let duplicates = self.maybe_stale.len() as u64 - written.stale - written.pruned_older;
+        self.counters.prices_stored = self.counters.prices_stored.saturating_sub(written.pruned_new);
         self.counters.add(&Counters {
-            prices_stored: stale,
-            stale,
+            prices_stored: written.stale,
+            stale: written.stale + written.pruned_new + written.pruned_older,
             duplicates,
             ..Counters::default()
         });

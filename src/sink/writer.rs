@@ -50,7 +50,9 @@ use super::config::WriterConfig;
 use super::merge::{EpochBatch, Merged};
 use super::monitor::GroupMonitor;
 use super::publisher::PublisherControl;
-use super::tables::{advance_commit_no, prepare, read_commit_no, store_offsets, write_rows};
+use super::tables::{
+    advance_commit_no, prepare, read_commit_no, store_offsets, write_rows, KnownMonths, Written,
+};
 use super::write_error::WriteError;
 use crate::fail::fail_point;
 use crate::lease::{Lease, LOCK_CLASS};
@@ -95,7 +97,7 @@ pub fn run_writer(
                 }
             }
             match writer.commit_with_retry(&merged, &metrics).await {
-                Ok(stale) => merged.count_maybe_stale(stale),
+                Ok(written) => merged.count_history(&written.history),
                 Err(WriteError::Definite { context, reason }) => {
                     writer.quarantine_refused(&merged, context, &reason).await?;
                     return Ok(WriterExit::Restart);
@@ -135,6 +137,7 @@ struct Writer {
     client: Client,
     commit_no: i64,
     errors: crate::metrics::RateLimited,
+    months: KnownMonths,
 }
 
 impl Writer {
@@ -145,6 +148,7 @@ impl Writer {
             client,
             commit_no: 0,
             errors: crate::metrics::RateLimited::new(Duration::from_secs(10)),
+            months: KnownMonths::default(),
         };
         let mut delay = Duration::from_millis(100);
         loop {
@@ -193,23 +197,34 @@ impl Writer {
     }
 
     /// Commits `merged`, retrying transient failures; returns definite and
-    /// fencing ones. Returns how many of its `maybe_stale` rows were inserted
-    /// (stale, not duplicates).
-    async fn commit_with_retry(&mut self, merged: &Merged, metrics: &Metrics) -> Result<u64, WriteError> {
+    /// fencing ones. Returns what it did with the history rows.
+    async fn commit_with_retry(&mut self, merged: &Merged, metrics: &Metrics) -> Result<Written, WriteError> {
         let mut delay = Duration::from_millis(100);
         loop {
             // Set by the attempt before its COMMIT: what a commit that landed
-            // unacknowledged inserted.
-            let mut stale = None;
-            let error = match write(&mut self.client, &self.config, merged, self.commit_no, &mut stale).await
-            {
+            // unacknowledged wrote.
+            let mut written = None;
+            let attempt = write(
+                &mut self.client,
+                &self.config,
+                merged,
+                self.commit_no,
+                &self.months,
+                &mut written,
+            )
+            .await;
+            let error = match attempt {
                 Ok(()) => {
                     self.commit_no += 1;
                     metrics.commit_done();
                     fail_point("after_commit");
-                    return Ok(stale.unwrap_or(0));
+                    return Ok(self.committed(written));
                 }
                 Err(error) if error.is_transient() => error,
+                // A month partition dropped behind the writer's back (by
+                // hand, not by `history prune`): once more, asking for every
+                // month, before looking for offending messages.
+                Err(WriteError::Definite { .. }) if self.months.forget() => continue,
                 Err(error) => return Err(error),
             };
             self.pause(&error, &mut delay).await;
@@ -225,10 +240,17 @@ impl Writer {
                     tracing::info!("the interrupted commit had landed");
                     self.commit_no = stored;
                     metrics.commit_done();
-                    return Ok(stale.unwrap_or(0));
+                    return Ok(self.committed(written));
                 }
             }
         }
+    }
+
+    /// What a landed commit wrote; its months' partitions now exist.
+    fn committed(&mut self, written: Option<Written>) -> Written {
+        let written = written.unwrap_or_default();
+        self.months.learn(&written.months);
+        written
     }
 
     /// PostgreSQL refused `merged` for good: finds the input messages behind
@@ -276,7 +298,8 @@ async fn write(
     config: &WriterConfig,
     merged: &Merged,
     commit_no: i64,
-    stale: &mut Option<u64>,
+    months: &KnownMonths,
+    written: &mut Option<Written>,
 ) -> Result<(), WriteError> {
     let transaction = client
         .transaction()
@@ -285,7 +308,7 @@ async fn write(
     check_lease(&transaction, &config.lease).await?;
     advance_commit_no(&transaction, commit_no).await?;
 
-    *stale = Some(write_rows(&transaction, config, merged).await?);
+    *written = Some(write_rows(&transaction, config, merged, months).await?);
 
     store_offsets(&transaction, &config.input_name, &merged.offsets).await?;
     fail_point("before_commit");

@@ -2,40 +2,84 @@
 //! observations older than their listing's current state, inserted in
 //! partition order with the first of an identity winning; the event fields
 //! the inserted stale rows bring, applied to `events` where they are the most
-//! recent.
+//! recent. Rows observed before the pruned boundary are left out, and the
+//! month partitions of the others made first (`retention`).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use conscope_dataflows::model::{ListingKey, Micros, Seat};
+use conscope_dataflows::model::{ListingKey, ListingRow, Micros, Seat};
 use tokio_postgres::Transaction;
 
 use super::copy::{copy_listing_rows, timestamp};
+use super::retention::{ensure_months, pruned_before, KnownMonths};
+use super::Written;
 use crate::fail::fail_point;
-use crate::sink::merge::{Merged, OlderRow};
+use crate::sink::merge::{HistoryWritten, Merged, OlderRow};
 use crate::sink::write_error::WriteError;
 
-/// Copies the batch's history rows, then inserts its older rows. Returns how
-/// many of those it inserted (stale, not duplicates).
-pub(super) async fn write_history(transaction: &Transaction<'_>, merged: &Merged) -> Result<u64, WriteError> {
-    if !merged.history.is_empty() {
+/// Copies the batch's history rows, then inserts its older rows, but those
+/// observed before the pruned boundary; makes their months' partitions exist
+/// first (`months`: those known to).
+pub(super) async fn write_history(
+    transaction: &Transaction<'_>,
+    merged: &Merged,
+    months: &KnownMonths,
+) -> Result<Written, WriteError> {
+    if merged.history.is_empty() && merged.maybe_stale.is_empty() {
+        return Ok(Written::default());
+    }
+    // Before anything touches price_history: see `retention`.
+    let before = pruned_before(transaction).await?;
+    let kept = |row: &ListingRow| before.is_none_or(|before| row.observed_at >= before);
+    let history: Vec<&ListingRow> = merged.history.iter().filter(|row| kept(row)).collect();
+    let older: Cow<'_, [OlderRow]> = if merged.maybe_stale.iter().all(|older| kept(&older.row)) {
+        Cow::Borrowed(&merged.maybe_stale)
+    } else {
+        Cow::Owned(
+            merged
+                .maybe_stale
+                .iter()
+                .filter(|older| kept(&older.row))
+                .cloned()
+                .collect(),
+        )
+    };
+    let ensured = ensure_months(
+        transaction,
+        months,
+        history
+            .iter()
+            .map(|row| row.observed_at)
+            .chain(older.iter().map(|older| older.row.observed_at)),
+    )
+    .await?;
+    if !history.is_empty() {
         copy_listing_rows(
             transaction,
             "cannot copy into price_history",
             "COPY price_history (event_id, section, \"row\", seat, source, price, currency, available, observed_at)
              FROM STDIN BINARY",
             false,
-            &merged.history,
+            history.iter().copied(),
         )
         .await?;
         fail_point("mid_copy");
     }
-    let stale = if merged.maybe_stale.is_empty() {
+    let stale = if older.is_empty() {
         0
     } else {
-        insert_maybe_stale(transaction, &merged.maybe_stale).await?
+        insert_maybe_stale(transaction, &older).await?
     };
-    Ok(stale)
+    Ok(Written {
+        history: HistoryWritten {
+            stale,
+            pruned_new: (merged.history.len() - history.len()) as u64,
+            pruned_older: (merged.maybe_stale.len() - older.len()) as u64,
+        },
+        months: ensured,
+    })
 }
 
 /// Inserts the rows of observations older than their listing's current state,

@@ -20,6 +20,8 @@
 //! - `events`, `history`, `listings`, `summaries`, `alerts`, `outbox`,
 //!   `rule_state`: one table's SQL each, called in that order by [`write_rows`].
 //! - `offsets`: `job_progress` and `kafka_offsets`, the writer's bookkeeping.
+//! - `retention`: `history_retention` and the month partitions of
+//!   `price_history`, as `history` needs them.
 //!
 //! Writes what `merge` folded, within a transaction it is handed; never
 //! begins or commits one. Imports `merge` and `config`, never the writer or
@@ -32,13 +34,14 @@ mod history;
 mod listings;
 mod offsets;
 mod outbox;
+mod retention;
 mod rule_state;
 mod summaries;
 
 use tokio_postgres::{Client, Transaction};
 
 use super::config::WriterConfig;
-use super::merge::Merged;
+use super::merge::{HistoryWritten, Merged};
 use super::write_error::WriteError;
 use alerts::write_alerts;
 use events::write_events;
@@ -46,6 +49,8 @@ use history::write_history;
 use listings::write_listings;
 pub(super) use offsets::{advance_commit_no, read_commit_no, store_offsets};
 use outbox::{push_dead_letters, write_outbox};
+pub(super) use retention::KnownMonths;
+use retention::Month;
 use rule_state::write_rule_states;
 use summaries::write_summaries;
 
@@ -96,18 +101,27 @@ pub(super) async fn clear_incoming(transaction: &Transaction<'_>) -> Result<(), 
         .map_err(WriteError::at("cannot empty the temporary tables"))
 }
 
+/// What [`write_rows`] did with the history rows, and the months whose
+/// partitions it made sure of (known once the transaction commits).
+#[derive(Debug, Default)]
+pub(super) struct Written {
+    pub(super) history: HistoryWritten,
+    pub(super) months: Vec<Month>,
+}
+
 /// Every row derived from the messages of `merged`: events, history, listings,
 /// summaries, alerts, the outbox, rule states. Without the bookkeeping
-/// (progress, offsets), so `isolate` can write parts of a batch. Returns how
-/// many `maybe_stale` rows it inserted.
+/// (progress, offsets), so `isolate` can write parts of a batch. `months`:
+/// the month partitions of `price_history` known to exist.
 pub(super) async fn write_rows(
     transaction: &Transaction<'_>,
     config: &WriterConfig,
     merged: &Merged,
-) -> Result<u64, WriteError> {
+    months: &KnownMonths,
+) -> Result<Written, WriteError> {
     // Events first: history, listings and alerts reference them.
     write_events(transaction, merged).await?;
-    let stale = write_history(transaction, merged).await?;
+    let written = write_history(transaction, merged, months).await?;
     write_listings(transaction, merged).await?;
 
     // With the listings they summarise, in the same transaction.
@@ -119,5 +133,5 @@ pub(super) async fn write_rows(
 
     write_rule_states(transaction, merged).await?;
 
-    Ok(stale)
+    Ok(written)
 }
