@@ -3,21 +3,31 @@
 //! runs). Reads [`Metrics`] only; touches nothing else.
 //!
 //! A plain HTTP/1.1 server on its own threads, one short-lived thread per
-//! connection (a scrape every few seconds needs no more). Requests are hostile:
-//! the request head is read up to 8 KiB with a 5 s timeout, anything but
-//! `GET /metrics` and `GET /healthz` gets 404 or 405, and at most
-//! `MAX_CONNECTIONS` are served at once (503 past that). Never blocks a worker.
+//! connection (a scrape every few seconds needs no more). Never blocks a worker.
+//!
+//! # Requests are hostile
+//! - A connection has [`DEADLINE`] in all to send its request head (at most
+//!   8 KiB) and take its response: one deadline for the whole exchange, not a
+//!   timeout per read, so a client that sends a byte now and then is cut off
+//!   all the same.
+//! - At most [`MAX_CONNECTIONS`] are open at once. A new one past that closes
+//!   the oldest open one rather than being refused: a scrape sends its head at
+//!   once and is answered in milliseconds, so it is never the oldest for long,
+//!   while slow clients holding every slot are the oldest and go first. A
+//!   scrape is therefore never locked out by slow clients; only a flood of
+//!   new connections faster than scrapes are answered could crowd one out.
+//! - Anything but `GET /metrics` and `GET /healthz` gets 400, 404 or 405.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::metrics::Metrics;
 
 const MAX_HEAD_BYTES: u64 = 8 * 1024;
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// The whole life of a connection: its request head in, its response out.
+const DEADLINE: Duration = Duration::from_secs(5);
 const MAX_CONNECTIONS: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,33 +47,105 @@ pub fn spawn(addr: &str, metrics: Arc<Metrics>) -> Result<SocketAddr, ServeError
     };
     let listener = TcpListener::bind(addr).map_err(bind)?;
     let local = listener.local_addr().map_err(bind)?;
-    let open = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(Open::default());
     std::thread::Builder::new()
         .name("metrics-http".into())
         .spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-                    open.fetch_sub(1, Ordering::SeqCst);
-                    let _ = respond(stream, "503 Service Unavailable", "text/plain", "busy\n");
-                    continue;
-                }
+                let deadline = Instant::now() + DEADLINE;
+                let Some(id) = open.admit(&stream) else { continue };
                 let metrics = Arc::clone(&metrics);
                 let done = Arc::clone(&open);
                 let spawned = std::thread::Builder::new()
                     .name("metrics-conn".into())
                     .spawn(move || {
-                        serve(stream, &metrics);
-                        done.fetch_sub(1, Ordering::SeqCst);
+                        serve(&stream, &metrics, deadline);
+                        done.leave(id);
                     });
                 if spawned.is_err() {
-                    open.fetch_sub(1, Ordering::SeqCst);
+                    open.leave(id);
                 }
             }
         })
         .map_err(ServeError::Thread)?;
     tracing::info!(%local, "serving /metrics and /healthz");
     Ok(local)
+}
+
+/// The open connections, oldest first, each with a handle that can close it.
+#[derive(Default)]
+struct Open {
+    connections: Mutex<(u64, Vec<(u64, TcpStream)>)>,
+}
+
+impl Open {
+    /// Registers `stream`, closing the oldest connection when all slots are
+    /// taken. `None` (and `stream` is dropped, which closes it) when it cannot
+    /// be registered.
+    fn admit(&self, stream: &TcpStream) -> Option<u64> {
+        let handle = stream.try_clone().ok()?;
+        let mut guard = self.lock();
+        let (next, open) = &mut *guard;
+        if open.len() >= MAX_CONNECTIONS {
+            let (_, oldest) = open.remove(0);
+            // Wakes its thread from a blocked read or write; that thread ends.
+            let _ = oldest.shutdown(std::net::Shutdown::Both);
+        }
+        *next += 1;
+        open.push((*next, handle));
+        Some(*next)
+    }
+
+    fn leave(&self, id: u64) {
+        self.lock().1.retain(|(open, _)| *open != id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, Vec<(u64, TcpStream)>)> {
+        // Every operation is one push or one removal: a panic cannot leave the
+        // list half-changed.
+        self.connections
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Reads and writes of one connection, each given only the time left before
+/// the connection's deadline.
+struct Timed<'a> {
+    stream: &'a TcpStream,
+    deadline: Instant,
+}
+
+impl Timed<'_> {
+    fn left(&self) -> std::io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        Ok(left)
+    }
+}
+
+impl Read for Timed<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.stream.set_read_timeout(Some(self.left()?))?;
+        let mut stream = self.stream;
+        stream.read(buf)
+    }
+}
+
+impl Write for Timed<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.stream.set_write_timeout(Some(self.left()?))?;
+        let mut stream = self.stream;
+        stream.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let mut stream = self.stream;
+        stream.flush()
+    }
 }
 
 /// What a request line asks for.
@@ -85,11 +167,9 @@ fn route(request_line: &str) -> (&'static str, &'static str) {
     }
 }
 
-fn serve(stream: TcpStream, metrics: &Metrics) {
-    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-    let Ok(reader) = stream.try_clone() else { return };
-    let mut head = BufReader::new(reader.take(MAX_HEAD_BYTES));
+fn serve(stream: &TcpStream, metrics: &Metrics, deadline: Instant) {
+    let mut timed = Timed { stream, deadline };
+    let mut head = BufReader::new(Read::by_ref(&mut timed).take(MAX_HEAD_BYTES));
     // Bytes, not `read_line`: a request that is not UTF-8 still gets an answer.
     let mut first = Vec::new();
     if head.read_until(b'\n', &mut first).is_err() {
@@ -106,32 +186,29 @@ fn serve(stream: TcpStream, metrics: &Metrics) {
             Ok(_) => {}
         }
     }
+    drop(head);
+    let out = &mut timed;
     let _ = match route(&request_line) {
         (status, "metrics") => respond(
-            stream,
+            out,
             status,
             "text/plain; version=0.0.4; charset=utf-8",
             &metrics.prometheus(),
         ),
-        (status, "healthz") => respond(stream, status, "text/plain", "ok\n"),
-        (status, "method") => respond(stream, status, "text/plain", "only GET\n"),
-        (status, "bad") => respond(stream, status, "text/plain", "bad request\n"),
-        (status, _) => respond(
-            stream,
-            status,
-            "text/plain",
-            "not found: try /metrics or /healthz\n",
-        ),
+        (status, "healthz") => respond(out, status, "text/plain", "ok\n"),
+        (status, "method") => respond(out, status, "text/plain", "only GET\n"),
+        (status, "bad") => respond(out, status, "text/plain", "bad request\n"),
+        (status, _) => respond(out, status, "text/plain", "not found: try /metrics or /healthz\n"),
     };
 }
 
-fn respond(mut stream: TcpStream, status: &str, content_type: &str, body: &str) -> std::io::Result<()> {
+fn respond(out: &mut impl Write, status: &str, content_type: &str, body: &str) -> std::io::Result<()> {
     write!(
-        stream,
+        out,
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
-    stream.flush()
+    out.flush()
 }
 
 #[cfg(test)]
@@ -194,6 +271,89 @@ mod tests {
         let _ = get(addr, b"");
         // Still serving.
         assert!(get(addr, b"GET /healthz HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200 OK"));
+    }
+
+    /// A slow-loris attack: twice as many clients as there are slots, each
+    /// sending its head a byte a second (well under any per-read timeout) and
+    /// reconnecting a second after it is cut off, as slow-loris tools top up
+    /// their connections. Every scrape meanwhile is answered at once, and no
+    /// slow connection lives past the deadline.
+    #[test]
+    fn slow_clients_never_lock_out_a_scrape() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+
+        let addr = spawn("127.0.0.1:0", Metrics::new("alerts", 0)).expect("bind");
+        let stop = Arc::new(AtomicBool::new(false));
+        let slow: Vec<_> = (0..2 * MAX_CONNECTIONS)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    // How long each connection lived before the server cut it.
+                    let mut lifetimes = Vec::new();
+                    while !stop.load(Ordering::SeqCst) {
+                        let Ok(mut stream) = TcpStream::connect(addr) else {
+                            std::thread::sleep(Duration::from_millis(100));
+                            continue;
+                        };
+                        let opened = Instant::now();
+                        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+                        for byte in b"GET /metrics HTTP/1.1\r\nX-Slow: "
+                            .iter()
+                            .chain(std::iter::repeat(&b'a'))
+                        {
+                            if stop.load(Ordering::SeqCst) {
+                                // Still open: its age counts too.
+                                lifetimes.push(opened.elapsed());
+                                return lifetimes;
+                            }
+                            let _ = stream.write_all(&[*byte]);
+                            // Waits a second, or sees the server close the connection.
+                            match stream.read(&mut [0u8; 64]) {
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                    ) => {}
+                                _ => {
+                                    lifetimes.push(opened.elapsed());
+                                    break;
+                                }
+                            }
+                        }
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                    lifetimes
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs(1));
+        let started = Instant::now();
+        let mut scrapes = 0;
+        while started.elapsed() < DEADLINE + Duration::from_secs(4) {
+            let asked = Instant::now();
+            let reply = get(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
+            let took = asked.elapsed();
+            assert!(
+                reply.starts_with("HTTP/1.1 200 OK\r\n"),
+                "scrape {scrapes}: {reply:?}"
+            );
+            assert!(took < Duration::from_secs(2), "scrape {scrapes} took {took:?}");
+            scrapes += 1;
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        stop.store(true, Ordering::SeqCst);
+        let lifetimes: Vec<Duration> = slow
+            .into_iter()
+            .flat_map(|client| client.join().expect("slow client"))
+            .collect();
+        // Every slow connection was cut off (by the deadline, or by a newer
+        // connection), or was younger than the deadline when the test ended.
+        assert!(lifetimes.len() >= 2 * MAX_CONNECTIONS, "{lifetimes:?}");
+        let longest = lifetimes.iter().max().copied().unwrap_or_default();
+        assert!(
+            longest <= DEADLINE + Duration::from_millis(2500),
+            "a slow client was served for {longest:?}"
+        );
     }
 
     #[test]

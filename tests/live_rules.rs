@@ -401,33 +401,8 @@ fn a_reenabled_rule_starts_afresh_running_or_restarted() {
 /// Holds a row lock on `job_progress` in an open transaction, which makes the
 /// job's writer wait at the start of its next commit, so the epochs after it
 /// queue up and are merged into one transaction once the lock is released.
-struct WriterBlock {
-    runtime: tokio::runtime::Runtime,
-    client: tokio_postgres::Client,
-}
-
-impl WriterBlock {
-    fn hold(url: &str) -> WriterBlock {
-        let runtime = runtime();
-        let client = runtime.block_on(async {
-            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-                .await
-                .expect("postgres");
-            tokio::spawn(connection);
-            client
-                .batch_execute("BEGIN; SELECT 1 FROM job_progress WHERE id = 1 FOR UPDATE")
-                .await
-                .expect("lock job_progress");
-            client
-        });
-        WriterBlock { runtime, client }
-    }
-
-    fn release(self) {
-        self.runtime
-            .block_on(self.client.batch_execute("COMMIT"))
-            .expect("release job_progress");
-    }
+fn block_writer(url: &str) -> OpenTransaction {
+    OpenTransaction::begin(url, "SELECT 1 FROM job_progress WHERE id = 1 FOR UPDATE")
 }
 
 /// Issue 9 (b): a rule disabled and re-enabled while the writer is behind fires
@@ -447,7 +422,7 @@ fn one_alert_id_twice_in_one_commit_is_published_once() {
     wait_for_first_listing(&url);
 
     // The writer waits on the lock with A-2's epoch; what comes after queues.
-    let block = WriterBlock::hold(&url);
+    let block = block_writer(&url);
     produce(&input, &[obs("A", "2", "200.00", "2026-01-01T00:01:00Z")]);
     wait_until(Duration::from_secs(20), "the writer to wait on the lock", || {
         query_i64(
@@ -467,7 +442,7 @@ fn one_alert_id_twice_in_one_commit_is_published_once() {
     std::thread::sleep(Duration::from_millis(600));
     running.assert_alive();
     assert_eq!(rule_match_count(&url, rule), 0, "the writer was blocked");
-    block.release();
+    block.commit();
 
     wait_for_matches(&url, rule, 1, Duration::from_secs(20));
     assert_alerts_published_once(&job);

@@ -52,14 +52,51 @@ fn lines_are_json_and_start_moves_timestamps() {
     }
 }
 
+/// `--rate R`: lines come out at R per second. Never faster: by any time t
+/// after the command started, at most R·t + 2 lines have arrived (being slowed
+/// down by a loaded machine only lowers that count). Not much slower: from the
+/// first line to the last takes at most 1.5 times the ideal time (the pacer
+/// keeps to absolute due times, so short stalls do not add up). A limiter that
+/// ignores --rate or paces at half of it fails.
 #[test]
 fn rate_limits_the_output() {
-    let started = std::time::Instant::now();
-    produce(&["--count", "60", "--rate", "200"]);
-    let elapsed = started.elapsed();
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let (count, rate) = (300usize, 100.0f64);
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_conscope"))
+        .args(["produce", "--output", "-", "--count", &count.to_string()])
+        .args(["--rate", &rate.to_string()])
+        .env_remove("CONSCOPE_INPUT_TOPIC")
+        .env("CONSCOPE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|error| panic!("cannot run conscope: {error}"));
+    let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+    let mut arrivals = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        line.unwrap_or_else(|error| panic!("{error}"));
+        arrivals.push(started.elapsed());
+    }
+    let status = child.wait().unwrap_or_else(|error| panic!("{error}"));
+    assert!(status.success(), "conscope produce failed: {status}");
+    assert_eq!(arrivals.len(), count);
+    for (index, at) in arrivals.iter().enumerate() {
+        let allowed = rate * at.as_secs_f64() + 2.0;
+        assert!(
+            (index + 1) as f64 <= allowed,
+            "{} lines by {at:?}: faster than {rate}/s",
+            index + 1
+        );
+    }
+    let ideal = Duration::from_secs_f64((count - 1) as f64 / rate);
+    let took = arrivals[count - 1] - arrivals[0];
     assert!(
-        elapsed >= std::time::Duration::from_millis(250),
-        "too fast: {elapsed:?}"
+        took <= ideal.mul_f64(1.5),
+        "{count} lines took {took:?}, slower than {rate}/s (ideal {ideal:?})"
     );
 }
 

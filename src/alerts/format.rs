@@ -269,9 +269,11 @@ mod tests {
     }
 
     /// Everything read from a topic is hostile: extreme prices give a line, never
-    /// a panic (an overflow here once crash-looped `conscope alerts`).
+    /// a panic (an overflow here once crash-looped `conscope alerts`), and the
+    /// line is right: both prices shown exactly, the percent change where the
+    /// exact arithmetic has one.
     #[test]
-    fn extreme_prices_never_panic() {
+    fn extreme_prices_give_exact_lines() {
         let extremes = [
             "79228162514264337593543950335",
             "-79228162514264337593543950335",
@@ -282,14 +284,49 @@ mod tests {
             "-1",
             "1000000.00",
         ];
-        for old in extremes {
-            for new in extremes {
+        // As printed: two decimals at least, unless the amount has no room
+        // for them (28-29 significant digits in all).
+        let shown = [
+            "79228162514264337593543950335",
+            "-79228162514264337593543950335",
+            "0.0000000000000000000000000001",
+            "-0.0000000000000000000000000001",
+            "7922816251426433759354395033.5",
+            "0.00",
+            "-1.00",
+            "1000000.00",
+        ];
+        // The percent change from row (old) to column (new); empty where the
+        // line leaves it out: the old price is zero, or (new - old) · 100 / old
+        // overflows the 96-bit decimal.
+        let percents: [[&str; 8]; 8] = [
+            ["0.0", "", "", "", "", "", "", ""],
+            ["", "0.0", "", "", "", "", "", ""],
+            ["", "", "0.0", "-200.0", "", "-100.0", "", ""],
+            ["", "", "-200.0", "0.0", "", "-100.0", "", ""],
+            ["", "", "", "", "0.0", "", "", ""],
+            ["", "", "", "", "", "", "", ""],
+            ["", "", "-100.0", "-100.0", "", "-100.0", "0.0", "-100000100.0"],
+            ["", "", "-100.0", "-100.0", "", "-100.0", "-100.0", "0.0"],
+        ];
+        for (o, old) in extremes.iter().enumerate() {
+            for (n, new) in extremes.iter().enumerate() {
                 let json = format!(
                     r#"{{"alert_id":"x","kind":"listing_drop","event_id":"e","section":"S",
                         "old_price":"{old}","new_price":"{new}","currency":"USD","observed_at":"2026-01-01T00:00:00Z"}}"#
                 );
-                let text = line(&json);
-                assert!(text.contains(" → "), "{old} -> {new}: {text}");
+                let percent = match percents[o][n] {
+                    "" => String::new(),
+                    p => format!(" ({p}%)"),
+                };
+                assert_eq!(
+                    line(&json),
+                    format!(
+                        "[listing_drop] e · S: {} → {} USD{percent} at 2026-01-01T00:00:00Z",
+                        shown[o], shown[n]
+                    ),
+                    "{old} -> {new}"
+                );
             }
         }
     }

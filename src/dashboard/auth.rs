@@ -4,7 +4,8 @@
 //! # Model
 //! Reading needs nothing. Writing (rule create/disable/enable) needs a session:
 //! `POST /login` with the token (compared in constant time) creates one and
-//! sets the cookie `conscope_session` (HttpOnly, SameSite=Strict, Path=/) to a
+//! sets the cookie `conscope_session` (HttpOnly, SameSite=Strict, Path=/, and
+//! Secure when the browser came over HTTPS: see `routes::secure`) to a
 //! random 256-bit id. Each session has its own random CSRF token, put into
 //! every form and checked on every POST, and every POST must come from this
 //! origin (`Origin`, or `Referer` when a browser sends no Origin). Without a
@@ -146,17 +147,23 @@ impl Auth {
     }
 }
 
-/// The `Set-Cookie` value for a new session.
-pub fn session_cookie(id: &str) -> String {
+/// The `Set-Cookie` value for a new session; `secure` keeps the browser from
+/// ever sending it over plain HTTP.
+pub fn session_cookie(id: &str, secure: bool) -> String {
     format!(
-        "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
-        SESSION_TTL.as_secs()
+        "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        SESSION_TTL.as_secs(),
+        if secure { "; Secure" } else { "" }
     )
 }
 
-/// The `Set-Cookie` value that ends a session.
-pub fn cleared_cookie() -> String {
-    format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
+/// The `Set-Cookie` value that ends a session (a `Secure` cookie is only
+/// replaced by another `Secure` one).
+pub fn cleared_cookie(secure: bool) -> String {
+    format!(
+        "{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
+        if secure { "; Secure" } else { "" }
+    )
 }
 
 /// A POST must name this dashboard as its origin: `Origin` (every current
@@ -216,16 +223,8 @@ fn random_hex() -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::client::headers;
     use super::*;
-    use axum::http::HeaderValue;
-
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(*name, HeaderValue::from_str(value).expect("header"));
-        }
-        map
-    }
 
     #[test]
     fn read_only_without_a_token() {

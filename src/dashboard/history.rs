@@ -132,8 +132,8 @@ pub struct History {
     charted_sections: BTreeSet<(String, String)>,
     series: BTreeMap<SeriesKey, Sampler>,
     started: bool,
-    /// Set when the replay stopped at its row limit.
-    pub truncated: bool,
+    /// When the replay stopped at its row limit: the time of the last row read.
+    pub truncated: Option<DateTime<Utc>>,
 }
 
 impl History {
@@ -149,7 +149,7 @@ impl History {
             charted_sections: sections,
             series: BTreeMap::new(),
             started: false,
-            truncated: false,
+            truncated: None,
         }
     }
 

@@ -10,18 +10,27 @@
 //! - `history`: rebuilds an event's prices over time from `price_history`.
 //! - `chart`: the inline SVG chart. `pages`: the HTML pages. `html`: escaping.
 //!   `format`: money and times.
-//! - `auth`: the token, sessions, CSRF and origin checks.
+//! - `auth`: the token, sessions, CSRF and origin checks. `backoff`: the
+//!   sign-in backoff per client.
+//! - `client`: who a request comes from (the peer, or what a trusted proxy
+//!   says). `limits`: the per-client caps on connections and requests.
 //! - `live`: the poller behind the live alerts stream.
 //! - `static/`: the stylesheet and the one small script, served from `/static/`.
 //!
 //! # Requests are hostile
-//! At most [`MAX_CONNECTIONS`] connections at once (more are closed at once);
-//! a request head must arrive within [`HEADER_TIMEOUT`] (an idle keep-alive
-//! connection is closed after it too) and fit in [`MAX_HEAD`]; bodies are
-//! capped at [`MAX_BODY`]; each response must be ready within
-//! [`REQUEST_TIMEOUT`] (each query also within PostgreSQL's
-//! `statement_timeout`); every scraper-supplied string is escaped. The
-//! Content-Security-Policy allows no inline script or style.
+//! At most [`MAX_CONNECTIONS`] connections at once, and
+//! [`MAX_CONNECTIONS_PER_CLIENT`] from one client address (more are closed at
+//! once); a request head must arrive within [`HEADER_TIMEOUT`] (an idle
+//! keep-alive connection is closed after it too) and fit in [`MAX_HEAD`];
+//! bodies are capped at [`MAX_BODY`]; one client has at most
+//! [`MAX_REQUESTS_PER_CLIENT`] requests in progress (429 past that), and at
+//! most [`CHART_SLOTS`] event pages are built at once, so neither one client
+//! nor many heavy charts can hold the whole database pool; each response must
+//! be ready within [`REQUEST_TIMEOUT`], each query within PostgreSQL's
+//! `statement_timeout` of [`STATEMENT_TIMEOUT`], and a chart reads at most
+//! `--chart-rows` rows (the page says where it stopped); every
+//! scraper-supplied string is escaped. The Content-Security-Policy allows no
+//! inline script or style.
 //!
 //! Touches: the database at `--database-url` (applies the migrations at start;
 //! reads; writes `alert_rules` only through `crate::rules`), the socket at
@@ -29,15 +38,19 @@
 //! after a grace period ([`GRACE`]).
 
 mod auth;
+mod backoff;
 mod chart;
+mod client;
 mod format;
 mod history;
 mod html;
+mod limits;
 mod live;
 mod pages;
 mod queries;
 mod routes;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,6 +69,17 @@ use crate::shutdown::Shutdown;
 
 /// Connections served at once; a live stream holds one.
 pub const MAX_CONNECTIONS: usize = 256;
+/// Connections open at once from one client address (a trusted proxy is not
+/// capped: it carries every client). Browsers open about six per site.
+pub const MAX_CONNECTIONS_PER_CLIENT: usize = 32;
+/// Requests of one client in progress at once (static files aside): fewer
+/// than the pool's connections, so one client cannot hold them all.
+pub const MAX_REQUESTS_PER_CLIENT: usize = 3;
+/// Event pages (the chart's history replay is the heaviest read) built at
+/// once, from all clients: half the pool stays for everything else.
+pub const CHART_SLOTS: usize = 3;
+/// How long an event page waits for a chart slot before answering 503.
+pub const CHART_WAIT: Duration = Duration::from_secs(10);
 /// The longest a client may take to send a request head (slow-loris clients).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest request head (request line, query string, headers) read.
@@ -67,8 +91,10 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// After SIGINT/SIGTERM, how long requests in progress may take to finish
 /// (a live stream never does: it is cut after this).
 pub const GRACE: Duration = Duration::from_secs(5);
-/// PostgreSQL's limit for one statement of the dashboard.
-const STATEMENT_TIMEOUT_MS: u64 = 15_000;
+/// PostgreSQL's limit for one statement of the dashboard. Every page query is
+/// an index read of milliseconds; the longest, a chart's replay of its rows
+/// (at most `--chart-rows`), takes about 2 s for 250 000 rows here.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pooled database connections.
 const POOL_SIZE: usize = 6;
 
@@ -83,6 +109,24 @@ pub struct DashboardArgs {
     /// dashboard is read-only. Prefer the environment variable: a flag shows in `ps`.
     #[arg(long, env = "CONSCOPE_DASHBOARD_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Mark the session cookie `Secure` on every response: for a dashboard
+    /// that browsers reach over HTTPS only (through a TLS-terminating proxy).
+    #[arg(long, env = "CONSCOPE_SECURE_COOKIES")]
+    secure_cookies: bool,
+    /// The address of a reverse proxy in front of the dashboard (repeatable,
+    /// or comma-separated in the variable). From it, and only from it,
+    /// `X-Forwarded-For` names the client (for the per-client limits) and
+    /// `X-Forwarded-Proto: https` marks the session cookie `Secure`.
+    #[arg(
+        long = "trusted-proxy",
+        env = "CONSCOPE_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    trusted_proxies: Vec<IpAddr>,
+    /// The most `price_history` rows one chart reads; past this the chart
+    /// stops and the page says where.
+    #[arg(long, env = "CONSCOPE_CHART_ROWS", default_value_t = 250_000, value_parser = clap::value_parser!(u64).range(1..))]
+    chart_rows: u64,
 }
 
 // The token never reaches a log line, even through `{:?}`.
@@ -92,6 +136,9 @@ impl std::fmt::Debug for DashboardArgs {
             .field("listen", &self.listen)
             .field("database_url", &redact_url(&self.db.database_url))
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("secure_cookies", &self.secure_cookies)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("chart_rows", &self.chart_rows)
             .finish()
     }
 }
@@ -101,6 +148,12 @@ pub struct AppState {
     pool: deadpool_postgres::Pool,
     auth: auth::Auth,
     live: live::Live,
+    backoff: backoff::Backoff,
+    proxies: client::Proxies,
+    secure_cookies: bool,
+    requests: Arc<limits::PerClient>,
+    charts: tokio::sync::Semaphore,
+    chart_rows: u64,
 }
 
 type Shared = Arc<AppState>;
@@ -130,10 +183,17 @@ async fn serve(args: DashboardArgs, stop: Shutdown) -> anyhow::Result<()> {
         }
         Some(_) => {}
     }
+    let proxies = client::Proxies::new(&args.trusted_proxies);
     let state = Arc::new(AppState {
         live: live::Live::spawn(pool.clone()),
         auth: auth::Auth::new(token),
         pool,
+        backoff: backoff::Backoff::default(),
+        proxies: proxies.clone(),
+        secure_cookies: args.secure_cookies,
+        requests: limits::PerClient::new(MAX_REQUESTS_PER_CLIENT),
+        charts: tokio::sync::Semaphore::new(CHART_SLOTS),
+        chart_rows: args.chart_rows,
     });
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -144,6 +204,7 @@ async fn serve(args: DashboardArgs, stop: Shutdown) -> anyhow::Result<()> {
     tracing::info!(%local, writable = token.is_some(), database = %redact_url(url), "dashboard serving");
     let app = router(state);
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_client = limits::PerClient::new(MAX_CONNECTIONS_PER_CLIENT);
     // Tells open connections to finish their current request and close.
     let (closing, closed) = tokio::sync::watch::channel(false);
     loop {
@@ -163,7 +224,21 @@ async fn serve(args: DashboardArgs, stop: Shutdown) -> anyhow::Result<()> {
             tracing::warn!(%peer, "dashboard: {MAX_CONNECTIONS} connections open; closing a new one");
             continue;
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let held = if proxies.trusts(peer.ip()) {
+            None
+        } else {
+            let key = client::ClientKey::of(peer.ip());
+            match per_client.try_hold(key) {
+                Some(held) => Some(held),
+                None => {
+                    tracing::warn!(client = %key, "dashboard: {MAX_CONNECTIONS_PER_CLIENT} connections open from one client; closing a new one");
+                    continue;
+                }
+            }
+        };
+        let service = hyper_util::service::TowerToHyperService::new(
+            app.clone().layer(axum::Extension(client::Peer(peer))),
+        );
         let mut closed = closed.clone();
         tokio::spawn(async move {
             let connection = hyper::server::conn::http1::Builder::new()
@@ -182,7 +257,7 @@ async fn serve(args: DashboardArgs, stop: Shutdown) -> anyhow::Result<()> {
             if let Err(error) = ended {
                 tracing::debug!(%peer, %error, "dashboard: connection ended");
             }
-            drop(permit);
+            drop((permit, held));
         });
     }
     // Requests in progress get a grace period; a live stream never ends by
@@ -204,8 +279,9 @@ fn pool(url: &str) -> anyhow::Result<deadpool_postgres::Pool> {
         .with_context(|| format!("bad --database-url {}", redact_url(url)))?;
     // Appended to any options the URL carries (such as a search_path).
     let options = format!(
-        "{} -c statement_timeout={STATEMENT_TIMEOUT_MS}",
-        config.get_options().unwrap_or_default()
+        "{} -c statement_timeout={}",
+        config.get_options().unwrap_or_default(),
+        STATEMENT_TIMEOUT.as_millis()
     );
     config.options(options.trim());
     let manager = deadpool_postgres::Manager::from_config(
@@ -239,9 +315,45 @@ pub fn router(state: Shared) -> Router {
         .route("/static/live.js", get(routes::script))
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            per_client,
+        ))
         .layer(axum::middleware::from_fn(time_limit))
         .layer(axum::middleware::from_fn(security_headers))
         .with_state(state)
+}
+
+/// Names the request's [`client::Client`] (for the handlers), and holds one of
+/// its [`MAX_REQUESTS_PER_CLIENT`] slots while the response is made (static
+/// files aside: they touch nothing). A client over its cap gets 429 at once.
+async fn per_client(
+    axum::extract::State(state): axum::extract::State<Shared>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let peer = request
+        .extensions()
+        .get::<client::Peer>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |peer| peer.0.ip());
+    let client = state.proxies.client(peer, request.headers());
+    request.extensions_mut().insert(client);
+    if request.uri().path().starts_with("/static/") {
+        return next.run(request).await;
+    }
+    let Some(_held) = state.requests.try_hold(client.key) else {
+        tracing::warn!(client = %client.key, "dashboard: too many requests at once from one client");
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, "1")],
+            format!(
+                "too many requests at once from your address (at most {}); try again in a moment\n",
+                state.requests.cap()
+            ),
+        )
+            .into_response();
+    };
+    next.run(request).await
 }
 
 /// A response not ready within [`REQUEST_TIMEOUT`] becomes a 503. (The body of

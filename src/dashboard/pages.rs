@@ -271,7 +271,9 @@ pub struct EventView<'a> {
     pub window: &'a str,
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
-    pub truncated: bool,
+    /// The chart's row limit and the time of the last row it read, when it
+    /// stopped there.
+    pub truncated: Option<(u64, DateTime<Utc>)>,
 }
 
 pub fn event_page(viewer: &Viewer, view: &EventView<'_>) -> String {
@@ -356,8 +358,12 @@ pub fn event_page(viewer: &Viewer, view: &EventView<'_>) -> String {
         Esc(&format::when(view.from)),
         Esc(&format::when(view.to))
     );
-    if view.truncated {
-        body.push_str(r#"<p class="warn">This window holds more observations than one chart reads; it shows the first of them. Choose a shorter window.</p>"#);
+    if let Some((rows, stopped_at)) = view.truncated {
+        let _ = write!(
+            body,
+            r#"<p class="warn">This window holds more than {rows} price observations, the most one chart reads: the chart stops at {}. Choose a shorter window to see the rest.</p>"#,
+            Esc(&format::when(stopped_at))
+        );
     }
     if view.charts.is_empty() {
         body.push_str(r#"<p class="empty">No price history yet.</p>"#);

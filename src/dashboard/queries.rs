@@ -6,8 +6,8 @@
 //! into a statement is fixed: the `ORDER BY` clauses of [`Sort`] and the
 //! per-listing subqueries of [`last_at_or_before`].
 //! Everything is bounded: lists have a `LIMIT`, the price history is streamed
-//! row by row into [`History`] rather than collected, and stops at
-//! [`MAX_HISTORY_ROWS`].
+//! row by row into [`History`] rather than collected, and stops at the
+//! chart's row limit (`--chart-rows`).
 
 use std::collections::HashMap;
 
@@ -18,10 +18,6 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Error, Row};
 
 use super::history::{History, ListingKey, Observation};
-
-/// The most history rows one chart reads; past this it shows what it has and
-/// says so.
-pub const MAX_HISTORY_ROWS: u64 = 2_000_000;
 
 /// An event with its summary per currency.
 #[derive(Debug, Clone)]
@@ -367,12 +363,14 @@ pub async fn alerts(client: &Client, event_id: Option<&str>, limit: i64) -> Resu
 /// Replays the event's price history into `history`: first each listing's
 /// state as of `from` (its last observation at or before it; none when `from`
 /// is `None`), then every observation after `from` up to `to`, in time order,
-/// streamed. Returns how many rows it read.
+/// streamed, `max_rows` at most (then `history.truncated` says where it
+/// stopped). Returns how many rows it read.
 pub async fn replay_history(
     client: &Client,
     event_id: &str,
     from: Option<DateTime<Utc>>,
     to: DateTime<Utc>,
+    max_rows: u64,
     history: &mut History,
 ) -> Result<u64, Error> {
     let mut read = 0u64;
@@ -391,13 +389,14 @@ pub async fn replay_history(
             .await?;
         pin_mut!(rows);
         while let Some(row) = rows.try_next().await? {
+            if read >= max_rows {
+                // Nothing of the window itself was read.
+                history.truncated = Some(from);
+                return Ok(read);
+            }
             let (key, observation) = observation_from(&row)?;
             history.seed(key, observation);
             read += 1;
-            if read >= MAX_HISTORY_ROWS {
-                history.truncated = true;
-                return Ok(read);
-            }
         }
     }
     history.start();
@@ -418,14 +417,17 @@ pub async fn replay_history(
         )
         .await?;
     pin_mut!(rows);
+    // A row past the limit is what says the window holds more.
+    let mut last_at = from;
     while let Some(row) = rows.try_next().await? {
-        let (key, observation) = observation_from(&row)?;
-        history.observe(key, observation);
-        read += 1;
-        if read >= MAX_HISTORY_ROWS {
-            history.truncated = true;
+        if read >= max_rows {
+            history.truncated = Some(last_at);
             break;
         }
+        let (key, observation) = observation_from(&row)?;
+        last_at = observation.observed_at;
+        history.observe(key, observation);
+        read += 1;
     }
     Ok(read)
 }

@@ -1,12 +1,13 @@
 //! The request handlers: each parses its request leniently (a bad parameter
 //! falls back to its default, a bad id is a 404), runs its queries, and
 //! renders a page. Writes check [`Auth::authorize_write`] before anything
-//! else, and go through `crate::rules`. Database failures answer 503 and are
-//! logged; nothing here panics on any input.
+//! else, and go through `crate::rules`. Sign-in goes through the client's
+//! [`Backoff`](super::backoff::Backoff) first. Database failures answer 503
+//! and are logged; nothing here panics on any input.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
@@ -15,10 +16,11 @@ use serde::Deserialize;
 
 use super::auth::{self, Auth, Refusal};
 use super::chart::{self, Line};
+use super::client::Client;
 use super::history::{History, SeriesKey};
 use super::pages::{self, ChartView, EventView, EventsQuery, RuleForm, Viewer};
 use super::queries::{self, Sort};
-use super::Shared;
+use super::{Shared, CHART_WAIT, STATEMENT_TIMEOUT};
 use crate::rules::{self, Activation};
 use conscope_dataflows::parse::MAX_EVENT_ID_CHARS;
 
@@ -147,6 +149,15 @@ pub async fn event(
         Some("all") => ("all", None),
         _ => ("7d", Some(Duration::days(7))),
     };
+    // The slot before the pool connection: a page waiting for a slot holds none.
+    let Ok(Ok(_slot)) = tokio::time::timeout(CHART_WAIT, state.charts.acquire()).await else {
+        return error(
+            &viewer,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Busy",
+            "Too many charts are being drawn right now. Try again in a moment.",
+        );
+    };
     let client = or_respond!(client(&state, &viewer).await);
     let event = match queries::event(&client, &event_id).await {
         Ok(Some(event)) => event,
@@ -174,14 +185,38 @@ pub async fn event(
             }
         }
         let mut history = History::new(from, to, charted);
-        queries::replay_history(&client, &event.event_id, Some(from), to, &mut history).await?;
+        queries::replay_history(
+            &client,
+            &event.event_id,
+            Some(from),
+            to,
+            state.chart_rows,
+            &mut history,
+        )
+        .await?;
         Ok::<_, tokio_postgres::Error>((prices, sections, listings, alerts, history))
     };
     let (prices, sections, listings, alerts, history) = match loaded.await {
         Ok(loaded) => loaded,
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) => {
+            tracing::warn!(
+                event_id = %event_id,
+                window,
+                "dashboard: event page cut by the statement timeout"
+            );
+            return error(
+                &viewer,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Too slow to chart",
+                &format!(
+                    "Reading this event's price history over this window took longer than {} s. Choose a shorter window.",
+                    STATEMENT_TIMEOUT.as_secs()
+                ),
+            );
+        }
         Err(e) => return unavailable(&viewer, "event page", &e),
     };
-    let truncated = history.truncated;
+    let truncated = history.truncated.map(|stopped_at| (state.chart_rows, stopped_at));
     let charts = charts(history);
     let listings_total = prices.iter().map(|p| p.listings).sum();
     let view = EventView {
@@ -435,8 +470,31 @@ pub struct LoginFields {
     token: Option<String>,
 }
 
+/// Whether the session cookie gets `Secure`: always with `--secure-cookies`,
+/// else when a trusted proxy says the browser came over HTTPS.
+fn secure(state: &Shared, client: &Client) -> bool {
+    state.secure_cookies || client.https
+}
+
+/// `wait` in whole seconds, rounded up, as `Retry-After` says it.
+fn seconds(wait: std::time::Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
+/// The login page with `message`, and `Retry-After` when the client must wait.
+fn login_refused(viewer: &Viewer, status: StatusCode, message: &str, wait: std::time::Duration) -> Response {
+    let mut response = html(status, pages::login_page(viewer, Some(message)));
+    if !wait.is_zero() {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds(wait)));
+    }
+    response
+}
+
 pub async fn login(
     State(state): State<Shared>,
+    Extension(client): Extension<Client>,
     headers: HeaderMap,
     Form(fields): Form<LoginFields>,
 ) -> Response {
@@ -444,39 +502,53 @@ pub async fn login(
     if let Err(refusal) = auth::check_origin(&headers) {
         return refused(&state.auth, &headers, refusal);
     }
+    let viewer = viewer(&state.auth, &headers);
+    let now = std::time::Instant::now();
+    // While a client waits, its token is not even looked at.
+    if let Err(wait) = state.backoff.check(client.key, now) {
+        let message = format!(
+            "Too many wrong tokens from your address: try again in {} s.",
+            seconds(wait)
+        );
+        return login_refused(&viewer, StatusCode::TOO_MANY_REQUESTS, &message, wait);
+    }
     match state.auth.sign_in(fields.token.as_deref().unwrap_or("")) {
         Ok((id, _)) => {
+            state.backoff.succeeded(client.key);
             tracing::info!("dashboard: signed in");
             let mut response = Redirect::to("/rules").into_response();
-            if let Ok(cookie) = auth::session_cookie(&id).parse() {
+            if let Ok(cookie) = auth::session_cookie(&id, secure(&state, &client)).parse() {
                 response.headers_mut().insert(header::SET_COOKIE, cookie);
             }
             response
         }
+        Err(Refusal::ReadOnly) => html(
+            StatusCode::FORBIDDEN,
+            pages::login_page(&viewer, Some(&Refusal::ReadOnly.to_string())),
+        ),
         Err(refusal) => {
-            // Slows guessing down; the token's length is what stops it.
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-            tracing::warn!("dashboard: sign-in refused: {refusal}");
-            let status = if refusal == Refusal::ReadOnly {
-                StatusCode::FORBIDDEN
+            let wait = state.backoff.failed(client.key, now);
+            tracing::warn!(client = %client.key, wait_s = wait.as_secs(), "dashboard: sign-in refused: {refusal}");
+            let message = if wait.is_zero() {
+                refusal.to_string()
             } else {
-                StatusCode::UNAUTHORIZED
+                format!("{refusal}: try again in {} s.", seconds(wait))
             };
-            let viewer = viewer(&state.auth, &headers);
-            html(status, pages::login_page(&viewer, Some(&refusal.to_string())))
+            login_refused(&viewer, StatusCode::UNAUTHORIZED, &message, wait)
         }
     }
 }
 
 pub async fn logout(
     State(state): State<Shared>,
+    Extension(client): Extension<Client>,
     headers: HeaderMap,
     Form(fields): Form<CsrfField>,
 ) -> Response {
     or_respond!(authorize(&state.auth, &headers, &fields.csrf));
     state.auth.sign_out(&headers);
     let mut response = Redirect::to("/").into_response();
-    if let Ok(cookie) = auth::cleared_cookie().parse() {
+    if let Ok(cookie) = auth::cleared_cookie(secure(&state, &client)).parse() {
         response.headers_mut().insert(header::SET_COOKIE, cookie);
     }
     response

@@ -152,6 +152,11 @@ impl Dashboard {
     /// Starts the dashboard on `database_url`, with the token in
     /// CONSCOPE_DASHBOARD_TOKEN when given.
     pub fn start(database_url: &str, token: Option<&str>) -> Dashboard {
+        Dashboard::start_with(database_url, token, &[])
+    }
+
+    /// Like `start`, with more flags.
+    pub fn start_with(database_url: &str, token: Option<&str>, flags: &[&str]) -> Dashboard {
         let dir = tempfile::tempdir().expect("temp dir");
         let stderr_path = dir.path().join("stderr");
         let mut command = conscope();
@@ -163,9 +168,13 @@ impl Dashboard {
                 "--database-url",
                 database_url,
             ])
+            .args(flags)
             .env("CONSCOPE_LOG", "info")
             .env_remove("CONSCOPE_DASHBOARD_TOKEN")
             .env_remove("CONSCOPE_LISTEN")
+            .env_remove("CONSCOPE_SECURE_COOKIES")
+            .env_remove("CONSCOPE_TRUSTED_PROXIES")
+            .env_remove("CONSCOPE_CHART_ROWS")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_path).expect("stderr file"));
         if let Some(token) = token {

@@ -11,7 +11,7 @@
 //! # Layout
 //! - `compare`: a run's outputs against an uninterrupted run's: what is missing, what is doubled.
 //! - `kafka`: topics, producing, reading back, watermarks, alert ids.
-//! - `pg`: databases, queries, the dump of the output tables, table checks.
+//! - `pg`: databases, queries, a transaction held open, the dump of the output tables, table checks.
 //! - `run`: the `conscope` binary, a job's command line, child processes, cluster ports.
 //! - `summary`: the metrics lines and the exit summary, parsed into fields.
 //! - `dashboard`: a database seeded for the dashboard, a running dashboard, HTTP

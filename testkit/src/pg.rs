@@ -1,4 +1,5 @@
-//! The PostgreSQL side of the tests: a fresh database per job, queries, the
+//! The PostgreSQL side of the tests: a fresh database per job, queries, a
+//! transaction held open (its locks with it), the
 //! deterministic dump of the output tables, and checks over them.
 
 use std::collections::BTreeMap;
@@ -47,6 +48,36 @@ pub fn query_strings(url: &str, sql: &str) -> Vec<String> {
             .map(|row| row.get::<_, String>(0))
             .collect()
     })
+}
+
+/// A transaction of the test's own, open after `statements` (so holding the
+/// locks they took) until [`OpenTransaction::commit`].
+pub struct OpenTransaction {
+    runtime: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+}
+
+impl OpenTransaction {
+    /// `BEGIN`, then `statements`.
+    pub fn begin(url: &str, statements: &str) -> OpenTransaction {
+        let runtime = runtime();
+        let client = runtime.block_on(async {
+            let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("postgres");
+            tokio::spawn(connection);
+            client
+                .batch_execute(&format!("BEGIN; {statements}"))
+                .await
+                .unwrap_or_else(|e| panic!("{statements}: {e}"));
+            client
+        });
+        OpenTransaction { runtime, client }
+    }
+
+    pub fn commit(self) {
+        self.runtime
+            .block_on(self.client.batch_execute("COMMIT"))
+            .expect("commit");
+    }
 }
 
 pub fn execute(url: &str, sql: &str) {
