@@ -48,11 +48,11 @@ use crate::metrics::Metrics;
 use crate::progress::Progress;
 use crate::runtime::{fatal, STARTUP_PATIENCE};
 use crate::shutdown::Shutdown;
+use crate::sink::config::WriterConfig;
 use crate::sink::encode::OutboxTarget;
-use crate::sink::postgres::{WriterConfig, WriterExit};
 use crate::sink::publisher::{run_publisher, PublisherConfig, PublisherControl};
-use crate::sink::WriterStarter;
-use crate::sink::{postgres_sink, WriterThread};
+use crate::sink::writer::WriterExit;
+use crate::sink::{postgres_sink, WriterStarter, WriterThread};
 use crate::source::file::{file_source, OpenFile};
 use crate::source::kafka::{
     check_isolation, kafka_source, KafkaInput, OwnedPartitions, PartitionWatch, StartFrom, PARTITION_POLL,

@@ -34,7 +34,9 @@ use std::collections::{BTreeSet, HashMap};
 use conscope_dataflows::model::{Alert, EventRow, ListingRow, Micros, Position, Seat};
 use tokio_postgres::{Client, Transaction};
 
-use super::postgres::{clear_incoming, write_rows, Merged, OlderRow, WriterConfig};
+use super::config::WriterConfig;
+use super::merge::{Merged, OlderRow};
+use super::tables::{clear_incoming, write_rows};
 use super::write_error::WriteError;
 
 /// One part of a batch that is accepted or refused as a whole.
