@@ -13,6 +13,7 @@
 //! bench alert-latency --alerts-topic A            tails A until --stop-file exists and A is read to its
 //!                     --input-topic I             end, then finds each alert's triggering message in I:
 //!                     --stop-file F               produce -> alert p50/p99
+//!                     [--minutes-from MS]         and per minute after MS (unix ms) of produce time
 //! bench pg-cpu                                    CPU clock ticks used by every postgres process so far
 //! ```
 //!
@@ -91,6 +92,10 @@ enum Command {
         /// Once this file exists, read the alerts topic to its end and stop tailing.
         #[arg(long)]
         stop_file: PathBuf,
+        /// Also p99 per minute of produce time counted from this unix time (ms):
+        /// `minutes` in the output (the soak's table).
+        #[arg(long)]
+        minutes_from: Option<i64>,
     },
     /// Prints the CPU clock ticks (user + system, with reaped children) of every postgres process.
     PgCpu,
@@ -122,7 +127,14 @@ fn main() -> anyhow::Result<()> {
             alerts_topic,
             input_topic,
             stop_file,
-        } => alert_latency(&cli.brokers, &alerts_topic, &input_topic, &stop_file)?,
+            minutes_from,
+        } => alert_latency(
+            &cli.brokers,
+            &alerts_topic,
+            &input_topic,
+            &stop_file,
+            minutes_from,
+        )?,
         Command::PgCpu => json!({ "postgres_cpu_ticks": postgres_cpu_ticks()? }),
     };
     println!("{result}");
@@ -453,6 +465,7 @@ fn alert_latency(
     alerts_topic: &str,
     input_topic: &str,
     stop_file: &std::path::Path,
+    minutes_from: Option<i64>,
 ) -> anyhow::Result<serde_json::Value> {
     // Tail the alerts: receive time is when this consumer got each one.
     let tail = consumer(brokers)?;
@@ -533,12 +546,20 @@ fn alert_latency(
     })?;
 
     let (mut on_topic, mut received) = (Vec::new(), Vec::new());
+    // minute (1-based) -> on-topic latencies of the alerts whose message was produced then.
+    let mut by_minute: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
     for alert in &alerts {
         let Some(produced_ms) = produced.get(&alert.identity) else {
             continue;
         };
         if let Some(ms) = alert.timestamp_ms {
             on_topic.push((ms - produced_ms) as f64);
+            if let Some(from) = minutes_from.filter(|from| produced_ms >= from) {
+                by_minute
+                    .entry((produced_ms - from) / 60_000 + 1)
+                    .or_default()
+                    .push((ms - produced_ms) as f64);
+            }
         }
         received.push((alert.received_micros - produced_ms * 1000) as f64 / 1000.0);
     }
@@ -555,6 +576,19 @@ fn alert_latency(
     );
     summarize("on_topic", on_topic, &mut out);
     summarize("received", received, &mut out);
+    if minutes_from.is_some() {
+        let minutes: Vec<serde_json::Value> = by_minute
+            .into_iter()
+            .map(|(minute, values)| {
+                let mut row = serde_json::Map::new();
+                row.insert("minute".into(), json!(minute));
+                row.insert("alerts".into(), json!(values.len()));
+                summarize("on_topic", values, &mut row);
+                serde_json::Value::Object(row)
+            })
+            .collect();
+        out.insert("minutes".into(), json!(minutes));
+    }
     Ok(serde_json::Value::Object(out))
 }
 

@@ -3,11 +3,22 @@
 //! Touches the database named by `--database-url`: creates it when missing (local
 //! dev stacks), applies `migrations/*.sql` in order, once each, recorded in
 //! `schema_migrations`. Secrets in the URL are never logged.
+//!
+//! Also the decoders of the rows the job reads back (`events`, `listings`,
+//! prices and currencies of `alert_rules`) and the stored input offsets
+//! (`kafka_offsets`): one place for what a column means when read.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio_postgres::{Client, NoTls};
+use chrono::{DateTime, Utc};
+use conscope_dataflows::model::{
+    Cents, Currency, EventRow, ListingKey, ListingRow, Micros, Restore, Seat, Stamped,
+};
+use rust_decimal::prelude::ToPrimitive;
+use rust_decimal::Decimal;
+use tokio_postgres::{Client, NoTls, Row};
 
 use crate::config::{redact_url, DbArgs};
 
@@ -167,4 +178,75 @@ pub fn migrate_blocking(db: &DbArgs) -> anyhow::Result<()> {
     runtime.block_on(migrate(&db.database_url))?;
     println!("migrations applied to {}", redact_url(&db.database_url));
     Ok(())
+}
+
+pub fn micros(time: DateTime<Utc>) -> Micros {
+    time.timestamp_micros()
+}
+
+pub fn cents(decimal: Decimal) -> anyhow::Result<Cents> {
+    (decimal * Decimal::from(100))
+        .trunc()
+        .to_i64()
+        .map(Cents)
+        .with_context(|| format!("price {decimal} out of range"))
+}
+
+pub fn currency(text: &str) -> anyhow::Result<Currency> {
+    Currency::parse(text.trim()).with_context(|| format!("bad currency {text:?} in the database"))
+}
+
+fn stamped<V>(value: Option<V>, at: Option<DateTime<Utc>>) -> Option<Stamped<V>> {
+    match (value, at) {
+        (Some(value), Some(at)) => Some(Stamped {
+            value,
+            observed_at: micros(at),
+        }),
+        _ => None,
+    }
+}
+
+/// An `events` row as restored state.
+pub fn event_row(row: &Row) -> anyhow::Result<Restore> {
+    let date: Option<DateTime<Utc>> = row.try_get("event_date")?;
+    Ok(Restore::Event(EventRow {
+        event_id: row.try_get("event_id")?,
+        event_name: stamped(row.try_get("event_name")?, row.try_get("event_name_observed_at")?),
+        venue: stamped(row.try_get("venue")?, row.try_get("venue_observed_at")?),
+        event_date: stamped(date.map(micros), row.try_get("event_date_observed_at")?),
+        first_seen: micros(row.try_get("first_seen")?),
+        last_seen: micros(row.try_get("last_seen")?),
+    }))
+}
+
+/// A `listings` row as restored state.
+pub fn listing_row(row: &Row) -> anyhow::Result<Restore> {
+    let currency_text: String = row.try_get("currency")?;
+    Ok(Restore::Listing(ListingRow {
+        listing: ListingKey {
+            event_id: row.try_get("event_id")?,
+            seat: Seat {
+                section: row.try_get("section")?,
+                row: row.try_get("row")?,
+                seat: row.try_get("seat")?,
+                source: row.try_get("source")?,
+            },
+        },
+        price: cents(row.try_get("price")?)?,
+        currency: currency(&currency_text)?,
+        available: row.try_get("available")?,
+        observed_at: micros(row.try_get("observed_at")?),
+    }))
+}
+
+/// Offsets stored for `topic`: partition -> next offset.
+pub async fn stored_offsets(client: &Client, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let rows = client
+        .query(
+            "SELECT partition, next_offset FROM kafka_offsets WHERE topic = $1",
+            &[&topic],
+        )
+        .await
+        .context("cannot read stored offsets")?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
 }

@@ -11,14 +11,19 @@
 //! instance of the same process stops here, before restoring or publishing
 //! anything), create the output topics and start the outbox publisher
 //! (process 0), in a live job the thread that watches the input topic for
-//! added partitions. Then each run of the dataflow reads the stored offsets and
-//! the quarantine, starts one timely worker per thread (worker 0's sink starts
-//! the writer); worker 0 streams the restored state (events and listings) and
-//! the rules into the dataflow, each worker opens its partitions and steps the
-//! dataflow until the probe says everything is committed (`--exit-at-end`),
-//! the shutdown handle is triggered, or the writer
-//! stops the run. A writer that quarantined messages PostgreSQL refuses asks
-//! for another run, which replays from the last commit without them.
+//! added partitions. Then each run of the dataflow reads the stored offsets,
+//! the quarantine and the rules and opens each local worker's input (its Kafka
+//! partitions, or the file), all before the workers start ([`prepare_workers`]:
+//! a stored offset above its partition's end stops the job here). Each timely
+//! worker then has timely's shape: build the dataflow, then drive it
+//! ([`drive`]). Worker 0's sink starts the writer; worker 0 streams the
+//! restored state (events and listings) and the rules into the dataflow; each
+//! worker steps until the probe says everything is committed
+//! (`--exit-at-end`), the shutdown handle is triggered, or the writer stops the
+//! run. A writer that quarantined messages PostgreSQL refuses asks for another
+//! run, which replays from the last commit without them. A source that failed
+//! (an unreadable `--input-file`) fails the job once what it read before is
+//! committed.
 //! Each step hands the probe's frontier to the metrics, which is how every
 //! process learns which of its offsets are durable ([`crate::lag`]); each
 //! process prints its own summary on exit.
@@ -29,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use conscope_dataflows::ingest::ingest;
+use conscope_dataflows::ingest::{ingest, Quarantine};
 use conscope_dataflows::processor::{process, ProcessorConfig};
 use conscope_dataflows::summaries::{summarise, summary_records};
 use rdkafka::consumer::BaseConsumer;
@@ -41,19 +46,20 @@ use crate::config::{DbArgs, KafkaArgs, TopicArgs};
 use crate::lease::Lease;
 use crate::metrics::Metrics;
 use crate::progress::Progress;
+use crate::runtime::{fatal, STARTUP_PATIENCE};
 use crate::shutdown::Shutdown;
 use crate::sink::config::WriterConfig;
 use crate::sink::encode::OutboxTarget;
 use crate::sink::publisher::{run_publisher, PublisherConfig, PublisherControl};
 use crate::sink::writer::WriterExit;
-use crate::sink::{postgres_sink, WriterThread};
+use crate::sink::{postgres_sink, WriterStarter, WriterThread};
 use crate::source::file::{file_source, OpenFile};
 use crate::source::kafka::{
-    check_isolation, kafka_source, OwnedPartitions, PartitionWatch, StartFrom, PARTITION_POLL,
+    check_isolation, kafka_source, KafkaInput, OwnedPartitions, PartitionWatch, StartFrom, PARTITION_POLL,
 };
-use crate::source::restore::{restore_source, stored_offsets, Checkpoint};
+use crate::source::restore::{restore_source, Checkpoint};
 use crate::source::rules::{initial_rules, LiveRules, RuleFeed};
-use crate::source::SourceSettings;
+use crate::source::{SourceFailure, SourceSettings};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
@@ -79,9 +85,15 @@ pub struct RunArgs {
     /// and published, and print a summary.
     #[arg(long, env = "CONSCOPE_EXIT_AT_END")]
     exit_at_end: bool,
-    /// Where to start partitions that have no stored offset yet.
+    /// Where to start while no offset is stored for the input topic yet (later,
+    /// a partition without a stored offset starts at its beginning).
     #[arg(long, env = "CONSCOPE_FROM", value_enum, default_value = "earliest")]
     from: StartFrom,
+    /// Read partitions whose stored offset is above their end (the topic was
+    /// deleted and recreated, or its log truncated) from their log start. Without
+    /// it the job refuses to start when it finds one.
+    #[arg(long, env = "CONSCOPE_RESET_OFFSETS_ABOVE_END")]
+    reset_offsets_above_end: bool,
     /// Read JSON lines from this file instead of the input topic.
     #[arg(long, env = "CONSCOPE_INPUT_FILE")]
     input_file: Option<PathBuf>,
@@ -191,18 +203,6 @@ fn timely_config(args: &RunArgs) -> anyhow::Result<timely::Config> {
         worker: WorkerConfig::default(),
     })
 }
-
-/// Ends the process with `error`: a worker that cannot go on must not leave the
-/// others waiting for it forever.
-pub(crate) fn fatal(error: anyhow::Error) -> ! {
-    tracing::error!("{error:#}");
-    eprintln!("conscope: error: {error:#}");
-    std::process::exit(1);
-}
-
-/// How long startup reads (offsets, quarantine, restore) ride out PostgreSQL
-/// being away before the job gives up.
-pub(crate) const STARTUP_PATIENCE: Duration = Duration::from_secs(120);
 
 /// How long a worker parks at most before it looks at the stop flags again.
 const PARK: Duration = Duration::from_millis(100);
@@ -384,19 +384,116 @@ pub fn run(mut args: RunArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What one worker reads: its Kafka partitions or the input file (`None`:
+/// nothing, its source ends at once).
+enum WorkerInput {
+    Kafka(Option<OwnedPartitions>),
+    File(Option<OpenFile>),
+}
+
+/// Everything a worker's dataflow needs from outside, prepared before the
+/// workers start: the reads of PostgreSQL and the consumers' construction
+/// block, so a worker only builds its dataflow and drives it.
+struct WorkerParts {
+    input: WorkerInput,
+    /// Worker 0: the state to restore and the rules.
+    checkpoint: Option<Checkpoint>,
+    /// Worker 0 of process 0: starts the writer.
+    writer: Option<WriterStarter>,
+}
+
+/// The parts of this process's workers, taken once each by worker index.
+struct PreparedWorkers {
+    first: usize,
+    parts: Mutex<Vec<Option<WorkerParts>>>,
+}
+
+impl PreparedWorkers {
+    fn take(&self, index: usize) -> Option<WorkerParts> {
+        let mut parts = self.parts.lock().ok()?;
+        parts.get_mut(index.checked_sub(self.first)?)?.take()
+    }
+}
+
+/// Reads what the run starts from (stored offsets, quarantine, rules) and
+/// opens each local worker's input.
+fn prepare_workers(
+    setup: &Setup,
+    mut writer: Option<WriterStarter>,
+) -> anyhow::Result<(PreparedWorkers, Quarantine)> {
+    let args = &setup.args;
+    let runtime = crate::runtime::current_thread()?;
+    let (stored, quarantine, rules) =
+        runtime.block_on(crate::db::with_patience(STARTUP_PATIENCE, || async {
+            let client = crate::db::connect(&args.db.database_url).await?;
+            let stored = crate::db::stored_offsets(&client, &setup.input_name).await?;
+            let quarantine = crate::sink::quarantine::load(&client, &setup.input_name).await?;
+            // Worker 0 (of process 0) feeds the rules.
+            let rules = match args.process {
+                0 => Some(
+                    initial_rules(&client)
+                        .await
+                        .context("cannot read the alert rules")?,
+                ),
+                _ => None,
+            };
+            anyhow::Ok((stored, quarantine, rules))
+        }))?;
+    let mut checkpoint = rules.map(|(initial, known)| Checkpoint {
+        database_url: args.db.database_url.clone(),
+        rules: RuleFeed {
+            initial,
+            live: (!args.exit_at_end).then(|| LiveRules {
+                database_url: args.db.database_url.clone(),
+                known,
+                interval: Duration::from_millis(args.rules_poll_ms.max(50)),
+            }),
+        },
+    });
+    let kafka = KafkaInput {
+        kafka: args.kafka.clone(),
+        group_id: args.group_id.clone(),
+        topic: args.topics.input_topic.clone(),
+        partitions: setup.input_partitions,
+        stored: stored.clone(),
+        from: args.from,
+        reset_above_end: args.reset_offsets_above_end,
+        exit_at_end: args.exit_at_end,
+        metrics: Arc::clone(&setup.metrics),
+        stats_interval_secs: args.metrics_interval,
+        watch: setup.watch.clone(),
+    };
+    let peers = args.processes * args.workers;
+    let first = args.process * args.workers;
+    let mut parts = Vec::with_capacity(args.workers);
+    for index in first..first + args.workers {
+        let input = match &args.input_file {
+            Some(path) if index == 0 => {
+                WorkerInput::File(Some(OpenFile::open(path, stored.get(&0).copied().unwrap_or(0))?))
+            }
+            Some(_) => WorkerInput::File(None),
+            None => WorkerInput::Kafka(kafka.open(index, peers)?),
+        };
+        parts.push(Some(WorkerParts {
+            input,
+            checkpoint: if index == 0 { checkpoint.take() } else { None },
+            writer: if index == 0 { writer.take() } else { None },
+        }));
+    }
+    Ok((
+        PreparedWorkers {
+            first,
+            parts: Mutex::new(parts),
+        },
+        Arc::new(quarantine),
+    ))
+}
+
 /// One run of the dataflow from the last commit: restore, read, commit, until
 /// the input is consumed (`--exit-at-end`), `shutdown`, or the writer ends it.
 fn run_dataflow(setup: &Setup, shutdown: &Shutdown) -> anyhow::Result<WriterExit> {
     let args = &setup.args;
     let config = timely_config(args)?;
-    let runtime = crate::runtime::current_thread()?;
-    let (stored, quarantine) = runtime.block_on(crate::db::with_patience(STARTUP_PATIENCE, || async {
-        let client = crate::db::connect(&args.db.database_url).await?;
-        let stored = stored_offsets(&client, &setup.input_name).await?;
-        let quarantine = crate::sink::quarantine::load(&client, &setup.input_name).await?;
-        anyhow::Ok((stored, Arc::new(quarantine)))
-    }))?;
-
     // Set by the writer when it ends for another reason than its input closing.
     let stop = Arc::new(AtomicBool::new(false));
     let (starter, writer) = match &setup.leader {
@@ -411,7 +508,7 @@ fn run_dataflow(setup: &Setup, shutdown: &Shutdown) -> anyhow::Result<WriterExit
         }
         None => (None, None),
     };
-    let writer_slot = Mutex::new(starter);
+    let (prepared, quarantine) = prepare_workers(setup, starter)?;
 
     let settings = SourceSettings {
         epoch_ms: args.epoch_ms.max(1),
@@ -419,125 +516,84 @@ fn run_dataflow(setup: &Setup, shutdown: &Shutdown) -> anyhow::Result<WriterExit
         max_in_flight: args.max_in_flight.max(1),
         idle_poll_ms: (args.epoch_ms / 4).clamp(1, 20),
     };
-    let worker_args = args.clone();
-    let worker_metrics = Arc::clone(&setup.metrics);
-    let min_drop_basis_points = setup.min_drop_basis_points;
-    let input_partitions = setup.input_partitions;
-    let watch = setup.watch.clone();
-    let worker_stop = Arc::clone(&stop);
-    let worker_shutdown = shutdown.clone();
+    let processor_config = ProcessorConfig {
+        min_drop_basis_points: setup.min_drop_basis_points,
+    };
+    let failure = SourceFailure::default();
+    let (worker_failure, worker_stop, worker_shutdown) =
+        (failure.clone(), Arc::clone(&stop), shutdown.clone());
+    let metrics = Arc::clone(&setup.metrics);
     let guards = timely::execute(config, move |worker| {
-        let args = &worker_args;
-        let (index, peers) = (worker.index(), worker.peers());
-        let runtime = match crate::runtime::current_thread() {
-            Ok(runtime) => runtime,
-            Err(error) => fatal(error.into()),
+        let Some(parts) = prepared.take(worker.index()) else {
+            fatal(anyhow::anyhow!(
+                "worker {} has no inputs prepared",
+                worker.index()
+            ));
         };
-        // Worker 0 restores everything (streamed by a reader of its own, see
-        // `source::restore`) and feeds the rules; the processor routes both.
-        let checkpoint = (index == 0).then(|| {
-            let startup = runtime.block_on(crate::db::with_patience(STARTUP_PATIENCE, || async {
-                let client = crate::db::connect(&args.db.database_url).await?;
-                let (initial, known) = initial_rules(&client).await?;
-                let live = (!args.exit_at_end).then(|| LiveRules {
-                    database_url: args.db.database_url.clone(),
-                    known,
-                    interval: Duration::from_millis(args.rules_poll_ms.max(50)),
-                });
-                anyhow::Ok(Checkpoint {
-                    database_url: args.db.database_url.clone(),
-                    rules: RuleFeed { initial, live },
-                })
-            }));
-            startup.unwrap_or_else(|error| fatal(error.context("cannot read the alert rules")))
-        });
-
-        let owned = match &args.input_file {
-            Some(_) => None,
-            None => OwnedPartitions::open(
-                &args.kafka,
-                &args.group_id,
-                &args.topics.input_topic,
-                input_partitions,
-                index,
-                peers,
-                &stored,
-                args.from,
-                args.exit_at_end,
-                Arc::clone(&worker_metrics),
-                args.metrics_interval,
-                watch.clone(),
-            )
-            .unwrap_or_else(|error| fatal(error)),
-        };
-        let file = match (&args.input_file, index) {
-            (Some(path), 0) => Some(
-                OpenFile::open(path, stored.get(&0).copied().unwrap_or(0))
-                    .unwrap_or_else(|error| fatal(error)),
-            ),
-            _ => None,
-        };
-        let writer = if index == 0 {
-            writer_slot.lock().ok().and_then(|mut slot| slot.take())
-        } else {
-            None
-        };
-
         let committed = ProbeHandle::new();
-        let processor_config = ProcessorConfig {
-            min_drop_basis_points,
-        };
-        let quarantine = Arc::clone(&quarantine);
         worker.dataflow::<u64, _, _>(|scope| {
-            let events = match &args.input_file {
-                Some(_) => file_source(scope, file, settings, committed.clone()),
-                None => kafka_source(scope, owned, settings, committed.clone()),
+            let events = match parts.input {
+                WorkerInput::Kafka(owned) => kafka_source(scope, owned, settings, committed.clone()),
+                WorkerInput::File(file) => {
+                    file_source(scope, file, settings, committed.clone(), worker_failure.clone())
+                }
             };
-            let (observations, source_records) = ingest(events, quarantine);
-            let state = restore_source(scope, checkpoint, settings.epoch_ms);
-            let processed = process(observations.concat(state), processor_config);
+            let (observations, source_records) = ingest(events, Arc::clone(&quarantine));
+            let state = restore_source(scope, parts.checkpoint, settings.epoch_ms);
+            let processed = process(observations.concat(state), processor_config.clone());
             let summaries = summary_records(summarise(processed.listings));
             let records = processed.records.concat(source_records).concat(summaries);
-            postgres_sink(records, writer).probe_with(&committed);
+            postgres_sink(records, parts.writer).probe_with(&committed);
         });
-        // The sink's probe says which epochs are committed, in every process:
-        // what makes this process's offsets durable (see `crate::lag`).
-        let mut durable_below = None;
-        let mut stopped = false;
-        while !committed.done() {
-            if worker_stop.load(Ordering::SeqCst) || worker_shutdown.is_triggered() {
-                // Stopping mid-epoch is safe: what is not committed is read
-                // again. Dropped, or timely would step it to completion.
-                for dataflow in worker.installed_dataflows() {
-                    worker.drop_dataflow(dataflow);
-                }
-                stopped = true;
-                break;
-            }
-            worker.step_or_park(Some(PARK));
-            let frontier = committed.with_frontier(|frontier| frontier.first().copied());
-            if frontier != durable_below {
-                worker_metrics.durable_below(frontier);
-                durable_below = frontier;
-            }
-        }
-        // Everything reported is committed once the probe ran empty. After a
-        // stop mid-epoch what is still pending may never commit (a replay after
-        // a quarantine reads it again, at new epochs): forget it.
-        if stopped {
-            worker_metrics.forget_reported();
-        } else {
-            worker_metrics.durable_below(None);
-        }
+        let stop = || worker_stop.load(Ordering::SeqCst) || worker_shutdown.is_triggered();
+        drive(worker, &committed, stop, &metrics);
     })
     .map_err(|error| anyhow::anyhow!("cannot start timely workers: {error}"))?;
     for result in guards.join() {
         result.map_err(|error| anyhow::anyhow!("a worker failed: {error}"))?;
     }
-    match writer {
-        Some(writer) => writer.join(),
-        None => Ok(WriterExit::Finished),
+    let exit = match writer {
+        Some(writer) => writer.join()?,
+        None => WriterExit::Finished,
+    };
+    // After the writer: what was read before the failure is committed.
+    match failure.take() {
+        Some(error) => Err(error),
+        None => Ok(exit),
     }
+}
+
+/// Steps the worker until the sink's probe says everything is committed, or
+/// `stop` says so. Each step hands the probe's frontier to the metrics: what
+/// makes this process's offsets durable (see `crate::lag`).
+fn drive(
+    worker: &mut timely::worker::Worker,
+    committed: &ProbeHandle<u64>,
+    stop: impl Fn() -> bool,
+    metrics: &Metrics,
+) {
+    let mut durable_below = None;
+    while !committed.done() {
+        if stop() {
+            // Stopping mid-epoch is safe: what is not committed is read
+            // again. Dropped, or timely would step it to completion.
+            for dataflow in worker.installed_dataflows() {
+                worker.drop_dataflow(dataflow);
+            }
+            // What is still pending may never commit (a replay after a
+            // quarantine reads it again, at new epochs): forget it.
+            metrics.forget_reported();
+            return;
+        }
+        worker.step_or_park(Some(PARK));
+        let frontier = committed.with_frontier(|frontier| frontier.first().copied());
+        if frontier != durable_below {
+            metrics.durable_below(frontier);
+            durable_below = frontier;
+        }
+    }
+    // Everything reported is committed once the probe ran empty.
+    metrics.durable_below(None);
 }
 
 #[cfg(test)]

@@ -15,8 +15,24 @@
 //! own, held for the process's whole life: a process that dies, even by
 //! `kill -9`, closes its socket and PostgreSQL releases the lock, so a restart
 //! after a crash is never refused. The connection's `application_name` names
-//! the holder (host and pid) for the refusal message and for operators
-//! (`pg_stat_activity`).
+//! the holder (host, pid and a random id of this run) for the refusal message
+//! and for operators (`pg_stat_activity`).
+//!
+//! # Orphans
+//! A connection reset that only the client saw (a NAT or proxy dropping the
+//! flow, a cable pulled and put back) leaves the old backend alive and holding
+//! the lock: the server has not noticed, and may not for hours. Two things
+//! keep that from refusing the job its own lease:
+//! - the lease re-takes the lock after losing its connection; a holder whose
+//!   `application_name` carries this run's id is provably this instance's own
+//!   orphan (the id is random per run and never leaves this process), so it
+//!   is ended with `pg_terminate_backend` and the lock taken;
+//! - an orphan of an instance that is gone (a crashed host: nobody is left to
+//!   recognise it) is bounded by the session settings of the lease connection:
+//!   `idle_session_timeout` ends it once it has been idle for
+//!   [`ORPHAN_IDLE_LIMIT`] (a live lease pings every [`CHECK_EVERY`]), and
+//!   server-side TCP keepalives and `tcp_user_timeout` end it once its peer's
+//!   host stops answering.
 //!
 //! The writer checks, in each commit's transaction, that the lease's backend
 //! still holds the lock (`pg_locks`), so a commit never lands for an instance
@@ -25,7 +41,8 @@
 //! restart the lease reconnects and takes the lock again; if another instance
 //! took it meanwhile, this one stops.
 //!
-//! Touches: its own connection; `pg_locks` and `pg_stat_activity` (read).
+//! Touches: its own connection; `pg_locks` and `pg_stat_activity` (read);
+//! `pg_terminate_backend` of its own orphan only.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{mpsc, Arc};
@@ -47,6 +64,27 @@ const FIRST_TAKE_PATIENCE: Duration = Duration::from_secs(120);
 
 /// How often the lease checks its connection.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// How long the lease's session may stay idle before PostgreSQL ends it: far
+/// above `CHECK_EVERY`, so only a session nobody talks to any more (an orphan)
+/// reaches it.
+const ORPHAN_IDLE_LIMIT: Duration = Duration::from_secs(60);
+
+/// The lease connection's session settings (libpq `options`), each bounding
+/// how long an orphaned session keeps the lock:
+/// - `idle_session_timeout`: see [`ORPHAN_IDLE_LIMIT`];
+/// - `tcp_keepalives_*`: the server probes a silent peer after 10 s, every
+///   5 s, and drops it after 3 unanswered probes (the defaults defer to the
+///   kernel's two hours);
+/// - `tcp_user_timeout`: data the server sent that stays unacknowledged for
+///   30 s drops the connection (off by default).
+fn session_options() -> String {
+    format!(
+        "-c idle_session_timeout={} -c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 \
+         -c tcp_keepalives_count=3 -c tcp_user_timeout=30000",
+        ORPHAN_IDLE_LIMIT.as_millis()
+    )
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -72,6 +110,9 @@ pub enum LeaseError {
 #[derive(Clone, Debug)]
 pub struct Lease {
     process: i32,
+    /// Random per run: in the holder's `application_name`, so this instance
+    /// recognises a session of its own that it lost.
+    run_id: String,
     /// The backend pid of the connection holding the lock; 0 while the lease
     /// is being re-taken (after the connection was lost).
     holder_pid: Arc<AtomicI32>,
@@ -88,6 +129,7 @@ impl Lease {
     ) -> Result<Lease, LeaseError> {
         let lease = Lease {
             process: i32::try_from(process).unwrap_or(i32::MAX),
+            run_id: format!("{:016x}", rand::random::<u64>()),
             holder_pid: Arc::new(AtomicI32::new(0)),
         };
         let (first, taken) = mpsc::channel();
@@ -135,7 +177,7 @@ impl Lease {
         let started = std::time::Instant::now();
         let mut delay = Duration::from_millis(100);
         let mut client = loop {
-            match take(&url, self.process).await {
+            match take(&url, self.process, &self.run_id).await {
                 Ok(Taken::Held(client, pid)) => {
                     self.holder_pid.store(pid, Ordering::SeqCst);
                     let _ = first.send(Ok(()));
@@ -173,7 +215,7 @@ impl Lease {
             self.holder_pid.store(0, Ordering::SeqCst);
             tracing::warn!("lost the job lease's PostgreSQL connection; taking the lease again");
             loop {
-                match take(&url, self.process).await {
+                match take(&url, self.process, &self.run_id).await {
                     Ok(Taken::Held(retaken, pid)) => {
                         client = retaken;
                         self.holder_pid.store(pid, Ordering::SeqCst);
@@ -203,17 +245,31 @@ enum Taken {
     Refused(String),
 }
 
-async fn take(url: &str, process: i32) -> Result<Taken, LeaseError> {
+/// What this run's lease sessions' `application_name` starts with: the run id
+/// first, since PostgreSQL cuts the name at 63 bytes (a long host name).
+fn run_prefix(run_id: &str) -> String {
+    format!("conscope run {run_id} ")
+}
+
+/// The `application_name` of this run's lease sessions.
+fn application_name(process: i32, run_id: &str) -> String {
+    format!(
+        "{}process={process} pid={} host={}",
+        run_prefix(run_id),
+        std::process::id(),
+        hostname()
+    )
+}
+
+async fn take(url: &str, process: i32, run_id: &str) -> Result<Taken, LeaseError> {
     let connect_error = |source| LeaseError::Connect {
         url: redact_url(url),
         source,
     };
     let mut config: Config = url.parse().map_err(connect_error)?;
-    config.application_name(format!(
-        "conscope run process={process} host={} pid={}",
-        hostname(),
-        std::process::id()
-    ));
+    let ours = run_prefix(run_id);
+    config.application_name(application_name(process, run_id));
+    config.options(session_options());
     let (client, connection) = config.connect(NoTls).await.map_err(connect_error)?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
@@ -239,7 +295,8 @@ async fn take(url: &str, process: i32) -> Result<Taken, LeaseError> {
             .query_opt(
                 "SELECT format('backend pid %s, %s, client %s, connected since %s',
                                a.pid, coalesce(nullif(a.application_name, ''), 'no application_name'),
-                               coalesce(host(a.client_addr), 'local socket'), a.backend_start)
+                               coalesce(host(a.client_addr), 'local socket'), a.backend_start),
+                        a.pid, a.application_name
                  FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
                  WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
                    AND l.classid::bigint = $1 AND l.objid::bigint = $2
@@ -251,7 +308,21 @@ async fn take(url: &str, process: i32) -> Result<Taken, LeaseError> {
             .await
             .map_err(connect_error)?;
         if let Some(row) = found {
-            holder = Some(row.get(0));
+            let (pid, name): (i32, Option<String>) = (row.get(1), row.get(2));
+            if name.is_some_and(|name| name.starts_with(&ours)) {
+                // This run's own session, lost on our side only: provably
+                // ours (the run id never leaves this process), so end it.
+                tracing::warn!(
+                    backend_pid = pid,
+                    "the job lease is held by this instance's own lost session; ending it"
+                );
+                client
+                    .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                    .await
+                    .map_err(connect_error)?;
+            } else {
+                holder = Some(row.get(0));
+            }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -284,6 +355,96 @@ mod tests {
         1_000_000 + std::process::id() as usize % 1_000_000
     }
 
+    /// A TCP proxy to the test's PostgreSQL. `cut` closes the client side of
+    /// every connection made so far and keeps the server side open: a reset
+    /// that only the client sees, whose backend lives on.
+    struct Proxy {
+        port: u16,
+        clients: Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    }
+
+    impl Proxy {
+        fn start(target: (String, u16)) -> Proxy {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let clients = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let accepted = Arc::clone(&clients);
+            std::thread::spawn(move || {
+                // Every server side stays here, open, for the life of the test.
+                let mut servers = Vec::new();
+                for client in listener.incoming() {
+                    let Ok(client) = client else { continue };
+                    let server = std::net::TcpStream::connect((target.0.as_str(), target.1)).unwrap();
+                    let (mut from_client, mut to_server) =
+                        (client.try_clone().unwrap(), server.try_clone().unwrap());
+                    let (mut from_server, mut to_client) =
+                        (server.try_clone().unwrap(), client.try_clone().unwrap());
+                    std::thread::spawn(move || std::io::copy(&mut from_client, &mut to_server));
+                    std::thread::spawn(move || std::io::copy(&mut from_server, &mut to_client));
+                    accepted.lock().unwrap().push(client);
+                    servers.push(server);
+                }
+            });
+            Proxy { port, clients }
+        }
+
+        fn cut(&self) {
+            for client in self.clients.lock().unwrap().drain(..) {
+                let _ = client.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+
+    /// After a reset only the client saw, the lease's old backend still holds
+    /// the lock. The lease recognises that session as its own (its run id) and
+    /// takes the lock back, instead of stopping the job for "another instance".
+    #[test]
+    fn a_lost_session_of_its_own_does_not_cost_the_lease() {
+        let config: Config = url().parse().unwrap();
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+            _ => "127.0.0.1".to_owned(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let user = config.get_user().unwrap_or("postgres").to_owned();
+        let proxy = Proxy::start((host, port));
+        let through_proxy = format!("postgres://{user}@127.0.0.1:{}/postgres", proxy.port);
+
+        let (lost, stopped) = mpsc::channel();
+        let lease = Lease::acquire(&through_proxy, key() + 1, move |error| {
+            let _ = lost.send(error.to_string());
+        })
+        .unwrap();
+        let orphan = lease.holder_pid().unwrap();
+        proxy.cut();
+
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(reason) = stopped.try_recv() {
+                panic!("the lease was given up: {reason}");
+            }
+            if lease.holder_pid().is_some_and(|pid| pid != orphan) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the lease was not taken back"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // The orphan was ended, not left holding nothing in particular.
+        let runtime = crate::runtime::current_thread().unwrap();
+        let alive: i64 = runtime.block_on(async {
+            let client = crate::db::connect(&url()).await.unwrap();
+            client
+                .query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", &[&orphan])
+                .await
+                .unwrap()
+                .get(0)
+        });
+        assert_eq!(alive, 0, "the orphaned backend {orphan} is still there");
+    }
+
     /// The lease of an instance whose session dies is taken by another; the
     /// first finds it taken when it reconnects, and stops.
     #[test]
@@ -294,7 +455,8 @@ mod tests {
         })
         .unwrap();
         let refused = Lease::acquire(&url(), key(), |_| {}).unwrap_err();
-        assert!(refused.to_string().contains("conscope run process="), "{refused}");
+        assert!(refused.to_string().contains("conscope run "), "{refused}");
+        assert!(refused.to_string().contains(" process="), "{refused}");
 
         // The first instance's session ends (a PostgreSQL restart, a network cut).
         let pid = first.holder_pid().unwrap();

@@ -12,19 +12,22 @@
 //! than [`MAX_MESSAGE_BYTES`] only the first `MAX_MESSAGE_BYTES + 1` bytes are
 //! kept (what the parser's size rule needs to reject it) and the rest is skipped
 //! unbuffered, so a file without newlines is never held in memory whole.
+//!
+//! A read that fails is not the end of the file: the lines before it are
+//! committed, then the job fails with an error naming the file, the line and
+//! the error (a restart resumes at that line).
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
 use conscope_dataflows::model::{Position, RawMessage, SourceEvent};
 use conscope_dataflows::parse::MAX_MESSAGE_BYTES;
-use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{ProbeHandle, Scope, Stream};
 
-use super::{current_epoch, InFlight, SourceSettings};
+use super::{input_source, Input, SourceFailure, SourceSettings};
 use crate::metrics::RateLimited;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +35,19 @@ pub enum InputFileError {
     #[error("cannot resolve --input-file {}", path.display())]
     Resolve {
         path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot open --input-file {}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot read --input-file {} at line {line} (0-based): {source}", path.display())]
+    Read {
+        path: PathBuf,
+        line: i64,
         #[source]
         source: io::Error,
     },
@@ -84,139 +100,209 @@ fn read_line_bounded(reader: &mut impl BufRead, keep: usize) -> io::Result<Optio
     }
 }
 
-pub struct OpenFile {
-    reader: BufReader<File>,
-    next: i64,
+pub struct OpenFile<R = BufReader<File>> {
+    reader: R,
+    /// The file's name, for errors.
+    path: PathBuf,
+    /// Partition 0 -> the next line to read.
+    next: BTreeMap<i32, i64>,
+    at_end: bool,
+    oversize_log: RateLimited,
 }
 
 impl OpenFile {
     /// Opens `path` and skips the `start` lines already committed.
-    pub fn open(path: &Path, start: i64) -> anyhow::Result<OpenFile> {
-        let file =
-            File::open(path).with_context(|| format!("cannot open --input-file {}", path.display()))?;
-        let mut reader = BufReader::with_capacity(1 << 20, file);
-        for _ in 0..start {
+    pub fn open(path: &Path, start: i64) -> Result<OpenFile, InputFileError> {
+        let file = File::open(path).map_err(|source| InputFileError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        OpenFile::from_reader(BufReader::with_capacity(1 << 20, file), path, start)
+    }
+}
+
+impl<R: BufRead> OpenFile<R> {
+    /// Reads `reader` as the file `path`, skipping the `start` lines already committed.
+    fn from_reader(mut reader: R, path: &Path, start: i64) -> Result<OpenFile<R>, InputFileError> {
+        let read_error = |line, source| InputFileError::Read {
+            path: path.to_owned(),
+            line,
+            source,
+        };
+        let mut skipped = 0;
+        while skipped < start {
             // Committed lines are only counted: nothing of them is kept.
-            if read_line_bounded(&mut reader, 0)?.is_none() {
-                break;
+            match read_line_bounded(&mut reader, 0) {
+                Ok(Some(_)) => skipped += 1,
+                Ok(None) => break,
+                Err(source) => return Err(read_error(skipped, source)),
             }
         }
-        Ok(OpenFile { reader, next: start })
+        Ok(OpenFile {
+            reader,
+            path: path.to_owned(),
+            next: BTreeMap::from([(0, skipped)]),
+            at_end: false,
+            oversize_log: RateLimited::new(Duration::from_secs(10)),
+        })
+    }
+
+    fn line_number(&self) -> i64 {
+        self.next.get(&0).copied().unwrap_or(0)
     }
 
     /// The next line without its line ending, cut to `MAX_MESSAGE_BYTES + 1`
     /// bytes when longer (with its full length), `None` at the end of the file.
-    fn next_line(&mut self) -> Option<io::Result<Line>> {
-        let mut line = match read_line_bounded(&mut self.reader, MAX_MESSAGE_BYTES + 1) {
-            Ok(line) => line?,
-            Err(error) => return Some(Err(error)),
-        };
+    fn next_line(&mut self) -> Result<Option<Line>, InputFileError> {
+        let line = read_line_bounded(&mut self.reader, MAX_MESSAGE_BYTES + 1).map_err(|source| {
+            InputFileError::Read {
+                path: self.path.clone(),
+                line: self.line_number(),
+                source,
+            }
+        })?;
+        let Some(mut line) = line else { return Ok(None) };
         // A `\r` kept from a cut line is not its ending: dropping it could bring
         // the cut line within the limit.
         if line.length == line.kept.len() && line.kept.last() == Some(&b'\r') {
             line.kept.pop();
             line.length -= 1;
         }
-        Some(Ok(line))
+        Ok(Some(line))
     }
 }
 
+impl<R: BufRead + 'static> Input for OpenFile<R> {
+    fn read(&mut self, max: usize, out: &mut Vec<SourceEvent>) -> anyhow::Result<()> {
+        for _ in 0..max {
+            let line = match self.next_line() {
+                Ok(Some(line)) => line,
+                Ok(None) => {
+                    tracing::info!(lines = self.line_number(), "input file read to its end");
+                    self.at_end = true;
+                    return Ok(());
+                }
+                // Not the end of the input: the job must fail, not pass for done.
+                Err(error) => {
+                    self.at_end = true;
+                    return Err(error.into());
+                }
+            };
+            let offset = self.line_number();
+            if line.length > line.kept.len() && self.oversize_log.allow() {
+                // The dead-letter record names the cut size; this names the real one.
+                tracing::warn!(
+                    line = offset,
+                    bytes = line.length,
+                    limit = MAX_MESSAGE_BYTES,
+                    suppressed = self.oversize_log.suppressed,
+                    "--input-file line over the size limit: rejected, read only up to the limit"
+                );
+            }
+            out.push(SourceEvent::Message(RawMessage {
+                position: Position { partition: 0, offset },
+                key: None,
+                payload: Some(line.kept),
+            }));
+            self.next.insert(0, offset + 1);
+        }
+        Ok(())
+    }
+
+    fn positions(&self) -> &BTreeMap<i32, i64> {
+        &self.next
+    }
+
+    fn finished(&self) -> bool {
+        self.at_end
+    }
+}
+
+/// The file source: worker 0 reads `file`, the others read nothing.
 pub fn file_source<'scope>(
     scope: Scope<'scope, u64>,
     file: Option<OpenFile>,
     settings: SourceSettings,
     committed: ProbeHandle<u64>,
+    failure: SourceFailure,
 ) -> Stream<'scope, u64, Vec<SourceEvent>> {
-    source(scope, "FileSource", move |capability, info| {
-        let activator = scope.activator_for(info.address);
-        let mut capability = file.as_ref().map(|_| capability);
-        let mut file = file;
-        let mut in_flight = InFlight::default();
-        let mut reported = -1i64;
-        let mut oversize_log = RateLimited::new(Duration::from_secs(10));
-        move |output| {
-            let (Some(cap), Some(open)) = (capability.as_mut(), file.as_mut()) else {
-                return;
-            };
-            let mut finished = false;
-            let epoch = current_epoch(settings.epoch_ms).max(*cap.time());
-            if epoch > *cap.time() {
-                if reported != open.next {
-                    output.session(&*cap).give(SourceEvent::Progress(Position {
-                        partition: 0,
-                        offset: open.next,
-                    }));
-                    reported = open.next;
-                }
-                in_flight.close(*cap.time());
-                cap.downgrade(&epoch);
-            }
-            if in_flight.full(&committed, settings.max_in_flight) {
-                activator.activate_after(Duration::from_millis(5));
-                return;
-            }
-            let mut session = output.session(&*cap);
-            for _ in 0..settings.max_batch {
-                match open.next_line() {
-                    Some(Ok(line)) => {
-                        if line.length > line.kept.len() && oversize_log.allow() {
-                            // The dead-letter record names the cut size; this names the real one.
-                            tracing::warn!(
-                                line = open.next,
-                                bytes = line.length,
-                                limit = MAX_MESSAGE_BYTES,
-                                suppressed = oversize_log.suppressed,
-                                "--input-file line over the size limit: rejected, read only up to the limit"
-                            );
-                        }
-                        session.give(SourceEvent::Message(RawMessage {
-                            position: Position {
-                                partition: 0,
-                                offset: open.next,
-                            },
-                            key: None,
-                            payload: Some(line.kept),
-                        }));
-                        open.next += 1;
-                        in_flight.read(1);
-                    }
-                    Some(Err(error)) => {
-                        tracing::error!(%error, line = open.next, "cannot read --input-file; stopping at this line");
-                        finished = true;
-                        break;
-                    }
-                    None => {
-                        finished = true;
-                        break;
-                    }
-                }
-            }
-            if finished {
-                if reported != open.next {
-                    session.give(SourceEvent::Progress(Position {
-                        partition: 0,
-                        offset: open.next,
-                    }));
-                }
-                drop(session);
-                tracing::info!(lines = open.next, "input file read to its end");
-                capability = None;
-                file = None;
-                return;
-            }
-            drop(session);
-            activator.activate();
-        }
-    })
+    input_source(scope, "FileSource", file, settings, committed, failure)
 }
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
+    use std::io::{Read, Write};
 
     use conscope_dataflows::parse::MAX_MESSAGE_BYTES;
+    use timely::dataflow::operators::capture::{Capture, Event};
+    use timely::dataflow::operators::Probe;
 
     use super::*;
+
+    /// Reads `data`, then fails every read: a disk that went away mid-file.
+    struct FailsAfter(io::Cursor<Vec<u8>>);
+
+    impl Read for FailsAfter {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match self.0.read(buf)? {
+                0 => Err(io::Error::other("device went away")),
+                read => Ok(read),
+            }
+        }
+    }
+
+    /// A read error in the middle of the file is not its end: the real source
+    /// operator emits the lines before it with their progress, then ends, and
+    /// leaves an error naming the file, the line and the cause for the job.
+    #[test]
+    fn a_read_error_mid_file_fails_the_source() {
+        let reader = BufReader::with_capacity(8, FailsAfter(io::Cursor::new(b"a\nb\nc\n".to_vec())));
+        let open = OpenFile::from_reader(reader, Path::new("/data/prices.jsonl"), 0).expect("open");
+        let failure = SourceFailure::default();
+        let settings = SourceSettings {
+            epoch_ms: 1,
+            max_batch: 2,
+            max_in_flight: 100,
+            idle_poll_ms: 1,
+        };
+        let source_failure = failure.clone();
+        let events = timely::execute_directly(move |worker| {
+            let committed = ProbeHandle::new();
+            let captured = worker.dataflow::<u64, _, _>(|scope| {
+                let events = input_source(
+                    scope,
+                    "FileSource",
+                    Some(open),
+                    settings,
+                    committed.clone(),
+                    source_failure,
+                );
+                events.probe_with(&committed).capture()
+            });
+            while !committed.done() {
+                worker.step();
+            }
+            captured
+        });
+        let mut messages = Vec::new();
+        let mut progress = Vec::new();
+        for event in events.try_iter() {
+            if let Event::Messages(_, data) = event {
+                for record in data {
+                    match record {
+                        SourceEvent::Message(message) => messages.push(message.position.offset),
+                        SourceEvent::Progress(position) => progress.push(position.offset),
+                    }
+                }
+            }
+        }
+        assert_eq!(messages, [0, 1, 2]);
+        assert_eq!(progress.last(), Some(&3), "{progress:?}");
+        let error = format!("{:#}", failure.take().expect("the source failed"));
+        assert!(error.contains("/data/prices.jsonl"), "{error}");
+        assert!(error.contains("line 3"), "{error}");
+        assert!(error.contains("device went away"), "{error}");
+    }
 
     /// A line over the limit is cut at the limit plus one byte (enough for the
     /// parser's size rule to reject it), never read whole; the next line follows.
@@ -229,7 +315,7 @@ mod tests {
         file.flush().expect("flush");
 
         let mut open = OpenFile::open(file.path(), 0).expect("open");
-        let line = |open: &mut OpenFile| open.next_line().expect("a line").expect("readable").kept;
+        let line = |open: &mut OpenFile| open.next_line().expect("readable").expect("a line").kept;
         assert_eq!(line(&mut open), b"first");
         let long = line(&mut open);
         assert_eq!(long.len(), MAX_MESSAGE_BYTES + 1);
@@ -239,7 +325,7 @@ mod tests {
             long.capacity()
         );
         assert_eq!(line(&mut open), b"last");
-        assert!(open.next_line().is_none());
+        assert!(open.next_line().expect("readable").is_none());
 
         // Resuming after the long line skips it by counting lines, as before.
         let mut resumed = OpenFile::open(file.path(), 2).expect("open");

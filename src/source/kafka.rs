@@ -32,12 +32,30 @@
 //! the partitions that existed at start, up to the watermarks seen then, and
 //! ignores partitions added later.
 //!
+//! # Where a partition starts
+//! At its stored offset. `--from` applies only while no offset at all is
+//! stored for the topic (SPEC §6): once the job has stored one, a partition
+//! without a stored offset was added later (while the job was down, or while
+//! it ran) and starts at its beginning, as live discovery does.
+//!
+//! A stored offset above the partition's high watermark means the log the job
+//! read is not the one there now (the topic was deleted and recreated, or its
+//! log truncated): the job refuses to start ([`SourceError::AboveEnd`]) until
+//! the operator reruns it with `--reset-offsets-above-end`, which reads such
+//! partitions from their log start. A stored offset below the log start means
+//! retention deleted messages before the job read them: they are gone whatever
+//! the operator decides, so the job warns, counts them
+//! (`skipped_by_retention`) and resumes at the log start.
+//!
 //! # Epochs
 //! The timely time is an epoch number, `wall-clock ms / epoch_ms`, the same
 //! clock in every process, so workers advance together without talking. Within an
 //! epoch the processor orders messages by `(partition, offset)`, so the results do
 //! not depend on how messages were batched into epochs as long as an event's
 //! messages come from one partition.
+//!
+//! Epochs are closed, and reading held back, by the operator shared with the
+//! file source ([`super::input_source`]); this file is the [`Input`] it reads.
 //!
 //! # Never blocking a worker
 //! `poll` is called with a zero timeout (librdkafka prefetches in its own
@@ -59,10 +77,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
 use rdkafka::{Message, Offset, TopicPartitionList};
-use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{ProbeHandle, Scope, Stream};
 
-use super::{current_epoch, InFlight, SourceSettings};
+use super::{input_source, Input, SourceFailure, SourceSettings};
 use crate::config::KafkaArgs;
 use crate::metrics::{Metrics, RateLimited};
 
@@ -83,6 +100,18 @@ pub enum SourceError {
          so that records of aborted transactions never reach PostgreSQL; remove the setting"
     )]
     IsolationLevel(String),
+    #[error(
+        "{topic}: stored offsets are above the end of their partitions ({}): the topic was deleted \
+         and recreated, or its log truncated, since the job stored them, and the messages below \
+         those offsets would be skipped. Nothing was read. To read these partitions from their log \
+         start, rerun with --reset-offsets-above-end (CONSCOPE_RESET_OFFSETS_ABOVE_END=true)",
+        partitions.iter().map(|p| format!("partition {}: stored next offset {} > high watermark {}", p.0, p.1, p.2)).collect::<Vec<_>>().join("; ")
+    )]
+    AboveEnd {
+        topic: String,
+        /// (partition, stored next offset, high watermark)
+        partitions: Vec<(i32, i64, i64)>,
+    },
     #[error("cannot assign {topic}[{partition}]: {source}")]
     Assign {
         topic: String,
@@ -188,6 +217,28 @@ impl PartitionWatch {
     }
 }
 
+/// What every worker needs to open its partitions (one per process, cloned).
+#[derive(Clone)]
+pub struct KafkaInput {
+    pub kafka: KafkaArgs,
+    /// Consumer group the progress is reported to (monitoring only).
+    pub group_id: String,
+    pub topic: String,
+    /// Partitions of the topic at start.
+    pub partitions: i32,
+    /// partition -> next offset, as stored in PostgreSQL.
+    pub stored: BTreeMap<i32, i64>,
+    /// Where to start while no offset is stored for the topic.
+    pub from: StartFrom,
+    /// Read partitions whose stored offset is above their end from their log start.
+    pub reset_above_end: bool,
+    pub exit_at_end: bool,
+    pub metrics: Arc<Metrics>,
+    pub stats_interval_secs: u64,
+    /// Partitions added while the job runs (a live job only).
+    pub watch: Option<PartitionWatch>,
+}
+
 /// One worker's consumer with its partitions assigned at their start offsets,
 /// and (for bounded replays) the offsets to stop at.
 pub struct OwnedPartitions {
@@ -206,36 +257,48 @@ pub struct OwnedPartitions {
     watch: Option<PartitionWatch>,
     /// Offsets stored at start, for partitions found later (normally none are).
     stored: BTreeMap<i32, i64>,
+    error_log: RateLimited,
+    assign_log: RateLimited,
 }
 
-impl OwnedPartitions {
-    /// Creates the consumer for the partitions `worker` owns, starting each at its
-    /// stored offset, else at `from`. Blocks (startup only) on watermark requests.
+/// Where a partition starts: its stored offset, else `from` while nothing is
+/// stored for the topic, else its beginning. `Err(())`: the stored offset is
+/// above the partition's end and no reset was asked for.
+fn start_offset(
+    stored: Option<i64>,
+    anything_stored: bool,
+    from: StartFrom,
+    (low, high): (i64, i64),
+    reset_above_end: bool,
+) -> Result<i64, ()> {
+    Ok(match stored {
+        Some(offset) if offset > high && !reset_above_end => return Err(()),
+        Some(offset) if offset > high => low,
+        Some(offset) => offset.max(low),
+        None if anything_stored => low,
+        None => match from {
+            StartFrom::Earliest => low,
+            StartFrom::Latest => high,
+        },
+    })
+}
+
+impl KafkaInput {
+    /// Creates the consumer for the partitions `worker` owns, each at its start
+    /// offset (see the module docs). Blocks (startup only) on watermark requests.
     /// `None` when the worker owns nothing and never will (no `watch`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn open(
-        kafka: &KafkaArgs,
-        group_id: &str,
-        topic: &str,
-        partition_count: i32,
-        worker: usize,
-        peers: usize,
-        stored: &BTreeMap<i32, i64>,
-        from: StartFrom,
-        exit_at_end: bool,
-        metrics: Arc<Metrics>,
-        stats_interval_secs: u64,
-        watch: Option<PartitionWatch>,
-    ) -> anyhow::Result<Option<OwnedPartitions>> {
+    pub fn open(&self, worker: usize, peers: usize) -> anyhow::Result<Option<OwnedPartitions>> {
+        let (topic, metrics) = (self.topic.as_str(), &self.metrics);
         let peers = peers.max(1);
-        let mine: Vec<i32> = (0..partition_count)
+        let mine: Vec<i32> = (0..self.partitions)
             .filter(|partition| *partition as usize % peers == worker)
             .collect();
-        if mine.is_empty() && watch.is_none() {
+        if mine.is_empty() && self.watch.is_none() {
             return Ok(None);
         }
-        let stats_interval_ms = (stats_interval_secs.max(1) * 1000).to_string();
-        let consumer: BaseConsumer<LagContext> = kafka
+        let stats_interval_ms = (self.stats_interval_secs.max(1) * 1000).to_string();
+        let consumer: BaseConsumer<LagContext> = self
+            .kafka
             .client_config_with(&[
                 // A stored offset that retention has already deleted: resume from
                 // the oldest message still there rather than stall forever.
@@ -256,7 +319,7 @@ impl OwnedPartitions {
             .set("isolation.level", "read_committed")
             // Only used to publish progress for monitoring tools; the job's own
             // offsets live in PostgreSQL.
-            .set("group.id", group_id)
+            .set("group.id", &self.group_id)
             // Offsets are stored by the sink with the rows: never auto-commit,
             // whatever --kafka says.
             .set("enable.auto.commit", "false")
@@ -265,38 +328,54 @@ impl OwnedPartitions {
             // consumer lag without extra requests to the broker.
             .set("statistics.interval.ms", &stats_interval_ms)
             .create_with_context(LagContext {
-                metrics: Arc::clone(&metrics),
+                metrics: Arc::clone(metrics),
             })
             .context("cannot create Kafka consumer")?;
         let mut next = BTreeMap::new();
-        let mut end = exit_at_end.then(BTreeMap::new);
+        let mut end = self.exit_at_end.then(BTreeMap::new);
         let mut assignment = TopicPartitionList::new();
+        let mut above_end = Vec::new();
         for partition in mine {
             let (low, high) =
                 crate::kafka::retrying(&format!("reading watermarks of {topic}[{partition}]"), || {
                     consumer.fetch_watermarks(topic, partition, crate::kafka::METADATA_TIMEOUT)
                 })?;
-            let start = match (stored.get(&partition), from) {
-                (Some(offset), _) => {
-                    if *offset < low {
-                        // Retention deleted these before the job read them: they
-                        // are gone for good, which must not pass as a quiet resume.
-                        let lost = low - *offset;
-                        tracing::warn!(
-                            topic,
-                            partition,
-                            stored = *offset,
-                            log_start = low,
-                            lost,
-                            "stored offset is below the partition's log start: messages deleted by retention are skipped"
-                        );
-                        metrics.skipped_by_retention(lost as u64);
-                    }
-                    (*offset).max(low)
-                }
-                (None, StartFrom::Earliest) => low,
-                (None, StartFrom::Latest) => high,
+            let stored = self.stored.get(&partition).copied();
+            let Ok(start) = start_offset(
+                stored,
+                !self.stored.is_empty(),
+                self.from,
+                (low, high),
+                self.reset_above_end,
+            ) else {
+                above_end.push((partition, stored.unwrap_or_default(), high));
+                continue;
             };
+            match stored {
+                Some(offset) if offset > high => tracing::warn!(
+                    topic,
+                    partition,
+                    stored = offset,
+                    high,
+                    start,
+                    "stored offset above the partition's end: reset to its log start (--reset-offsets-above-end)"
+                ),
+                Some(offset) if offset < low => {
+                    // Retention deleted these before the job read them: they
+                    // are gone for good, which must not pass as a quiet resume.
+                    let lost = low - offset;
+                    tracing::warn!(
+                        topic,
+                        partition,
+                        stored = offset,
+                        log_start = low,
+                        lost,
+                        "stored offset is below the partition's log start: messages deleted by retention are skipped"
+                    );
+                    metrics.skipped_by_retention(lost as u64);
+                }
+                _ => {}
+            }
             if let Some(end) = end.as_mut() {
                 end.insert(partition, high);
             }
@@ -306,6 +385,13 @@ impl OwnedPartitions {
                 .add_partition_offset(topic, partition, Offset::Offset(start))
                 .context("bad partition assignment")?;
             tracing::info!(topic, partition, start, low, high, worker, "assigned partition");
+        }
+        if !above_end.is_empty() {
+            return Err(SourceError::AboveEnd {
+                topic: topic.to_owned(),
+                partitions: above_end,
+            }
+            .into());
         }
         if assignment.count() > 0 {
             consumer.assign(&assignment).context("cannot assign partitions")?;
@@ -318,12 +404,16 @@ impl OwnedPartitions {
             next,
             end,
             assigned: assignment,
-            known: partition_count,
-            watch,
-            stored: stored.clone(),
+            known: self.partitions,
+            watch: self.watch.clone(),
+            stored: self.stored.clone(),
+            error_log: RateLimited::new(Duration::from_secs(10)),
+            assign_log: RateLimited::new(Duration::from_secs(10)),
         }))
     }
+}
 
+impl OwnedPartitions {
     /// Assigns the partitions this worker owns among those added to the topic
     /// since it last looked, from their earliest offset. No broker request here:
     /// the count comes from the watcher thread, and `incremental_assign` only
@@ -402,7 +492,7 @@ impl OwnedPartitions {
         }
     }
 
-    fn finished(&self) -> bool {
+    fn at_end(&self) -> bool {
         match &self.end {
             Some(end) => self
                 .next
@@ -420,6 +510,76 @@ impl OwnedPartitions {
     }
 }
 
+impl Input for OwnedPartitions {
+    fn prepare(&mut self) {
+        if let Err(error) = self.adopt_new_partitions() {
+            // librdkafka refused a local assignment: try again next time.
+            if self.assign_log.allow() {
+                tracing::warn!(%error, "cannot take up new input partitions; retrying");
+            }
+        }
+    }
+
+    fn read(&mut self, max: usize, out: &mut Vec<SourceEvent>) -> anyhow::Result<()> {
+        // (partition, offset, Kafka timestamp) of what is read now, for commit lag.
+        let mut timestamps = Vec::new();
+        let mut read = 0;
+        while read < max {
+            match self.consumer.poll(Duration::ZERO) {
+                None => break,
+                Some(Err(error)) => {
+                    // Transient (broker away, rebalance of a shared cluster):
+                    // librdkafka reconnects by itself; we keep polling.
+                    if self.error_log.allow() {
+                        tracing::warn!(%error, "Kafka consumer error; retrying");
+                    }
+                    break;
+                }
+                Some(Ok(message)) => {
+                    let partition = message.partition();
+                    let offset = message.offset();
+                    if self.past_end(partition, offset) {
+                        continue;
+                    }
+                    // A message below our position was already emitted (can
+                    // happen right after a reset); never emit it twice.
+                    if self.next.get(&partition).is_some_and(|next| offset < *next) {
+                        continue;
+                    }
+                    if let Some(timestamp) = message.timestamp().to_millis() {
+                        timestamps.push((partition, offset, timestamp));
+                    }
+                    out.push(SourceEvent::Message(RawMessage {
+                        position: Position { partition, offset },
+                        key: message.key().map(<[u8]>::to_vec),
+                        payload: message.payload().map(<[u8]>::to_vec),
+                    }));
+                    self.next.insert(partition, offset + 1);
+                    read += 1;
+                }
+            }
+        }
+        self.consumer.context().metrics.read(&timestamps);
+        // After the poll: markers and aborted records handed over meanwhile
+        // moved the positions past the last message.
+        self.advance_to_positions();
+        Ok(())
+    }
+
+    fn positions(&self) -> &BTreeMap<i32, i64> {
+        &self.next
+    }
+
+    fn finished(&self) -> bool {
+        self.at_end()
+    }
+
+    fn reported(&self, epoch: u64, moved: &[(i32, i64)]) {
+        // Durable, and so no longer lag, once the sink's probe passes this epoch.
+        self.consumer.context().metrics.reported(epoch, moved);
+    }
+}
+
 /// Builds the source operator. `partitions` is `None` for a worker that owns no
 /// partition and cannot get one (it drops its capability at once).
 pub fn kafka_source<'scope>(
@@ -428,130 +588,30 @@ pub fn kafka_source<'scope>(
     settings: SourceSettings,
     committed: ProbeHandle<u64>,
 ) -> Stream<'scope, u64, Vec<SourceEvent>> {
-    let worker = scope.index();
-    source(scope, "KafkaSource", move |capability, info| {
-        let activator = scope.activator_for(info.address);
-        let mut capability = partitions.as_ref().map(|_| capability);
-        let mut partitions = partitions;
-        // Offsets reported so far, to send Progress only for partitions that moved.
-        let mut reported: BTreeMap<i32, i64> = BTreeMap::new();
-        // (epoch, messages) emitted but not yet committed.
-        let mut in_flight = InFlight::default();
-        let mut error_log = RateLimited::new(Duration::from_secs(10));
-        let mut assign_log = RateLimited::new(Duration::from_secs(10));
-
-        move |output| {
-            let (Some(cap), Some(owned)) = (capability.as_mut(), partitions.as_mut()) else {
-                return;
-            };
-            if let Err(error) = owned.adopt_new_partitions() {
-                // librdkafka refused a local assignment: try again next time.
-                if assign_log.allow() {
-                    tracing::warn!(%error, "cannot take up new input partitions; retrying");
-                }
-            }
-            let epoch = current_epoch(settings.epoch_ms).max(*cap.time());
-            let closing = epoch > *cap.time();
-            if closing || owned.finished() {
-                // Progress is emitted at the epoch its messages were emitted at.
-                let mut session = output.session(&*cap);
-                let mut moved = Vec::new();
-                for (partition, next) in &owned.next {
-                    if reported.get(partition) != Some(next) {
-                        session.give(SourceEvent::Progress(Position {
-                            partition: *partition,
-                            offset: *next,
-                        }));
-                        reported.insert(*partition, *next);
-                        moved.push((*partition, *next));
-                    }
-                }
-                drop(session);
-                // Durable, and so no longer lag, once the sink's probe passes this epoch.
-                owned.consumer.context().metrics.reported(*cap.time(), &moved);
-                in_flight.close(*cap.time());
-                if owned.finished() {
-                    tracing::info!(worker, "source reached the end offsets seen at start");
-                    capability = None;
-                    partitions = None;
-                    return;
-                }
-                cap.downgrade(&epoch);
-            }
-
-            // Backpressure: stop reading while too much is waiting for PostgreSQL.
-            if in_flight.full(&committed, settings.max_in_flight) {
-                activator.activate_after(Duration::from_millis(5));
-                return;
-            }
-
-            let mut read = 0;
-            // (partition, offset, Kafka timestamp) of what is read now, for commit lag.
-            let mut timestamps = Vec::new();
-            let mut session = output.session(&*cap);
-            while read < settings.max_batch {
-                match owned.consumer.poll(Duration::ZERO) {
-                    None => break,
-                    Some(Err(error)) => {
-                        // Transient (broker away, rebalance of a shared cluster):
-                        // librdkafka reconnects by itself; we keep polling.
-                        if error_log.allow() {
-                            tracing::warn!(%error, "Kafka consumer error; retrying");
-                        }
-                        break;
-                    }
-                    Some(Ok(message)) => {
-                        let partition = message.partition();
-                        let offset = message.offset();
-                        if owned.past_end(partition, offset) {
-                            continue;
-                        }
-                        // A message below our position was already emitted (can
-                        // happen right after a reset); never emit it twice.
-                        if owned.next.get(&partition).is_some_and(|next| offset < *next) {
-                            continue;
-                        }
-                        if let Some(timestamp) = message.timestamp().to_millis() {
-                            timestamps.push((partition, offset, timestamp));
-                        }
-                        session.give(SourceEvent::Message(RawMessage {
-                            position: Position { partition, offset },
-                            key: message.key().map(<[u8]>::to_vec),
-                            payload: message.payload().map(<[u8]>::to_vec),
-                        }));
-                        owned.next.insert(partition, offset + 1);
-                        read += 1;
-                    }
-                }
-            }
-            drop(session);
-            owned.consumer.context().metrics.read(&timestamps);
-            // After the poll: markers and aborted records handed over meanwhile
-            // moved the positions past the last message.
-            owned.advance_to_positions();
-            in_flight.read(read);
-            if read == settings.max_batch || owned.finished() {
-                activator.activate();
-            } else {
-                activator.activate_after(Duration::from_millis(settings.idle_poll_ms));
-            }
-        }
-    })
+    // Kafka reads never fail for good (see `read`): nothing lands in the failure.
+    input_source(
+        scope,
+        "KafkaSource",
+        partitions,
+        settings,
+        committed,
+        SourceFailure::default(),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use rdkafka::mocking::MockCluster;
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
     use rdkafka::ClientConfig;
+    use timely::dataflow::operators::capture::{Capture, Event};
+    use timely::dataflow::operators::Probe;
 
     use super::*;
 
-    fn produce(
-        cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
-        partition: i32,
-        count: usize,
-    ) {
+    type Cluster = MockCluster<'static, DefaultProducerContext>;
+
+    fn produce(cluster: &Cluster, partition: i32, count: usize) {
         let producer: BaseProducer = ClientConfig::new()
             .set("bootstrap.servers", cluster.bootstrap_servers())
             .create()
@@ -564,69 +624,156 @@ mod tests {
         producer.flush(Duration::from_secs(10)).unwrap();
     }
 
-    fn open(
-        cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
-        stored: &BTreeMap<i32, i64>,
-    ) -> OwnedPartitions {
-        let kafka = KafkaArgs {
-            brokers: cluster.bootstrap_servers(),
-            kafka: Vec::new(),
-        };
-        let metrics = Metrics::new("alerts", 0);
-        OwnedPartitions::open(
-            &kafka,
-            "g",
-            "input",
-            2,
-            0,
-            1,
-            stored,
-            StartFrom::Earliest,
-            true,
-            metrics,
-            60,
-            None,
-        )
-        .unwrap()
-        .unwrap()
+    /// The input of a one-worker bounded replay of the 2-partition topic `input`.
+    fn input(cluster: &Cluster, stored: &[(i32, i64)], from: StartFrom) -> KafkaInput {
+        KafkaInput {
+            kafka: KafkaArgs {
+                brokers: cluster.bootstrap_servers(),
+                kafka: Vec::new(),
+            },
+            group_id: "g".into(),
+            topic: "input".into(),
+            partitions: 2,
+            stored: stored.iter().copied().collect(),
+            from,
+            reset_above_end: false,
+            exit_at_end: true,
+            metrics: Metrics::new("alerts", 0),
+            stats_interval_secs: 60,
+            watch: None,
+        }
     }
 
-    /// Reads as the source does: until the end offsets seen at open, or none left.
-    fn drain(owned: &mut OwnedPartitions) -> Vec<(i32, i64)> {
-        let mut emitted = Vec::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !owned.finished() && std::time::Instant::now() < deadline {
-            if let Some(Ok(message)) = owned.consumer.poll(Duration::from_millis(100)) {
-                let (partition, offset) = (message.partition(), message.offset());
-                if !owned.past_end(partition, offset) {
-                    emitted.push((partition, offset));
-                    owned.next.insert(partition, offset + 1);
+    /// Runs the real source operator over `owned` until it ends (its probe is
+    /// the only "sink"): the messages' (partition, offset) in emission order,
+    /// and the last Progress of each partition.
+    fn run_source(owned: OwnedPartitions) -> (Vec<(i32, i64)>, BTreeMap<i32, i64>) {
+        let settings = SourceSettings {
+            epoch_ms: 1,
+            max_batch: 2,
+            max_in_flight: 1000,
+            idle_poll_ms: 1,
+        };
+        let captured = timely::execute_directly(move |worker| {
+            let committed = ProbeHandle::new();
+            let captured = worker.dataflow::<u64, _, _>(|scope| {
+                kafka_source(scope, Some(owned), settings, committed.clone())
+                    .probe_with(&committed)
+                    .capture()
+            });
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while !committed.done() {
+                assert!(std::time::Instant::now() < deadline, "the source never ended");
+                worker.step_or_park(Some(Duration::from_millis(5)));
+            }
+            captured
+        });
+        let (mut messages, mut progress) = (Vec::new(), BTreeMap::new());
+        for event in captured.try_iter() {
+            if let Event::Messages(_, data) = event {
+                for record in data {
+                    match record {
+                        SourceEvent::Message(message) => {
+                            messages.push((message.position.partition, message.position.offset))
+                        }
+                        SourceEvent::Progress(position) => {
+                            progress.insert(position.partition, position.offset);
+                        }
+                    }
                 }
             }
-            owned.advance_to_positions();
         }
-        emitted
+        (messages, progress)
     }
 
-    /// `--exit-at-end` against rdkafka's in-process mock cluster: the source
-    /// ends at the high watermarks seen when it opened, an empty partition is
-    /// finished at once, and what is produced later is past the end.
+    /// `--exit-at-end` against rdkafka's in-process mock cluster, through the
+    /// real operator: the source ends at the high watermarks seen when it
+    /// opened, an empty partition is finished at once, what is produced later
+    /// is past the end, and the last Progress is each partition's end.
     #[test]
     fn a_bounded_replay_ends_at_the_watermarks_seen_at_open() {
         let cluster = MockCluster::new(1).unwrap();
         cluster.create_topic("input", 2, 1).unwrap();
         produce(&cluster, 0, 3);
 
-        let mut owned = open(&cluster, &BTreeMap::new());
-        assert!(!owned.finished());
+        let owned = input(&cluster, &[], StartFrom::Earliest)
+            .open(0, 1)
+            .unwrap()
+            .unwrap();
+        assert!(!owned.at_end());
         produce(&cluster, 0, 2);
-        assert_eq!(drain(&mut owned), [(0, 0), (0, 1), (0, 2)]);
-        assert!(owned.finished());
         assert!(owned.past_end(0, 3), "produced after open: past the end");
         assert!(owned.past_end(1, 0), "partition 1 was empty at open");
+        let (messages, progress) = run_source(owned);
+        assert_eq!(messages, [(0, 0), (0, 1), (0, 2)]);
+        assert_eq!(progress, BTreeMap::from([(0, 3), (1, 0)]));
 
         // Resuming from stored offsets at the end: finished without reading.
-        let resumed = open(&cluster, &[(0, 5), (1, 0)].into());
-        assert!(resumed.finished());
+        let resumed = input(&cluster, &[(0, 5), (1, 0)], StartFrom::Earliest)
+            .open(0, 1)
+            .unwrap()
+            .unwrap();
+        assert!(resumed.at_end());
+        assert_eq!(run_source(resumed).0, []);
+    }
+
+    /// `--from latest` applies only while nothing is stored for the topic: a
+    /// partition without a stored offset next to one with is a partition
+    /// added while the job was down, and is read from its beginning.
+    #[test]
+    fn from_latest_does_not_skip_a_partition_added_while_the_job_was_down() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("input", 2, 1).unwrap();
+        produce(&cluster, 0, 4);
+        produce(&cluster, 1, 3);
+
+        // Nothing stored: both partitions start at their end.
+        let fresh = input(&cluster, &[], StartFrom::Latest)
+            .open(0, 1)
+            .unwrap()
+            .unwrap();
+        assert_eq!(run_source(fresh).0, []);
+
+        // Partition 0 stored at 2, partition 1 new: all of partition 1 is read.
+        let resumed = input(&cluster, &[(0, 2)], StartFrom::Latest)
+            .open(0, 1)
+            .unwrap()
+            .unwrap();
+        let (messages, progress) = run_source(resumed);
+        let mut sorted = messages.clone();
+        sorted.sort();
+        assert_eq!(sorted, [(0, 2), (0, 3), (1, 0), (1, 1), (1, 2)], "{messages:?}");
+        assert_eq!(progress, BTreeMap::from([(0, 4), (1, 3)]));
+    }
+
+    /// A stored offset above a partition's end (the topic recreated) refuses
+    /// to start, naming the topic, the partition and both offsets; with the
+    /// reset asked for, that partition is read from its log start.
+    #[test]
+    fn a_stored_offset_above_the_end_refuses_to_start_until_reset() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("input", 2, 1).unwrap();
+        produce(&cluster, 0, 2);
+        produce(&cluster, 1, 5);
+
+        let stored = [(0, 60), (1, 5)];
+        let refused = input(&cluster, &stored, StartFrom::Earliest)
+            .open(0, 1)
+            .err()
+            .expect("refused");
+        let message = format!("{refused:#}");
+        assert!(message.contains("input"), "{message}");
+        assert!(
+            message.contains("partition 0: stored next offset 60 > high watermark 2"),
+            "{message}"
+        );
+        assert!(!message.contains("partition 1:"), "{message}");
+        assert!(message.contains("--reset-offsets-above-end"), "{message}");
+
+        let mut reset = input(&cluster, &stored, StartFrom::Earliest);
+        reset.reset_above_end = true;
+        let (messages, progress) = run_source(reset.open(0, 1).unwrap().unwrap());
+        assert_eq!(messages, [(0, 0), (0, 1)]);
+        assert_eq!(progress, BTreeMap::from([(0, 2), (1, 5)]));
     }
 }

@@ -8,16 +8,24 @@
 //! - `rules`: the active rules at start, and the poller of their changes.
 //!
 //! Every source emits at epoch `wall-clock ms / epoch_ms` (see `kafka`'s docs).
+//! The Kafka and file sources share one operator, [`input_source`]: it closes
+//! epochs (a `Progress` per partition that moved, at the epoch its messages were
+//! emitted at), holds back while too much is in flight ([`InFlight`]), and ends
+//! when its [`Input`] is finished or has failed. What differs (where messages
+//! come from, where positions are read) is the `Input`.
 
 pub mod file;
 pub mod kafka;
 pub mod restore;
 pub mod rules;
 
-use std::collections::VecDeque;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use timely::dataflow::ProbeHandle;
+use conscope_dataflows::model::{Position, SourceEvent};
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::{ProbeHandle, Scope, Stream};
 
 /// How sources batch and pace their reads.
 #[derive(Clone, Copy, Debug)]
@@ -74,4 +82,117 @@ impl InFlight {
         }
         self.closed.iter().map(|(_, count)| count).sum::<usize>() + self.open >= limit
     }
+}
+
+/// Where a source's messages come from, as the shared operator sees it.
+pub trait Input: 'static {
+    /// Runs first at every activation (Kafka: takes up partitions added since).
+    fn prepare(&mut self) {}
+    /// Appends at most `max` messages to `out`. An error ends the source: what
+    /// was read before it is committed, the job then fails with the error.
+    fn read(&mut self, max: usize, out: &mut Vec<SourceEvent>) -> anyhow::Result<()>;
+    /// Partition -> next offset to read: what `Progress` reports.
+    fn positions(&self) -> &BTreeMap<i32, i64>;
+    /// Nothing more will be read (a bounded input reached its end).
+    fn finished(&self) -> bool;
+    /// The positions in `moved` were reported at `epoch` (Kafka: lag metrics).
+    fn reported(&self, _epoch: u64, _moved: &[(i32, i64)]) {}
+}
+
+/// The first error of a source that could not go on; the job fails with it
+/// once the dataflow has committed what was read before it.
+#[derive(Clone, Default)]
+pub struct SourceFailure(Arc<Mutex<Option<anyhow::Error>>>);
+
+impl SourceFailure {
+    fn set(&self, error: anyhow::Error) {
+        if let Ok(mut slot) = self.0.lock() {
+            slot.get_or_insert(error);
+        }
+    }
+
+    /// The error, if a source failed.
+    pub fn take(&self) -> Option<anyhow::Error> {
+        self.0.lock().ok().and_then(|mut slot| slot.take())
+    }
+}
+
+/// The source operator for `input` (`None`: this worker reads nothing and
+/// drops its capability at once). `committed` is the sink's probe.
+pub fn input_source<'scope, I: Input>(
+    scope: Scope<'scope, u64>,
+    name: &str,
+    input: Option<I>,
+    settings: SourceSettings,
+    committed: ProbeHandle<u64>,
+    failure: SourceFailure,
+) -> Stream<'scope, u64, Vec<SourceEvent>> {
+    let worker = scope.index();
+    let name = name.to_owned();
+    source(scope, &name.clone(), move |capability, info| {
+        let activator = scope.activator_for(info.address);
+        let mut capability = input.as_ref().map(|_| capability);
+        let mut input = input;
+        // Positions reported so far, to send Progress only for partitions that moved.
+        let mut reported: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut in_flight = InFlight::default();
+        let mut failed = false;
+        let mut batch = Vec::new();
+        move |output| {
+            let (Some(cap), Some(open)) = (capability.as_mut(), input.as_mut()) else {
+                return;
+            };
+            open.prepare();
+            let ended = failed || open.finished();
+            let epoch = current_epoch(settings.epoch_ms).max(*cap.time());
+            if epoch > *cap.time() || ended {
+                // Progress is emitted at the epoch its messages were emitted at.
+                let mut moved = Vec::new();
+                for (partition, next) in open.positions() {
+                    if reported.get(partition) != Some(next) {
+                        reported.insert(*partition, *next);
+                        moved.push((*partition, *next));
+                    }
+                }
+                output
+                    .session(&*cap)
+                    .give_iterator(moved.iter().map(|(partition, offset)| {
+                        SourceEvent::Progress(Position {
+                            partition: *partition,
+                            offset: *offset,
+                        })
+                    }));
+                open.reported(*cap.time(), &moved);
+                in_flight.close(*cap.time());
+                if ended {
+                    tracing::info!(worker, source = %name, "source reached the end of its input");
+                    capability = None;
+                    input = None;
+                    return;
+                }
+                cap.downgrade(&epoch);
+            }
+
+            // Backpressure: stop reading while too much is waiting for PostgreSQL.
+            if in_flight.full(&committed, settings.max_in_flight) {
+                activator.activate_after(Duration::from_millis(5));
+                return;
+            }
+            let result = open.read(settings.max_batch, &mut batch);
+            let read = batch.len();
+            in_flight.read(read);
+            output.session(&*cap).give_container(&mut batch);
+            batch.clear();
+            if let Err(error) = result {
+                tracing::error!(source = %name, "{error:#}");
+                failure.set(error);
+                failed = true;
+            }
+            if read >= settings.max_batch || failed || open.finished() {
+                activator.activate();
+            } else {
+                activator.activate_after(Duration::from_millis(settings.idle_poll_ms));
+            }
+        }
+    })
 }

@@ -18,21 +18,14 @@
 //! so no observation is applied before it. On worker 0 it then emits the rules
 //! at start and, in a live job, their changes (`rules.rs`).
 //!
-//! Touches: reads `events`, `listings`, `kafka_offsets`. Writes nothing.
+//! Touches: reads `events`, `listings` (decoded by `crate::db`). Writes nothing.
 
-use std::collections::BTreeMap;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use chrono::{DateTime, Utc};
-use conscope_dataflows::model::{
-    Cents, Currency, EventRow, ListingKey, ListingRow, Micros, ProcessorInput, Restore, RuleChange, Seat,
-    Stamped,
-};
+use conscope_dataflows::model::{ProcessorInput, Restore, RuleChange};
 use futures_util::{pin_mut, TryStreamExt};
-use rust_decimal::prelude::ToPrimitive;
-use rust_decimal::Decimal;
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, Stream};
 use timely::scheduling::SyncActivator;
@@ -41,69 +34,13 @@ use tokio_postgres::{Client, Row};
 
 use super::current_epoch;
 use super::rules::{spawn_rule_poller, RuleFeed};
+use crate::db::{event_row, listing_row};
 
 /// Records per batch handed to the dataflow.
 const BATCH: usize = 1024;
 /// Batches the reader may be ahead of the dataflow: bounds the restore's memory
 /// outside the dataflow.
 const BATCHES_AHEAD: usize = 8;
-
-pub fn micros(time: DateTime<Utc>) -> Micros {
-    time.timestamp_micros()
-}
-
-pub fn cents(decimal: Decimal) -> anyhow::Result<Cents> {
-    (decimal * Decimal::from(100))
-        .trunc()
-        .to_i64()
-        .map(Cents)
-        .with_context(|| format!("price {decimal} out of range"))
-}
-
-pub fn currency(text: &str) -> anyhow::Result<Currency> {
-    Currency::parse(text.trim()).with_context(|| format!("bad currency {text:?} in the database"))
-}
-
-fn stamped<V>(value: Option<V>, at: Option<DateTime<Utc>>) -> Option<Stamped<V>> {
-    match (value, at) {
-        (Some(value), Some(at)) => Some(Stamped {
-            value,
-            observed_at: micros(at),
-        }),
-        _ => None,
-    }
-}
-
-fn event(row: &Row) -> anyhow::Result<Restore> {
-    let date: Option<DateTime<Utc>> = row.try_get("event_date")?;
-    Ok(Restore::Event(EventRow {
-        event_id: row.try_get("event_id")?,
-        event_name: stamped(row.try_get("event_name")?, row.try_get("event_name_observed_at")?),
-        venue: stamped(row.try_get("venue")?, row.try_get("venue_observed_at")?),
-        event_date: stamped(date.map(micros), row.try_get("event_date_observed_at")?),
-        first_seen: micros(row.try_get("first_seen")?),
-        last_seen: micros(row.try_get("last_seen")?),
-    }))
-}
-
-fn listing(row: &Row) -> anyhow::Result<Restore> {
-    let currency_text: String = row.try_get("currency")?;
-    Ok(Restore::Listing(ListingRow {
-        listing: ListingKey {
-            event_id: row.try_get("event_id")?,
-            seat: Seat {
-                section: row.try_get("section")?,
-                row: row.try_get("row")?,
-                seat: row.try_get("seat")?,
-                source: row.try_get("source")?,
-            },
-        },
-        price: cents(row.try_get("price")?)?,
-        currency: currency(&currency_text)?,
-        available: row.try_get("available")?,
-        observed_at: micros(row.try_get("observed_at")?),
-    }))
-}
 
 const EVENTS: &str = "SELECT event_id, event_name, venue, event_date, first_seen, last_seen,
                              event_name_observed_at, venue_observed_at, event_date_observed_at
@@ -164,17 +101,17 @@ fn spawn_restore(
                         // Rides out a database restart before the first row; one
                         // failing mid-stream ends the job (the restart reads again).
                         let client =
-                            crate::db::connect_with_retry(&database_url, crate::job::STARTUP_PATIENCE)
+                            crate::db::connect_with_retry(&database_url, crate::runtime::STARTUP_PATIENCE)
                                 .await?;
                         // One snapshot for both tables: the same commit.
                         client
                             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                             .await
                             .context("cannot begin the restore")?;
-                        let Some(events) = stream(&client, EVENTS, event, &batches, &wake).await? else {
+                        let Some(events) = stream(&client, EVENTS, event_row, &batches, &wake).await? else {
                             return Ok(None);
                         };
-                        let Some(listings) = stream(&client, LISTINGS, listing, &batches, &wake).await?
+                        let Some(listings) = stream(&client, LISTINGS, listing_row, &batches, &wake).await?
                         else {
                             return Ok(None);
                         };
@@ -189,24 +126,12 @@ fn spawn_restore(
                     "restored state"
                 ),
                 Ok(None) => {}
-                Err(error) => crate::job::fatal(error.context("cannot restore state")),
+                Err(error) => crate::runtime::fatal(error.context("cannot restore state")),
             }
             drop(batches);
             let _ = wake.activate();
         })?;
     Ok(())
-}
-
-/// Offsets stored for `topic`: partition -> next offset.
-pub async fn stored_offsets(client: &Client, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
-    let rows = client
-        .query(
-            "SELECT partition, next_offset FROM kafka_offsets WHERE topic = $1",
-            &[&topic],
-        )
-        .await
-        .context("cannot read stored offsets")?;
-    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
 }
 
 /// What worker 0 restores and feeds: the database to restore from and the rules.
@@ -232,7 +157,7 @@ pub fn restore_source<'scope>(
             let (sender, receiver) = mpsc::sync_channel(BATCHES_AHEAD);
             let wake = scope.worker().sync_activator_for(info.address.to_vec());
             if let Err(error) = spawn_restore(checkpoint.database_url, sender, wake) {
-                crate::job::fatal(error.context("cannot start the restore"));
+                crate::runtime::fatal(error.context("cannot start the restore"));
             }
             restoring = Some(receiver);
             rules = checkpoint.rules.initial;

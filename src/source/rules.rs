@@ -15,7 +15,7 @@ use anyhow::Context;
 use conscope_dataflows::model::{Rule, RuleChange};
 use tokio_postgres::Client;
 
-use super::restore::{cents, currency};
+use crate::db::{cents, currency};
 
 /// A rule as the poller knows it: its definition and its generation (bumped by
 /// `rules enable`: a re-enabled rule starts afresh even when the poller never

@@ -61,6 +61,35 @@ pub fn create_topic_with(topic: &str, partitions: i32, configs: &[(&str, &str)])
     wait_for_partitions(topic, partitions);
 }
 
+/// Deletes `topic` (one the test created) and creates it again, empty, with
+/// `partitions`: what an operator's mistake does under a running job's feet.
+/// Retries the creation while the broker still finishes the deletion.
+pub fn recreate_topic(topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = client_config().create().expect("admin client");
+    let results = runtime()
+        .block_on(admin.delete_topics(&[topic], &AdminOptions::new()))
+        .expect("delete topic");
+    for result in results {
+        result.expect("topic deleted");
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        let results = runtime()
+            .block_on(admin.create_topics([&new_topic], &AdminOptions::new()))
+            .expect("create topic");
+        match results.into_iter().next() {
+            Some(Ok(_)) => break,
+            Some(Err((_, error))) => {
+                assert!(Instant::now() < deadline, "cannot create {topic} again: {error}");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            None => panic!("no result for creating {topic}"),
+        }
+    }
+    wait_for_partitions(topic, partitions);
+}
+
 /// Deletes the records of `topic`'s `partition` before `offset`, as retention
 /// would: the partition's log start moves up to `offset`.
 pub fn delete_records(topic: &str, partition: i32, offset: i64) {

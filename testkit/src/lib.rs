@@ -2,7 +2,8 @@
 //! services: the Kafka broker at `CONSCOPE_BROKERS` (default 127.0.0.1:9092:
 //! Apache Kafka from scripts/stack-up.sh) and PostgreSQL at `CONSCOPE_TEST_PG`
 //! (default postgres://postgres@127.0.0.1:5432). Every test uses its own topics
-//! and its own database, and never deletes a topic.
+//! and its own database, and deletes no topic but one it created
+//! (`recreate_topic`).
 //!
 //! A library of its own (a dev-dependency of the conscope crate) rather than a
 //! module each test binary includes: each test uses what it needs, and no
