@@ -54,6 +54,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0009_listings_hot",
         include_str!("../migrations/0009_listings_hot.sql"),
     ),
+    (
+        "0014_commit_writer",
+        include_str!("../migrations/0014_commit_writer.sql"),
+    ),
 ];
 
 /// Connects once; the connection task runs on the current tokio runtime.
