@@ -58,6 +58,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0010_history_partitions",
         include_str!("../migrations/0010_history_partitions.sql"),
     ),
+    (
+        "0014_commit_writer",
+        include_str!("../migrations/0014_commit_writer.sql"),
+    ),
 ];
 
 /// Connects once; the connection task runs on the current tokio runtime.

@@ -48,13 +48,18 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config, GenericClient, NoTls};
 
 use crate::config::redact_url;
 
 /// The first key of the lock (`classid` in `pg_locks`): "cons" in ASCII, so no
 /// other user of advisory locks in the database collides by accident.
 pub const LOCK_CLASS: i32 = 0x636f_6e73;
+
+/// The first key of the publish lock: "conp". The outbox publisher of process
+/// `I` holds `(PUBLISH_LOCK_CLASS, I)` for its session, so a new instance's
+/// publisher starts only once the old one's has stopped (`sink::publisher`).
+pub const PUBLISH_LOCK_CLASS: i32 = 0x636f_6e70;
 
 /// How long another holder must stay before this instance is refused.
 const REFUSE_AFTER: Duration = Duration::from_secs(3);
@@ -151,6 +156,16 @@ impl Lease {
         Ok(lease)
     }
 
+    /// A lease that holds nothing, as `pid` (tests of fencing).
+    #[cfg(test)]
+    pub(crate) fn detached(process: i32, pid: i32) -> Lease {
+        Lease {
+            process,
+            run_id: "detached".to_owned(),
+            holder_pid: Arc::new(AtomicI32::new(pid)),
+        }
+    }
+
     /// The backend pid holding the lock for this process, `None` while the
     /// lease is being re-taken.
     pub fn holder_pid(&self) -> Option<i32> {
@@ -164,6 +179,29 @@ impl Lease {
     /// The lock's second key (`objid` in `pg_locks`).
     pub fn process_key(&self) -> i32 {
         self.process
+    }
+
+    /// This run's id: what the writer stamps its commits with (`committed_by`).
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    /// Whether the lease's session holds the lock now, as the database sees it
+    /// from `client`'s snapshot: `false` while the lease is being taken again.
+    /// Run in a transaction, it fences what that transaction writes.
+    pub async fn is_held_in(&self, client: &impl GenericClient) -> Result<bool, tokio_postgres::Error> {
+        let Some(pid) = self.holder_pid() else {
+            return Ok(false);
+        };
+        Ok(client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2
+                                AND classid::bigint = $1 AND objid::bigint = $2 AND pid = $3
+                                AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+                &[&i64::from(LOCK_CLASS), &i64::from(self.process), &pid],
+            )
+            .await?
+            .get(0))
     }
 
     async fn keep(

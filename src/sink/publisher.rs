@@ -41,6 +41,16 @@
 //! nor keep `--exit-at-end` waiting. Everything else stays in the outbox until
 //! acknowledged, whatever happens to the broker, the database or this process.
 //!
+//! # Fencing
+//! An instance that lost the job lease must stop publishing before the
+//! instance that took it starts. Each producer session first takes the
+//! publish lock (a session advisory lock of its own, [`PUBLISH_LOCK_CLASS`]),
+//! and gives it up only by ending: a new instance's publisher waits there.
+//! Before each batch and in each settle's transaction the publisher checks in
+//! the database that its lease still holds the job; once it does not, the
+//! session ends without settling what it sent (the next instance's recovery
+//! finds those messages on their partitions) and frees the publish lock.
+//!
 //! The guarantee rests on: the producer settings `delivery` forces
 //! (idempotence, `acks=all`); this job being the only writer of messages
 //! carrying its job id; `scan_from` only ever being set at or below the first
@@ -66,7 +76,7 @@ use super::delivery::{DeliveryError, ProducerSettings};
 use super::recovery::{self, Marked};
 use crate::config::KafkaArgs;
 use crate::fail::fail_point;
-use crate::lease::Lease;
+use crate::lease::{Lease, PUBLISH_LOCK_CLASS};
 use crate::metrics::Metrics;
 
 /// Rows published per round at most.
@@ -164,6 +174,15 @@ async fn session(
     carry: &mut Carry,
 ) -> anyhow::Result<()> {
     let mut client = crate::db::connect(&config.database_url).await?;
+    // Blocks while another instance's publisher still runs: see Fencing.
+    client
+        .execute(
+            "SELECT pg_advisory_lock($1, $2)",
+            &[&PUBLISH_LOCK_CLASS, &config.lease.process_key()],
+        )
+        .await
+        .context("cannot take the publish lock")?;
+    check_lease(&config.lease, &client).await?;
     let mut marked = recovery::recover(&config.kafka, &config.job_id, &mut client, metrics).await?;
     let producer: FutureProducer = config
         .producer
@@ -199,6 +218,7 @@ async fn publish(
         while !config.lease.is_held() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        check_lease(&config.lease, client).await?;
         let mut rows = fetch(client).await?;
         if rows.is_empty() {
             if control.finishing.load(Ordering::SeqCst) {
@@ -221,7 +241,7 @@ async fn publish(
         .await?;
         fail_point("before_publish");
         let outcomes = send(producer, &rows, &config.job_id).await;
-        settle(client, &rows, &outcomes).await?;
+        settle(client, &config.lease, &rows, &outcomes).await?;
         carry.progressed |= outcomes
             .iter()
             .any(|outcome| matches!(outcome, Outcome::Acknowledged { .. } | Outcome::Park(_)));
@@ -384,7 +404,27 @@ async fn send(producer: &FutureProducer, rows: &[OutboxRow], job_id: &str) -> Ve
 /// One transaction: acknowledged rows deleted, refused ones parked, and
 /// `scan_from` moved past the acknowledged offsets of every partition whose
 /// rows in this batch all have a definite outcome (a failed one may yet land).
-async fn settle(client: &mut Client, rows: &[OutboxRow], outcomes: &[Outcome]) -> anyhow::Result<()> {
+/// Ends the session when this instance no longer holds the job lease in the
+/// database (see Fencing).
+async fn check_lease(lease: &Lease, client: &impl tokio_postgres::GenericClient) -> anyhow::Result<()> {
+    if lease
+        .is_held_in(client)
+        .await
+        .context("cannot check the job lease")?
+    {
+        return Ok(());
+    }
+    anyhow::bail!("this instance does not hold the job lease: publishing stops")
+}
+
+/// Settles a batch, in one transaction fenced by the lease: nothing is deleted
+/// and `scan_from` does not move for an instance that lost the job.
+async fn settle(
+    client: &mut Client,
+    lease: &Lease,
+    rows: &[OutboxRow],
+    outcomes: &[Outcome],
+) -> anyhow::Result<()> {
     let mut delivered = Vec::new();
     let mut next: BTreeMap<(&str, i32), Option<i64>> = BTreeMap::new();
     for (row, outcome) in rows.iter().zip(outcomes) {
@@ -403,6 +443,7 @@ async fn settle(client: &mut Client, rows: &[OutboxRow], outcomes: &[Outcome]) -
         }
     }
     let transaction = client.transaction().await.context("BEGIN failed")?;
+    check_lease(lease, &transaction).await?;
     transaction
         .execute("DELETE FROM outbox WHERE seq = ANY($1)", &[&delivered])
         .await
@@ -465,6 +506,57 @@ mod tests {
             headers: Vec::new(),
             committed_at: DateTime::<Utc>::UNIX_EPOCH,
         }
+    }
+
+    /// A lease that lost the job settles nothing: the rows it sent stay in
+    /// the outbox (for the next instance's recovery) and `scan_from` stays.
+    /// The same settle with the lease held deletes them.
+    #[test]
+    fn a_fenced_instance_settles_nothing() {
+        let base =
+            std::env::var("CONSCOPE_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let url = format!("{base}/settle_t{}_{}", std::process::id(), nanos % 1_000_000_000);
+        let runtime = crate::runtime::current_thread().unwrap();
+        let mut client = runtime.block_on(async {
+            crate::db::migrate(&url).await.unwrap();
+            let client = crate::db::connect(&url).await.unwrap();
+            client
+                .batch_execute(
+                    "INSERT INTO outbox (seq, topic, partition, payload, committed_at)
+                     VALUES (1, 'a', 0, 'x', now()), (2, 'a', 0, 'y', now())",
+                )
+                .await
+                .unwrap();
+            client
+        });
+        let rows = [row(1, "a", 0), row(2, "a", 0)];
+        let acknowledged = || {
+            [1, 2].map(|offset| Outcome::Acknowledged {
+                offset,
+                lag_micros: 0,
+            })
+        };
+        let outbox = |client: &Client| -> i64 {
+            runtime
+                .block_on(client.query_one("SELECT count(*) FROM outbox", &[]))
+                .unwrap()
+                .get(0)
+        };
+
+        let fenced = Lease::detached(7, 1);
+        let refused = runtime.block_on(settle(&mut client, &fenced, &rows, &acknowledged()));
+        assert!(refused.is_err(), "a fenced settle went through");
+        assert_eq!(outbox(&client), 2);
+
+        let held = Lease::acquire(&url, 7, |_| {}).unwrap();
+        runtime
+            .block_on(settle(&mut client, &held, &rows, &acknowledged()))
+            .unwrap();
+        assert_eq!(outbox(&client), 0);
     }
 
     fn seqs(rows: &[OutboxRow]) -> Vec<i64> {

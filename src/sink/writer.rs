@@ -20,8 +20,9 @@
 //! resources) reconnect with backoff and retry the same batch, including the
 //! reconnect's own statements; the dataflow holds the epochs' capabilities (and
 //! the sources stop reading) until the commit succeeds, so memory stays
-//! bounded. A commit whose outcome is unknown is resolved by `commit_no`: if it
-//! moved by one, the batch is in.
+//! bounded. A commit whose outcome is unknown is resolved by `commit_no` and
+//! `committed_by`: if it moved by one and the commit is this run's, the batch
+//! is in; if another run committed meanwhile, this one is fenced and stops.
 //!
 //! # Error handling
 //! A definite failure (PostgreSQL refuses the data: a check, a value out of
@@ -51,11 +52,12 @@ use super::merge::{EpochBatch, Merged};
 use super::monitor::GroupMonitor;
 use super::publisher::PublisherControl;
 use super::tables::{
-    advance_commit_no, prepare, read_commit_no, store_offsets, write_rows, KnownMonths, Written,
+    advance_commit_no, lost_commit_landed, prepare, read_commit_no, read_progress, store_offsets, write_rows,
+    KnownMonths, Written,
 };
 use super::write_error::WriteError;
 use crate::fail::fail_point;
-use crate::lease::{Lease, LOCK_CLASS};
+use crate::lease::Lease;
 use crate::metrics::Metrics;
 
 /// Why the writer returned.
@@ -234,9 +236,11 @@ impl Writer {
                 }
                 return Err(error);
             }
-            // Did the lost commit land? commit_no tells.
-            if let Ok(stored) = read_commit_no(&self.client).await {
-                if stored == self.commit_no + 1 {
+            // Did the lost commit land? commit_no and committed_by tell;
+            // another run's commit means this one is fenced.
+            if let Ok((stored, committed_by)) = read_progress(&self.client).await {
+                let run_id = self.config.lease.run_id();
+                if lost_commit_landed((stored, committed_by.as_deref()), self.commit_no, run_id)? {
                     tracing::info!("the interrupted commit had landed");
                     self.commit_no = stored;
                     metrics.commit_done();
@@ -306,7 +310,7 @@ async fn write(
         .await
         .map_err(WriteError::at("BEGIN failed"))?;
     check_lease(&transaction, &config.lease).await?;
-    advance_commit_no(&transaction, commit_no).await?;
+    advance_commit_no(&transaction, commit_no, config.lease.run_id()).await?;
 
     *written = Some(write_rows(&transaction, config, merged, months).await?);
 
@@ -329,16 +333,10 @@ async fn check_lease(transaction: &Transaction<'_>, lease: &Lease) -> Result<(),
             detail: "the job lease is being taken again after a lost connection".to_owned(),
         });
     };
-    let held: bool = transaction
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2
-                            AND classid::bigint = $1 AND objid::bigint = $2 AND pid = $3
-                            AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
-            &[&i64::from(LOCK_CLASS), &i64::from(lease.process_key()), &pid],
-        )
+    let held = lease
+        .is_held_in(transaction)
         .await
-        .map_err(WriteError::at("cannot check the job lease"))?
-        .get(0);
+        .map_err(WriteError::at("cannot check the job lease"))?;
     if held {
         Ok(())
     } else {

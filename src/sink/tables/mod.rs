@@ -47,7 +47,9 @@ use alerts::write_alerts;
 use events::write_events;
 use history::write_history;
 use listings::write_listings;
-pub(super) use offsets::{advance_commit_no, read_commit_no, store_offsets};
+pub(super) use offsets::{
+    advance_commit_no, lost_commit_landed, read_commit_no, read_progress, store_offsets,
+};
 use outbox::{push_dead_letters, write_outbox};
 pub(super) use retention::KnownMonths;
 use retention::Month;
