@@ -2,8 +2,9 @@
 //!
 //! - `postgres`: the writer, one transaction per batch of epochs (rows,
 //!   alerts, outbox, offsets).
-//! - `write_error`: which PostgreSQL failures are transient, definite, fencing.
-//! - `isolate`: after a definite failure, the input messages behind it.
+//! - `write_error`: which PostgreSQL failures are transient, refusals of data,
+//!   refusals of the database (the writer waits), fencing.
+//! - `isolate`: after a refusal of data, the input messages behind it.
 //! - `quarantine`: those messages, stored, so the replay rejects them.
 //! - `monitor`: committed offsets reported to the Kafka consumer group.
 //! - `publisher`: the outbox publisher (alerts topic, dead-letter topic).

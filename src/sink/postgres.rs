@@ -31,22 +31,25 @@
 //! # Retries
 //! Every SQL call classifies its failure where it is made (`write_error`).
 //! Transient failures (connection lost, server restarting, serialization,
-//! resources) reconnect with backoff and retry the same batch, including the
-//! reconnect's own statements; the dataflow holds the epochs' capabilities (and
-//! the sources stop reading) until the commit succeeds, so memory stays
-//! bounded. A commit whose outcome is unknown is resolved by `commit_no`: if it
-//! moved by one, the batch is in.
+//! resources) and refusals of the database (`Blocked`: a privilege revoked, a
+//! table renamed, corruption) wait with capped backoff, open a new connection
+//! (the old one may be out of step, see `CopyIn::start`) and retry the same
+//! batch; a blocked writer shows on `/healthz` and `conscope_writer_blocked`
+//! until a commit lands. The dataflow holds the epochs' capabilities (and the
+//! sources stop reading) until the commit succeeds, so memory stays bounded
+//! and nothing is skipped. A commit whose outcome is unknown is resolved by
+//! `commit_no`: if it moved by one, the batch is in.
 //!
 //! # Error handling
-//! A definite failure (PostgreSQL refuses the data: a check, a value out of
-//! range, ...) is traced back to the input messages behind the refused rows
-//! (`isolate`); they are stored in `quarantine` and the writer asks the job to
-//! start over from the last commit (`WriterExit::Restart`): the replay rejects
-//! them to the dead-letter topic with the refusal as reason, so every other
-//! message lands exactly as it would have without them, derived rows
-//! included. A refusal no input message explains (a schema problem) stops the
-//! job with the error. Losing the job lease to another instance (`Fenced`)
-//! stops it at once.
+//! A refusal of data (`Refused`: a check, a value out of range) is traced back
+//! to the input messages behind the refused rows (`isolate`); they are stored
+//! in `quarantine` and the writer asks the job to start over from the last
+//! commit (`WriterExit::Restart`): the replay rejects them to the dead-letter
+//! topic with the refusal as reason, so every other message lands exactly as it
+//! would have without them, derived rows included. A refusal of data no input
+//! message explains (each alone is accepted) is waited out like a refusal of
+//! the database. Losing the job lease to another instance (`Fenced`) stops the
+//! job at once.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::Hash;
@@ -56,7 +59,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use conscope_dataflows::model::{
-    Alert, Cents, Change, Counters, EventCurrency, EventFields, EventRow, EventSummary, ListingKey,
+    Alert, Carried, Cents, Change, Counters, EventCurrency, EventFields, EventRow, EventSummary, ListingKey,
     ListingRow, Micros, Position, Rejected, Seat, SectionCurrency, SectionSummary, SinkRecord,
 };
 use rust_decimal::Decimal;
@@ -110,9 +113,8 @@ pub enum WriterExit {
 #[derive(Default)]
 pub(super) struct Merged {
     pub(super) epochs: Vec<u64>,
-    pub(super) history: Vec<ListingRow>,
-    /// The input position of each history row (same index).
-    pub(super) origins: Vec<Position>,
+    /// New history rows, in input order within each epoch.
+    pub(super) history: Vec<NewRow>,
     /// Rows of observations older than their listing's current state, in
     /// input order: epoch by epoch, and by position within an epoch.
     pub(super) maybe_stale: Vec<OlderRow>,
@@ -127,6 +129,16 @@ pub(super) struct Merged {
     /// Each changed summary key's row after the epochs; `None`: delete it.
     pub(super) event_summaries: HashMap<EventCurrency, Option<EventSummary>>,
     pub(super) section_summaries: HashMap<SectionCurrency, Option<SectionSummary>>,
+}
+
+/// An observation newer than its listing's current state (a `History`
+/// record): its history row, its input position, and which event fields it
+/// carried (the values are in its event's row).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct NewRow {
+    pub(super) row: ListingRow,
+    pub(super) position: Position,
+    pub(super) carried: Carried,
 }
 
 /// An observation older than its listing's current state (a `MaybeStale`
@@ -165,10 +177,15 @@ impl Merged {
         let mut rejected = Vec::new();
         for record in batch.records {
             match record {
-                SinkRecord::History { row, position } => {
-                    self.history.push(row);
-                    self.origins.push(position);
-                }
+                SinkRecord::History {
+                    row,
+                    position,
+                    carried,
+                } => self.history.push(NewRow {
+                    row,
+                    position,
+                    carried,
+                }),
                 SinkRecord::MaybeStale {
                     row,
                     position,
@@ -248,7 +265,7 @@ pub fn run_writer(
     let mut rejected_log = crate::metrics::RateLimited::new(Duration::from_secs(5));
     let runtime = crate::runtime::current_thread()?;
     runtime.block_on(async move {
-        let mut writer = Writer::connect(config).await?;
+        let mut writer = Writer::connect(config, Arc::clone(&metrics)).await?;
         while let Ok(first) = batches.recv() {
             let mut merged = Merged::default();
             merged.absorb(first);
@@ -258,14 +275,32 @@ pub fn run_writer(
                     Err(_) => break,
                 }
             }
-            match writer.commit_with_retry(&merged, &metrics).await {
-                Ok(stale) => merged.count_maybe_stale(stale),
-                Err(WriteError::Definite { context, reason }) => {
-                    writer.quarantine_refused(&merged, context, &reason).await?;
-                    return Ok(WriterExit::Restart);
+            let mut delay = Duration::from_millis(100);
+            let stale = loop {
+                match writer.commit_with_retry(&merged).await {
+                    Ok(stale) => break stale,
+                    Err(WriteError::Refused {
+                        context,
+                        reason,
+                        sqlstate,
+                    }) => {
+                        if writer.quarantine_refused(&merged, context, &reason).await? {
+                            return Ok(WriterExit::Restart);
+                        }
+                        // Each message alone is accepted: a refusal of the
+                        // database like any other, waited out.
+                        let error = WriteError::Blocked {
+                            context: "no input message explains the refusal (each alone is accepted)",
+                            reason: format!("{context}: {reason}"),
+                            sqlstate,
+                        };
+                        writer.wait(&error, &mut delay).await;
+                        writer.reconnect(&mut delay).await?;
+                    }
+                    Err(error) => return Err(error.into()),
                 }
-                Err(error) => return Err(error.into()),
-            }
+            };
+            merged.count_maybe_stale(stale);
             metrics.committed(&merged.counters, merged.rejected.len() as u64);
             for rejected in &merged.rejected {
                 if rejected_log.allow() {
@@ -299,72 +334,112 @@ pub(super) struct Writer {
     pub(super) client: Client,
     commit_no: i64,
     errors: crate::metrics::RateLimited,
+    metrics: Arc<Metrics>,
 }
 
 impl Writer {
-    async fn connect(config: WriterConfig) -> anyhow::Result<Writer> {
+    async fn connect(config: WriterConfig, metrics: Arc<Metrics>) -> anyhow::Result<Writer> {
         let client = crate::db::connect_with_retry(&config.database_url, Duration::from_secs(60)).await?;
         let mut writer = Writer {
             config,
             client,
             commit_no: 0,
             errors: crate::metrics::RateLimited::new(Duration::from_secs(10)),
+            metrics,
         };
         let mut delay = Duration::from_millis(100);
+        if let Err(error) = prepare(&writer.client).await {
+            if !error.is_retried() {
+                return Err(error.into());
+            }
+            writer.wait(&error, &mut delay).await;
+            writer.reconnect(&mut delay).await?;
+        }
         loop {
-            match writer.start_session().await {
-                Ok(()) => return Ok(writer),
-                Err(error) if error.is_transient() => writer.pause(&error, &mut delay).await,
+            match writer.read_commit_no().await {
+                Ok(commit_no) => {
+                    writer.commit_no = commit_no;
+                    return Ok(writer);
+                }
+                Err(error) if error.is_retried() => {
+                    writer.wait(&error, &mut delay).await;
+                    writer.reconnect(&mut delay).await?;
+                }
                 Err(error) => return Err(error.into()),
             }
         }
     }
 
-    /// What the first commit needs: the temporary tables and the commit
-    /// counter. Transient failures (the server restarting) are returned, for
-    /// `connect` to retry.
-    async fn start_session(&mut self) -> Result<(), WriteError> {
-        if !self.recover().await? {
-            prepare(&self.client).await?;
-        }
-        self.commit_no = self
+    async fn read_commit_no(&self) -> Result<i64, WriteError> {
+        Ok(self
             .client
             .query_one("SELECT commit_no FROM job_progress WHERE id = 1", &[])
             .await
             .map_err(WriteError::at("cannot read job_progress"))?
-            .get(0);
-        Ok(())
+            .get(0))
     }
 
-    /// Logs (rate-limited) and waits before the next attempt.
-    pub(super) async fn pause(&mut self, error: &WriteError, delay: &mut Duration) {
+    /// After a failure worth retrying: logs it (rate-limited), reports a
+    /// blocked writer (`/healthz`, `conscope_writer_blocked`), and waits with
+    /// capped backoff.
+    pub(super) async fn wait(&mut self, error: &WriteError, delay: &mut Duration) {
+        if let WriteError::Blocked { reason, sqlstate, .. } = error {
+            self.metrics.writer_blocked(sqlstate, reason);
+        }
         if self.errors.allow() {
-            tracing::warn!("{error}; retrying in {delay:?}");
+            let suppressed = std::mem::take(&mut self.errors.suppressed);
+            match error {
+                WriteError::Blocked { .. } => tracing::error!(
+                    suppressed_since_last = suppressed,
+                    "PostgreSQL refuses the writes ({error}): not a message's fault, so nothing is \
+                     quarantined; the job keeps what it has and retries every {delay:?} until this is fixed"
+                ),
+                _ => tracing::warn!(
+                    suppressed_since_last = suppressed,
+                    "{error}; retrying in {delay:?}"
+                ),
+            }
         }
         tokio::time::sleep(*delay).await;
-        *delay = (*delay * 2).min(Duration::from_secs(5));
+        *delay = (*delay * 2).min(MAX_RETRY_DELAY);
     }
 
-    /// After a transient failure: a new, prepared connection if this one is
-    /// gone (`true`). Its own failures are classified like any other.
-    pub(super) async fn recover(&mut self) -> Result<bool, WriteError> {
-        if !self.client.is_closed() {
-            return Ok(false);
+    /// A new, prepared connection, whatever state the old one is in: after a
+    /// failure the old one may be closed, or out of step with the server (see
+    /// `CopyIn::start`). Retries until it has one; returns only failures that
+    /// are not worth retrying.
+    pub(super) async fn reconnect(&mut self, delay: &mut Duration) -> Result<(), WriteError> {
+        loop {
+            let attempt = match crate::db::connect(&self.config.database_url).await {
+                Ok(client) => {
+                    self.client = client;
+                    prepare(&self.client).await
+                }
+                Err(error) => Err(WriteError::Transient {
+                    context: "reconnect",
+                    detail: format!("{error:#}"),
+                }),
+            };
+            match attempt {
+                Ok(()) => return Ok(()),
+                Err(error) if error.is_retried() => self.wait(&error, delay).await,
+                Err(error) => return Err(error),
+            }
         }
-        self.client = crate::db::connect(&self.config.database_url)
-            .await
-            .map_err(|error| WriteError::Transient {
-                context: "reconnect",
-                detail: format!("{error:#}"),
-            })?;
-        prepare(&self.client).await?;
-        Ok(true)
     }
 
-    /// Commits `merged`, retrying transient failures; returns definite and
-    /// fencing ones. Returns how many of its `maybe_stale` rows were inserted
+    /// A commit landed: a blocked writer is going again.
+    fn resumed(&mut self) {
+        if self.metrics.writer_unblocked() {
+            tracing::info!("PostgreSQL accepts the writes again; the job goes on");
+        }
+    }
+
+    /// Commits `merged`, waiting out and retrying transient failures and
+    /// refusals of the database (`Blocked`); returns refusals of data and
+    /// fencing. Returns how many of its `maybe_stale` rows were inserted
     /// (stale, not duplicates).
-    async fn commit_with_retry(&mut self, merged: &Merged, metrics: &Metrics) -> Result<u64, WriteError> {
+    async fn commit_with_retry(&mut self, merged: &Merged) -> Result<u64, WriteError> {
         let mut delay = Duration::from_millis(100);
         loop {
             // Set by the attempt before its COMMIT: what a commit that landed
@@ -374,76 +449,67 @@ impl Writer {
             {
                 Ok(()) => {
                     self.commit_no += 1;
-                    metrics.commit_done();
+                    self.metrics.commit_done();
+                    self.resumed();
                     fail_point("after_commit");
                     return Ok(stale.unwrap_or(0));
                 }
-                Err(error) if error.is_transient() => error,
+                Err(error) if error.is_retried() => error,
                 Err(error) => return Err(error),
             };
-            self.pause(&error, &mut delay).await;
-            if let Err(error) = self.recover().await {
-                if error.is_transient() {
-                    continue;
-                }
-                return Err(error);
-            }
+            self.wait(&error, &mut delay).await;
+            self.reconnect(&mut delay).await?;
             // Did the lost commit land? commit_no tells.
-            if let Ok(row) = self
-                .client
-                .query_one("SELECT commit_no FROM job_progress WHERE id = 1", &[])
-                .await
-            {
-                let stored: i64 = row.get(0);
+            if let Ok(stored) = self.read_commit_no().await {
                 if stored == self.commit_no + 1 {
                     tracing::info!("the interrupted commit had landed");
                     self.commit_no = stored;
-                    metrics.commit_done();
+                    self.metrics.commit_done();
+                    self.resumed();
                     return Ok(stale.unwrap_or(0));
                 }
             }
         }
     }
 
-    /// PostgreSQL refused `merged` for good: finds the input messages behind
-    /// the refused rows and quarantines them, retrying transient failures on
-    /// the way. Fails when no message explains the refusal.
+    /// PostgreSQL refused data of `merged`: finds the input messages behind the
+    /// refused rows and quarantines them, waiting out failures on the way.
+    /// `false` when no message explains the refusal (each alone is accepted).
     async fn quarantine_refused(
         &mut self,
         merged: &Merged,
         context: &str,
         reason: &str,
-    ) -> anyhow::Result<()> {
+    ) -> Result<bool, WriteError> {
         tracing::warn!(
             "PostgreSQL refused a commit ({context}: {reason}); looking for the input messages behind it"
         );
         let mut delay = Duration::from_millis(100);
         loop {
             let attempt = match super::isolate::offenders(&mut self.client, &self.config, merged).await {
-                Ok(offenders) if offenders.is_empty() => anyhow::bail!(
-                    "PostgreSQL refused a commit ({context}: {reason}) and no input message explains it \
-                     (each one alone is accepted): check the schema and constraints of this database"
-                ),
+                Ok(offenders) if offenders.is_empty() => return Ok(false),
                 Ok(offenders) => {
                     super::quarantine::store(&self.client, &self.config.input_name, &offenders).await
                 }
                 Err(error) => Err(error),
             };
             match attempt {
-                Ok(()) => return Ok(()),
-                Err(error) if error.is_transient() => {
-                    self.pause(&error, &mut delay).await;
-                    if let Err(error) = self.recover().await {
-                        if !error.is_transient() {
-                            return Err(error.into());
-                        }
-                    }
+                Ok(()) => return Ok(true),
+                Err(error @ WriteError::Fenced(_)) => return Err(error),
+                // Storing the quarantine refused for its data would be a
+                // refusal of the database (the rows are the job's own).
+                Err(error) => {
+                    self.wait(&error.before_any_row(), &mut delay).await;
+                    self.reconnect(&mut delay).await?;
                 }
-                Err(error) => return Err(error.into()),
             }
         }
     }
 }
+
+/// The longest wait between two attempts of a commit PostgreSQL refuses or
+/// cannot take: an operator's fix is picked up within it.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
 /// Per-connection temporary tables for the merges.
 async fn prepare(client: &Client) -> Result<(), WriteError> {
@@ -527,10 +593,21 @@ impl CopyIn {
         statement: &str,
         types: &[Type],
     ) -> Result<CopyIn, WriteError> {
-        let sink = transaction
-            .copy_in(statement)
+        let statement = transaction
+            .prepare(statement)
             .await
             .map_err(WriteError::at(context))?;
+        // A COPY refused before its first row (a privilege, a missing table:
+        // both checked when it runs, not when it is prepared) leaves
+        // tokio-postgres's connection out of step: the copy it abandons sends
+        // CopyFail and Sync, whose second ReadyForQuery the next request takes
+        // for its own answer, and every answer after is the one before. Such
+        // a refusal is about the statement (`before_any_row`): the writer
+        // waits, then opens a new connection (`Writer::reconnect`).
+        let sink = transaction
+            .copy_in(&statement)
+            .await
+            .map_err(|error| WriteError::classify(context, error).before_any_row())?;
         Ok(CopyIn {
             context,
             writer: Box::pin(BinaryCopyInWriter::new(sink, types)),
@@ -780,7 +857,7 @@ pub(super) async fn write_rows(
             "COPY price_history (event_id, section, \"row\", seat, source, price, currency, available, observed_at)
              FROM STDIN BINARY",
             false,
-            &merged.history,
+            merged.history.iter().map(|new| &new.row),
         )
         .await?;
         fail_point("mid_copy");
@@ -1330,6 +1407,7 @@ mod tests {
                 SinkRecord::History {
                     row: listing_row("1", 100, 10),
                     position: at(0, 4),
+                    carried: Carried::default(),
                 },
                 SinkRecord::Listing(listing_row("1", 100, 10)),
                 SinkRecord::Offset(at(0, 5)),
@@ -1347,6 +1425,7 @@ mod tests {
                 SinkRecord::History {
                     row: listing_row("1", 90, 20),
                     position: at(0, 5),
+                    carried: Carried::default(),
                 },
                 SinkRecord::Listing(listing_row("1", 90, 20)),
                 SinkRecord::Rejected(Rejected {
@@ -1369,10 +1448,11 @@ mod tests {
         assert_eq!(merged.epochs, [7, 8]);
         assert_eq!(merged.records, 13);
         assert_eq!(
-            merged.history.iter().map(|row| row.price).collect::<Vec<_>>(),
+            merged.history.iter().map(|new| new.row.price).collect::<Vec<_>>(),
             [Cents(100), Cents(90)]
         );
-        assert_eq!(merged.origins, [at(0, 4), at(0, 5)]);
+        let positions: Vec<Position> = merged.history.iter().map(|new| new.position).collect();
+        assert_eq!(positions, [at(0, 4), at(0, 5)]);
         let listings: Vec<&ListingRow> = merged.listings.values().collect();
         assert_eq!(listings, [&listing_row("1", 90, 20)]);
         assert_eq!(merged.offsets, BTreeMap::from([(0, 6), (1, 10)]));
