@@ -256,8 +256,8 @@ fn copy(brokers: &str, topic: &str, database_url: &str, table: &str) -> anyhow::
         let ticks_before = postgres_cpu_ticks()?;
         let copy_started = Instant::now();
         let sink = client.copy_in(statement.as_str()).await.context("COPY failed")?;
-        // The column types of the job's own history COPY (`LISTING_TYPES` in
-        // src/sink/postgres.rs, which an example of the binary crate cannot import).
+        // The column types of the job's own history COPY (`ORDERED_LISTING_TYPES`
+        // in src/sink/tables/copy.rs, which an example of the binary crate cannot import).
         let writer = BinaryCopyInWriter::new(
             sink,
             &[

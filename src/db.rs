@@ -39,6 +39,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0008_recent_alerts",
         include_str!("../migrations/0008_recent_alerts.sql"),
     ),
+    (
+        "0009_listings_hot",
+        include_str!("../migrations/0009_listings_hot.sql"),
+    ),
 ];
 
 /// Connects once; the connection task runs on the current tokio runtime.

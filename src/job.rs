@@ -42,9 +42,10 @@ use crate::lease::Lease;
 use crate::metrics::Metrics;
 use crate::progress::Progress;
 use crate::shutdown::Shutdown;
+use crate::sink::config::WriterConfig;
 use crate::sink::encode::OutboxTarget;
-use crate::sink::postgres::{WriterConfig, WriterExit};
 use crate::sink::publisher::{run_publisher, PublisherConfig, PublisherControl};
+use crate::sink::writer::WriterExit;
 use crate::sink::{postgres_sink, WriterThread};
 use crate::source::file::{file_source, OpenFile};
 use crate::source::kafka::{

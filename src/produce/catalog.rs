@@ -229,11 +229,15 @@ fn pick<'a, T>(rng: &mut StdRng, items: &'a [T]) -> &'a T {
 }
 
 /// A new event with `listings_per_event` listings, dated 3 to 240 days after
-/// `start`; its id is not in `ids` (and is added to it).
+/// `start`; its id is not in `ids` (and is added to it). With `sections` > 0 its
+/// listings are spread over that many sections (round robin), so a world can be
+/// made where every section holds enough listings to judge deals; 0 lets the
+/// venue's layout decide, as it always has (same RNG draws, same bytes).
 pub(super) fn make_event(
     rng: &mut StdRng,
     start: DateTime<Utc>,
     listings_per_event: usize,
+    sections: usize,
     ids: &mut HashSet<String>,
 ) -> Event {
     let id = loop {
@@ -285,9 +289,13 @@ pub(super) fn make_event(
                 .to_rfc3339_opts(SecondsFormat::Secs, true)
         });
 
+    let names = section_names(rng, venue.layout, concert, sections);
     let mut taken = HashSet::new();
     let listings = (0..listings_per_event)
-        .map(|index| make_listing(rng, venue.layout, concert, base, index, &mut taken))
+        .map(|index| {
+            let section = (!names.is_empty()).then(|| names[index % names.len()].as_str());
+            make_listing(rng, venue.layout, concert, base, index, section, &mut taken)
+        })
         .collect();
     Event {
         id,
@@ -299,18 +307,46 @@ pub(super) fn make_event(
     }
 }
 
-/// A listing unique within its event (section, row, seat, source).
+/// `count` distinct section names for one event: the venue layout's own first,
+/// then numbered ones when the layout has fewer. Empty for `count` 0.
+fn section_names(rng: &mut StdRng, layout: Layout, concert: bool, count: usize) -> Vec<String> {
+    let mut names: Vec<String> = Vec::with_capacity(count);
+    // A layout has a few hundred names at most: enough draws to find them, bounded.
+    for _ in 0..count.saturating_mul(20).min(4_000) {
+        if names.len() == count {
+            break;
+        }
+        let (section, ..) = make_seat(rng, layout, concert);
+        if !names.contains(&section) {
+            names.push(section);
+        }
+    }
+    let mut number = 1;
+    while names.len() < count {
+        let name = format!("Section {number}");
+        if !names.contains(&name) {
+            names.push(name);
+        }
+        number += 1;
+    }
+    names
+}
+
+/// A listing unique within its event (section, row, seat, source), in
+/// `section` when given, else in the section its seat draw names.
 fn make_listing(
     rng: &mut StdRng,
     layout: Layout,
     concert: bool,
     base: i64,
     index: usize,
+    section: Option<&str>,
     taken: &mut HashSet<(String, String, String, &'static str)>,
 ) -> Listing {
     let mut attempt = 0;
     let (section, row, seat, source, multiplier) = loop {
-        let (section, row, seat, multiplier) = make_seat(rng, layout, concert);
+        let (drawn, row, seat, multiplier) = make_seat(rng, layout, concert);
+        let section = section.map_or(drawn, str::to_owned);
         let total: u32 = SOURCES.iter().map(|(_, weight)| weight).sum();
         let mut roll = rng.gen_range(0..total);
         let mut source = SOURCES[0].0;

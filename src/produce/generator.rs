@@ -31,6 +31,12 @@ pub struct GeneratorConfig {
     pub count: u64,
     pub events: usize,
     pub listings_per_event: usize,
+    /// Sections each event's listings are spread over; 0: the venue layout decides.
+    pub sections_per_event: usize,
+    /// How a fresh observation picks its event.
+    pub pick: Pick,
+    /// The price walk of a fresh observation.
+    pub step: Step,
     pub duplicate_rate: f64,
     pub malformed_rate: f64,
     pub stale_rate: f64,
@@ -47,6 +53,9 @@ impl Default for GeneratorConfig {
             count: 10_000,
             events: 50,
             listings_per_event: 40,
+            sections_per_event: 0,
+            pick: Pick::Popular,
+            step: Step::Mixed,
             duplicate_rate: 0.01,
             malformed_rate: 0.005,
             stale_rate: 0.01,
@@ -64,6 +73,25 @@ impl GeneratorConfig {
         if self.events.saturating_mul(self.listings_per_event) > 20_000_000 {
             bail!("--events x --listings-per-event must be at most 20000000 listings");
         }
+        if self.sections_per_event > self.listings_per_event {
+            bail!(
+                "--sections-per-event ({}) must be at most --listings-per-event ({})",
+                self.sections_per_event,
+                self.listings_per_event
+            );
+        }
+        if let Step::Uniform { low_bp, high_bp } = self.step {
+            if !(MIN_STEP_BP..=MAX_STEP_BP).contains(&low_bp)
+                || !(MIN_STEP_BP..=MAX_STEP_BP).contains(&high_bp)
+                || low_bp > high_bp
+            {
+                bail!(
+                    "--step-pct LOW,HIGH must have -90 <= LOW <= HIGH <= 100, got {},{}",
+                    low_bp as f64 / 100.0,
+                    high_bp as f64 / 100.0
+                );
+            }
+        }
         for (name, rate) in [
             ("--duplicate-rate", self.duplicate_rate),
             ("--malformed-rate", self.malformed_rate),
@@ -79,6 +107,31 @@ impl GeneratorConfig {
         Ok(())
     }
 }
+
+/// How a fresh observation picks its event (then one of its listings, uniformly).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pick {
+    /// Popular events far more often (the event at rank r with weight ~ 1/sqrt(r)):
+    /// a few hot events, a long quiet tail.
+    Popular,
+    /// Every event equally often: with equal-sized events every listing is
+    /// observed about count / listings times, the shape of a full re-scrape.
+    Uniform,
+}
+
+/// The price walk of a fresh observation of an available listing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Mostly small moves or none, sometimes a 5-30 % drop or a 5-25 % rise.
+    Mixed,
+    /// A uniform step between `low_bp` and `high_bp` basis points (-800..500:
+    /// -8 %..+5 %, about one step in four a drop of 5 % or more).
+    Uniform { low_bp: i64, high_bp: i64 },
+}
+
+/// Bounds of `--step-pct`, in basis points.
+const MIN_STEP_BP: i64 = -9_000;
+const MAX_STEP_BP: i64 = 10_000;
 
 /// One message to publish.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,7 +194,15 @@ impl Generator {
         let start_ms = config.start.timestamp_millis();
         let mut ids = HashSet::new();
         let events = (0..config.events)
-            .map(|_| make_event(&mut rng, config.start, config.listings_per_event, &mut ids))
+            .map(|_| {
+                make_event(
+                    &mut rng,
+                    config.start,
+                    config.listings_per_event,
+                    config.sections_per_event.min(config.listings_per_event),
+                    &mut ids,
+                )
+            })
             .collect();
         Generator {
             clock_ms: start_ms,
@@ -157,7 +218,11 @@ impl Generator {
     fn pick_listing(&mut self) -> (usize, usize) {
         let u: f64 = self.rng.gen();
         let events = self.events.len();
-        let event = ((u * u * events as f64) as usize).min(events - 1);
+        let u = match self.config.pick {
+            Pick::Popular => u * u,
+            Pick::Uniform => u,
+        };
+        let event = ((u * events as f64) as usize).min(events - 1);
         let listing = self.rng.gen_range(0..self.events[event].listings.len());
         (event, listing)
     }
@@ -176,7 +241,7 @@ impl Generator {
         let rng = &mut self.rng;
         let listing = &mut self.events[e].listings[l];
         if listing.last_ts.is_some() {
-            step_price(rng, listing);
+            step_price(rng, listing, self.config.step);
         }
         listing.stale_floor = listing.last_ts.unwrap_or(ts - 60_000);
         listing.last_ts = Some(ts);
@@ -276,9 +341,9 @@ impl Iterator for Generator {
     }
 }
 
-/// One step of a listing's price walk: mostly small moves, sometimes a drop or a
-/// rise, sometimes sold (and later re-listed at a new price).
-fn step_price(rng: &mut StdRng, listing: &mut Listing) {
+/// One step of a listing's price walk: a move as `step` says, sometimes sold
+/// (and later re-listed at a new price).
+fn step_price(rng: &mut StdRng, listing: &mut Listing, step: Step) {
     if !listing.available {
         if rng.gen_bool(0.4) {
             listing.available = true;
@@ -289,6 +354,16 @@ fn step_price(rng: &mut StdRng, listing: &mut Listing) {
     }
     let roll: f64 = rng.gen();
     let cents = listing.cents;
+    if let Step::Uniform { low_bp, high_bp } = step {
+        let next = if roll < 0.03 {
+            listing.available = false;
+            cents
+        } else {
+            cents * (10_000 + rng.gen_range(low_bp..=high_bp)) / 10_000
+        };
+        listing.cents = round_price(listing, next);
+        return;
+    }
     let next = if roll < 0.03 {
         listing.available = false;
         cents
@@ -468,6 +543,80 @@ mod tests {
             "{currencies:?}"
         );
         assert!(oversize > 0, "no oversize message");
+    }
+
+    #[test]
+    fn a_scale_world_spreads_sections_walks_uniformly_and_picks_every_listing() {
+        let config = GeneratorConfig {
+            duplicate_rate: 0.0,
+            malformed_rate: 0.0,
+            stale_rate: 0.0,
+            count: 40_000,
+            events: 100,
+            listings_per_event: 40,
+            sections_per_event: 4,
+            pick: Pick::Uniform,
+            step: Step::Uniform {
+                low_bp: -800,
+                high_bp: 500,
+            },
+            ..GeneratorConfig::default()
+        };
+        config.validate().unwrap_or_else(|error| panic!("{error}"));
+        let mut sections: HashMap<String, HashMap<String, usize>> = HashMap::new();
+        let mut per_listing: HashMap<_, usize> = HashMap::new();
+        let mut last: HashMap<_, (i64, bool)> = HashMap::new();
+        let (mut steps, mut big_drops) = (0usize, 0usize);
+        for message in messages(&config) {
+            let valid = validate(&message.value).unwrap_or_else(|error| panic!("{error}"));
+            *sections
+                .entry(valid.event_id.clone())
+                .or_default()
+                .entry(valid.listing.1.clone())
+                .or_default() += 1;
+            *per_listing.entry(valid.listing.clone()).or_default() += 1;
+            if let Some((cents, true)) = last.insert(valid.listing.clone(), (valid.cents, valid.available)) {
+                if valid.available {
+                    steps += 1;
+                    // Rounding to whole dollars and the 1.00 floor widen a step a little.
+                    let bp = (valid.cents - cents) * 10_000 / cents;
+                    assert!((-1_000..=700).contains(&bp), "a step of {bp} bp");
+                    big_drops += usize::from(valid.cents * 100 <= cents * 95);
+                }
+            }
+        }
+        assert_eq!(sections.len(), 100, "every event observed");
+        for (event, counts) in &sections {
+            assert_eq!(counts.len(), 4, "{event} has sections {counts:?}");
+        }
+        assert_eq!(per_listing.len(), 4_000, "every listing observed");
+        let most = per_listing.values().max().copied().unwrap_or(0);
+        assert!(
+            most <= 30,
+            "uniform picking observed one listing {most} times for 10 on average"
+        );
+        // -8 %..+5 % uniform: 3 of 13 steps are drops of 5 % or more.
+        let share = big_drops as f64 / steps as f64;
+        assert!(
+            (0.17..=0.29).contains(&share),
+            "{big_drops} of {steps} steps dropped 5 % or more"
+        );
+
+        for bad in [
+            GeneratorConfig {
+                sections_per_event: 41,
+                ..GeneratorConfig::default()
+            },
+            GeneratorConfig {
+                step: Step::Uniform {
+                    low_bp: 500,
+                    high_bp: -800,
+                },
+                ..GeneratorConfig::default()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -46,7 +46,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
 
-pub use self::generator::{generate, GeneratorConfig, MessageKind};
+pub use self::generator::{generate, GeneratorConfig, MessageKind, Pick, Step};
 use crate::config::KafkaArgs;
 use crate::kafka::ensure_topic;
 use crate::progress::Progress;
@@ -84,6 +84,22 @@ pub struct ProduceArgs {
     #[arg(long, env = "CONSCOPE_PRODUCE_LISTINGS_PER_EVENT", default_value_t = 40,
           value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub listings_per_event: u64,
+    /// Sections each event's listings are spread over, round robin (0 = as the
+    /// venue's layout falls: a few listings in each of many sections). At most
+    /// --listings-per-event.
+    #[arg(long, env = "CONSCOPE_PRODUCE_SECTIONS_PER_EVENT", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub sections_per_event: u64,
+    /// How observations pick their event: `popular` (a few hot events, a long
+    /// quiet tail) or `uniform` (every listing about equally often: a re-scrape).
+    #[arg(long, env = "CONSCOPE_PRODUCE_PICK", default_value = "popular", value_parser = parse_pick)]
+    pub pick: Pick,
+    /// Price walk of each fresh observation: `mixed` (mostly small moves, some
+    /// 5-30 % drops and 5-25 % rises) or `LOW,HIGH` percent for a uniform step,
+    /// e.g. `-8,5`. 3 % of steps sell the listing either way.
+    #[arg(long, env = "CONSCOPE_PRODUCE_STEP_PCT", default_value = "mixed", value_parser = parse_step,
+          allow_hyphen_values = true)]
+    pub step_pct: Step,
     /// Fraction of messages that are byte-identical re-sends of an earlier one (producer retries).
     #[arg(long, env = "CONSCOPE_PRODUCE_DUPLICATE_RATE", default_value_t = 0.01, value_parser = parse_fraction)]
     pub duplicate_rate: f64,
@@ -128,6 +144,35 @@ fn parse_rate(text: &str) -> Result<f64, String> {
     }
 }
 
+fn parse_pick(text: &str) -> Result<Pick, String> {
+    match text.trim() {
+        "popular" => Ok(Pick::Popular),
+        "uniform" => Ok(Pick::Uniform),
+        other => Err(format!("must be `popular` or `uniform`, got {other:?}")),
+    }
+}
+
+/// `mixed`, or `LOW,HIGH` in percent with at most two decimals, kept as basis points.
+fn parse_step(text: &str) -> Result<Step, String> {
+    let text = text.trim();
+    if text == "mixed" {
+        return Ok(Step::Mixed);
+    }
+    let bad = || format!("must be `mixed` or LOW,HIGH in percent (e.g. -8,5), got {text:?}");
+    let (low, high) = text.split_once(',').ok_or_else(bad)?;
+    let basis_points = |part: &str| -> Result<i64, String> {
+        let value: rust_decimal::Decimal = part.trim().parse().map_err(|_| bad())?;
+        let value = value * rust_decimal::Decimal::from(100);
+        if !value.fract().is_zero() {
+            return Err(bad());
+        }
+        i64::try_from(value).map_err(|_| bad())
+    };
+    // Bounds are the generator's to check (GeneratorConfig::validate).
+    let (low_bp, high_bp) = (basis_points(low)?, basis_points(high)?);
+    Ok(Step::Uniform { low_bp, high_bp })
+}
+
 fn parse_start(text: &str) -> Result<DateTime<Utc>, String> {
     let start = DateTime::parse_from_rfc3339(text.trim())
         .map_err(|error| format!("not an RFC 3339 time ({error}): {text:?}"))?
@@ -150,6 +195,10 @@ impl ProduceArgs {
             events: usize::try_from(self.events).context("--events too large")?,
             listings_per_event: usize::try_from(self.listings_per_event)
                 .context("--listings-per-event too large")?,
+            sections_per_event: usize::try_from(self.sections_per_event)
+                .context("--sections-per-event too large")?,
+            pick: self.pick,
+            step: self.step_pct,
             duplicate_rate: self.duplicate_rate,
             malformed_rate: self.malformed_rate,
             stale_rate: self.stale_rate,
@@ -532,6 +581,49 @@ mod tests {
         let cli = Cli::try_parse_from(["produce", "--duplicate-rate", "0.6", "--malformed-rate", "0.6"])
             .unwrap_or_else(|error| panic!("{error}"));
         assert!(cli.args.generator_config().is_err());
+
+        let cli = Cli::try_parse_from([
+            "produce",
+            "--sections-per-event",
+            "4",
+            "--pick",
+            "uniform",
+            "--step-pct",
+            "-8,5.25",
+        ])
+        .unwrap_or_else(|error| panic!("{error}"));
+        let config = cli
+            .args
+            .generator_config()
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(config.sections_per_event, 4);
+        assert_eq!(config.pick, Pick::Uniform);
+        assert_eq!(
+            config.step,
+            Step::Uniform {
+                low_bp: -800,
+                high_bp: 525
+            }
+        );
+        for bad in [
+            ["--step-pct", "-8"],
+            ["--step-pct", "-8,5.001"],
+            ["--pick", "hot"],
+        ] {
+            assert!(
+                Cli::try_parse_from(["produce", bad[0], bad[1]]).is_err(),
+                "{bad:?} accepted"
+            );
+        }
+        for out_of_bounds in [
+            ["--sections-per-event", "41"],
+            ["--step-pct", "5,-8"],
+            ["--step-pct", "-95,5"],
+        ] {
+            let cli = Cli::try_parse_from(["produce", out_of_bounds[0], out_of_bounds[1]])
+                .unwrap_or_else(|error| panic!("{error}"));
+            assert!(cli.args.generator_config().is_err(), "{out_of_bounds:?} accepted");
+        }
     }
 
     #[test]

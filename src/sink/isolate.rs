@@ -41,7 +41,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use conscope_dataflows::model::{Alert, EventField, EventRow, ListingRow, Micros, Position, Seat};
 use tokio_postgres::{Client, Transaction};
 
-use super::postgres::{clear_incoming, write_rows, Merged, NewRow, OlderRow, WriterConfig};
+use super::config::WriterConfig;
+use super::merge::{Merged, NewRow, OlderRow};
+use super::tables::{clear_incoming, write_rows};
 use super::write_error::WriteError;
 
 /// One part of a batch that is accepted or refused as a whole.

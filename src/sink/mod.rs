@@ -1,7 +1,10 @@
 //! Sinks: everything the job writes.
 //!
-//! - `postgres`: the writer, one transaction per batch of epochs (rows,
-//!   alerts, outbox, offsets).
+//! - `writer`: the writer, one transaction per batch of epochs (rows,
+//!   alerts, outbox, offsets); retries, the job lease check.
+//! - `config`: what the writer is told (database, topics, lease).
+//! - `merge`: the epochs of one transaction folded per key.
+//! - `tables`: each table's SQL, the `COPY` helpers.
 //! - `write_error`: which PostgreSQL failures are transient, refusals of data,
 //!   refusals of the database (the writer waits), fencing.
 //! - `isolate`: after a refusal of data, the input messages behind it.
@@ -21,15 +24,18 @@
 //! thread of its own, started by that operator, and tells the job how it
 //! ended.
 
+pub mod config;
 pub mod delivery;
 pub mod encode;
 mod isolate;
+mod merge;
 mod monitor;
-pub mod postgres;
 pub mod publisher;
 pub mod quarantine;
 pub mod recovery;
+mod tables;
 pub mod write_error;
+pub mod writer;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,8 +50,10 @@ use timely::dataflow::Stream;
 use timely::scheduling::SyncActivator;
 
 use crate::metrics::Metrics;
-use postgres::{run_writer, EpochBatch, WriterConfig, WriterExit};
+use config::WriterConfig;
+use merge::EpochBatch;
 use publisher::PublisherControl;
+use writer::{run_writer, WriterExit};
 
 /// Starts the writer for the sink operator on worker 0: given the operator's
 /// activator, returns where to send batches and where committed epochs come back.

@@ -1,0 +1,382 @@
+//! The Postgres writer: one transaction per batch of epochs.
+//!
+//! ```text
+//!  sink operator (worker 0) ──EpochBatch──► writer thread ──COMMIT──► PostgreSQL
+//!          ▲                                    │
+//!          └────── committed epoch + wake ──────┘──► publisher (outbox)
+//! ```
+//!
+//! # Sinking
+//! Everything derived from the messages of the epochs, the next input offsets and
+//! `job_progress.commit_no + 1` commit together, so after any crash the stored
+//! offsets and the rows agree: a restart neither re-applies nor skips a message.
+//! When the writer falls behind, queued epochs are merged into one transaction
+//! (later states win), which keeps throughput up under load. Each transaction
+//! first checks that this process still holds the job lease (`lease`).
+//!
+//! # Retries
+//! Every SQL call classifies its failure where it is made (`write_error`).
+//! Transient failures (connection lost, server restarting, serialization,
+//! resources) and refusals of the database (`Blocked`: a privilege revoked, a
+//! table renamed, corruption) wait with capped backoff, open a new connection
+//! (the old one may be out of step, see `CopyIn::start`) and retry the same
+//! batch; a blocked writer shows on `/healthz` and `conscope_writer_blocked`
+//! until a commit lands. The dataflow holds the epochs' capabilities (and the
+//! sources stop reading) until the commit succeeds, so memory stays bounded
+//! and nothing is skipped. A commit whose outcome is unknown is resolved by
+//! `commit_no`: if it moved by one, the batch is in.
+//!
+//! # Error handling
+//! A refusal of data (`Refused`: a check, a value out of range) is traced back
+//! to the input messages behind the refused rows (`isolate`); they are stored
+//! in `quarantine` and the writer asks the job to start over from the last
+//! commit (`WriterExit::Restart`): the replay rejects them to the dead-letter
+//! topic with the refusal as reason, so every other message lands exactly as it
+//! would have without them, derived rows included. A refusal of data no input
+//! message explains (each alone is accepted) is waited out like a refusal of
+//! the database. Losing the job lease to another instance (`Fenced`) stops the
+//! job at once.
+//!
+//! Owns the loop and the transaction around each batch: `BEGIN`, the lease
+//! check, the bookkeeping and the rows (`tables`), `COMMIT`; and what happens
+//! when one fails. Imports `config`, `merge`, `tables`, `isolate`,
+//! `quarantine`, `monitor` and the publisher's wake-up; only the sink operator
+//! (`mod.rs`) and the job import it.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_postgres::{Client, Transaction};
+
+use super::config::WriterConfig;
+use super::merge::{EpochBatch, Merged};
+use super::monitor::GroupMonitor;
+use super::publisher::PublisherControl;
+use super::tables::{advance_commit_no, prepare, read_commit_no, store_offsets, write_rows};
+use super::write_error::WriteError;
+use crate::fail::fail_point;
+use crate::lease::{Lease, LOCK_CLASS};
+use crate::metrics::Metrics;
+
+/// Why the writer returned.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WriterExit {
+    /// Its input closed: the job is stopping.
+    Finished,
+    /// Messages PostgreSQL refused were quarantined: the job must replay from
+    /// the last commit without them.
+    Restart,
+}
+
+/// Runs the writer on the calling thread until `batches` closes or messages
+/// must be taken out of a replay. Sends each committed epoch on `committed`
+/// and calls `wake` after each commit.
+pub fn run_writer(
+    config: WriterConfig,
+    batches: mpsc::Receiver<EpochBatch>,
+    committed: mpsc::Sender<u64>,
+    wake: impl Fn() + Send + 'static,
+    metrics: Arc<Metrics>,
+    publisher: Arc<PublisherControl>,
+) -> anyhow::Result<WriterExit> {
+    let monitor = match &config.monitor {
+        Some((kafka, group)) => Some(GroupMonitor::new(kafka, group, &config.input_name)?),
+        None => None,
+    };
+    let mut rejected_log = crate::metrics::RateLimited::new(Duration::from_secs(5));
+    let runtime = crate::runtime::current_thread()?;
+    runtime.block_on(async move {
+        let mut writer = Writer::connect(config, Arc::clone(&metrics)).await?;
+        while let Ok(first) = batches.recv() {
+            let mut merged = Merged::default();
+            merged.absorb(first);
+            while merged.records < writer.config.max_records_per_commit {
+                match batches.try_recv() {
+                    Ok(next) => merged.absorb(next),
+                    Err(_) => break,
+                }
+            }
+            let mut delay = Duration::from_millis(100);
+            let stale = loop {
+                match writer.commit_with_retry(&merged).await {
+                    Ok(stale) => break stale,
+                    Err(WriteError::Refused {
+                        context,
+                        reason,
+                        sqlstate,
+                    }) => {
+                        if writer.quarantine_refused(&merged, context, &reason).await? {
+                            return Ok(WriterExit::Restart);
+                        }
+                        // Each message alone is accepted: a refusal of the
+                        // database like any other, waited out.
+                        let error = WriteError::Blocked {
+                            context: "no input message explains the refusal (each alone is accepted)",
+                            reason: format!("{context}: {reason}"),
+                            sqlstate,
+                        };
+                        writer.wait(&error, &mut delay).await;
+                        writer.reconnect(&mut delay).await?;
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+            };
+            merged.count_maybe_stale(stale);
+            metrics.committed(&merged.counters, merged.rejected.len() as u64);
+            for rejected in &merged.rejected {
+                if rejected_log.allow() {
+                    tracing::warn!(
+                        partition = rejected.position.partition,
+                        offset = rejected.position.offset,
+                        reason = %rejected.reason,
+                        suppressed_since_last = rejected_log.suppressed,
+                        "rejected a message; copied to the dead-letter topic"
+                    );
+                    rejected_log.suppressed = 0;
+                }
+            }
+            for epoch in &merged.epochs {
+                if committed.send(*epoch).is_err() {
+                    return Ok(WriterExit::Finished);
+                }
+            }
+            wake();
+            publisher.wake.notify_one();
+            if let Some(monitor) = &monitor {
+                monitor.report(&merged.offsets);
+            }
+        }
+        Ok(WriterExit::Finished)
+    })
+}
+
+struct Writer {
+    config: WriterConfig,
+    client: Client,
+    commit_no: i64,
+    errors: crate::metrics::RateLimited,
+    metrics: Arc<Metrics>,
+}
+
+impl Writer {
+    async fn connect(config: WriterConfig, metrics: Arc<Metrics>) -> anyhow::Result<Writer> {
+        let client = crate::db::connect_with_retry(&config.database_url, Duration::from_secs(60)).await?;
+        let mut writer = Writer {
+            config,
+            client,
+            commit_no: 0,
+            errors: crate::metrics::RateLimited::new(Duration::from_secs(10)),
+            metrics,
+        };
+        let mut delay = Duration::from_millis(100);
+        if let Err(error) = prepare(&writer.client).await {
+            if !error.is_retried() {
+                return Err(error.into());
+            }
+            writer.wait(&error, &mut delay).await;
+            writer.reconnect(&mut delay).await?;
+        }
+        loop {
+            match read_commit_no(&writer.client).await {
+                Ok(commit_no) => {
+                    writer.commit_no = commit_no;
+                    return Ok(writer);
+                }
+                Err(error) if error.is_retried() => {
+                    writer.wait(&error, &mut delay).await;
+                    writer.reconnect(&mut delay).await?;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// After a failure worth retrying: logs it (rate-limited), reports a
+    /// blocked writer (`/healthz`, `conscope_writer_blocked`), and waits with
+    /// capped backoff.
+    async fn wait(&mut self, error: &WriteError, delay: &mut Duration) {
+        if let WriteError::Blocked { reason, sqlstate, .. } = error {
+            self.metrics.writer_blocked(sqlstate, reason);
+        }
+        if self.errors.allow() {
+            let suppressed = std::mem::take(&mut self.errors.suppressed);
+            match error {
+                WriteError::Blocked { .. } => tracing::error!(
+                    suppressed_since_last = suppressed,
+                    "PostgreSQL refuses the writes ({error}): not a message's fault, so nothing is \
+                     quarantined; the job keeps what it has and retries every {delay:?} until this is fixed"
+                ),
+                _ => tracing::warn!(
+                    suppressed_since_last = suppressed,
+                    "{error}; retrying in {delay:?}"
+                ),
+            }
+        }
+        tokio::time::sleep(*delay).await;
+        *delay = (*delay * 2).min(MAX_RETRY_DELAY);
+    }
+
+    /// A new, prepared connection, whatever state the old one is in: after a
+    /// failure the old one may be closed, or out of step with the server (see
+    /// `CopyIn::start`). Retries until it has one; returns only failures that
+    /// are not worth retrying.
+    async fn reconnect(&mut self, delay: &mut Duration) -> Result<(), WriteError> {
+        loop {
+            let attempt = match crate::db::connect(&self.config.database_url).await {
+                Ok(client) => {
+                    self.client = client;
+                    prepare(&self.client).await
+                }
+                Err(error) => Err(WriteError::Transient {
+                    context: "reconnect",
+                    detail: format!("{error:#}"),
+                }),
+            };
+            match attempt {
+                Ok(()) => return Ok(()),
+                Err(error) if error.is_retried() => self.wait(&error, delay).await,
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// A commit landed: a blocked writer is going again.
+    fn resumed(&mut self) {
+        if self.metrics.writer_unblocked() {
+            tracing::info!("PostgreSQL accepts the writes again; the job goes on");
+        }
+    }
+
+    /// Commits `merged`, waiting out and retrying transient failures and
+    /// refusals of the database (`Blocked`); returns refusals of data and
+    /// fencing. Returns how many of its `maybe_stale` rows were inserted
+    /// (stale, not duplicates).
+    async fn commit_with_retry(&mut self, merged: &Merged) -> Result<u64, WriteError> {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            // Set by the attempt before its COMMIT: what a commit that landed
+            // unacknowledged inserted.
+            let mut stale = None;
+            let error = match write(&mut self.client, &self.config, merged, self.commit_no, &mut stale).await
+            {
+                Ok(()) => {
+                    self.commit_no += 1;
+                    self.metrics.commit_done();
+                    self.resumed();
+                    fail_point("after_commit");
+                    return Ok(stale.unwrap_or(0));
+                }
+                Err(error) if error.is_retried() => error,
+                Err(error) => return Err(error),
+            };
+            self.wait(&error, &mut delay).await;
+            self.reconnect(&mut delay).await?;
+            // Did the lost commit land? commit_no tells.
+            if let Ok(stored) = read_commit_no(&self.client).await {
+                if stored == self.commit_no + 1 {
+                    tracing::info!("the interrupted commit had landed");
+                    self.commit_no = stored;
+                    self.metrics.commit_done();
+                    self.resumed();
+                    return Ok(stale.unwrap_or(0));
+                }
+            }
+        }
+    }
+
+    /// PostgreSQL refused data of `merged`: finds the input messages behind the
+    /// refused rows and quarantines them, waiting out failures on the way.
+    /// `false` when no message explains the refusal (each alone is accepted).
+    async fn quarantine_refused(
+        &mut self,
+        merged: &Merged,
+        context: &str,
+        reason: &str,
+    ) -> Result<bool, WriteError> {
+        tracing::warn!(
+            "PostgreSQL refused a commit ({context}: {reason}); looking for the input messages behind it"
+        );
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let attempt = match super::isolate::offenders(&mut self.client, &self.config, merged).await {
+                Ok(offenders) if offenders.is_empty() => return Ok(false),
+                Ok(offenders) => {
+                    super::quarantine::store(&self.client, &self.config.input_name, &offenders).await
+                }
+                Err(error) => Err(error),
+            };
+            match attempt {
+                Ok(()) => return Ok(true),
+                Err(error @ WriteError::Fenced(_)) => return Err(error),
+                // Storing the quarantine refused for its data would be a
+                // refusal of the database (the rows are the job's own).
+                Err(error) => {
+                    self.wait(&error.before_any_row(), &mut delay).await;
+                    self.reconnect(&mut delay).await?;
+                }
+            }
+        }
+    }
+}
+
+/// The longest wait between two attempts of a commit PostgreSQL refuses or
+/// cannot take: an operator's fix is picked up within it.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+
+async fn write(
+    client: &mut Client,
+    config: &WriterConfig,
+    merged: &Merged,
+    commit_no: i64,
+    stale: &mut Option<u64>,
+) -> Result<(), WriteError> {
+    let transaction = client
+        .transaction()
+        .await
+        .map_err(WriteError::at("BEGIN failed"))?;
+    check_lease(&transaction, &config.lease).await?;
+    advance_commit_no(&transaction, commit_no).await?;
+
+    *stale = Some(write_rows(&transaction, config, merged).await?);
+
+    store_offsets(&transaction, &config.input_name, &merged.offsets).await?;
+    fail_point("before_commit");
+    transaction
+        .commit()
+        .await
+        .map_err(WriteError::at("COMMIT failed"))?;
+    Ok(())
+}
+
+/// No commit without the job lease: the lease's session must still hold the
+/// lock (it may have been lost with its connection, and taken by another
+/// instance since; then the lease stops the job).
+async fn check_lease(transaction: &Transaction<'_>, lease: &Lease) -> Result<(), WriteError> {
+    let Some(pid) = lease.holder_pid() else {
+        return Err(WriteError::Transient {
+            context: "job lease",
+            detail: "the job lease is being taken again after a lost connection".to_owned(),
+        });
+    };
+    let held: bool = transaction
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2
+                            AND classid::bigint = $1 AND objid::bigint = $2 AND pid = $3
+                            AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+            &[&i64::from(LOCK_CLASS), &i64::from(lease.process_key()), &pid],
+        )
+        .await
+        .map_err(WriteError::at("cannot check the job lease"))?
+        .get(0);
+    if held {
+        Ok(())
+    } else {
+        // Its session is gone: the lease notices within a second and takes
+        // the lock again, or stops the job if another instance has it.
+        Err(WriteError::Transient {
+            context: "job lease",
+            detail: format!("the job lease's session (pid {pid}) no longer holds the lock"),
+        })
+    }
+}
