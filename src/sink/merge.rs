@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 
 use conscope_dataflows::model::{
-    Alert, Carried, Change, Counters, EventCurrency, EventFields, EventRow, EventSummary, ListingKey, ListingRow,
-    Position, Rejected, SectionCurrency, SectionSummary, SinkRecord,
+    Alert, Carried, Change, Counters, EventCurrency, EventFields, EventRow, EventSummary, ListingKey,
+    ListingRow, Position, Rejected, SectionCurrency, SectionSummary, SinkRecord,
 };
 
 /// The records of one epoch, ready to commit.
