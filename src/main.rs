@@ -30,7 +30,8 @@
 //!   stops on a `shutdown` handle. `lease`: one live instance per process of a job.
 //! - `runtime`: the tokio runtime builder. Printable text and money are the
 //!   library target's `conscope::text` (with the alert decoder, see `lib.rs`).
-//! - `produce`, `alerts`, `rules`, `history`, `dashboard/`: the other subcommands.
+//! - `produce`, `alerts`, `rules`, `quarantine`, `history`, `dashboard/`: the other
+//!   subcommands.
 //! - `metrics`, `metrics_server`, `lag`: the job's figures, `/metrics`, and the
 //!   consumer lag of each process's partitions.
 //! - `progress`: progress bars on a terminal, and the log writer around them.
@@ -49,6 +50,7 @@ mod metrics;
 mod metrics_server;
 mod produce;
 mod progress;
+mod quarantine;
 mod rules;
 mod runtime;
 mod shutdown;
@@ -86,6 +88,9 @@ enum Command {
     Alerts(alerts::AlertsArgs),
     /// Manage alert rules.
     Rules(rules::RulesArgs),
+    /// List the input messages quarantined because PostgreSQL refused their
+    /// data, or release those quarantined by mistake.
+    Quarantine(quarantine::QuarantineArgs),
     /// Web dashboard: events, get-in prices, price-history charts, live
     /// alerts, alert rules (writes need --token).
     Dashboard(dashboard::DashboardArgs),
@@ -118,6 +123,7 @@ fn main() -> std::process::ExitCode {
         Command::Produce(args) => produce::run(args),
         Command::Alerts(args) => alerts::run(args),
         Command::Rules(args) => rules::run(args),
+        Command::Quarantine(args) => quarantine::run(args),
         Command::Dashboard(args) => dashboard::run(args),
         Command::History(args) => history::run(args),
         Command::Migrate { db } => db::migrate_blocking(&db),

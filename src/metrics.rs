@@ -146,6 +146,17 @@ struct Inner {
     unconfirmed: BTreeMap<i32, VecDeque<Unconfirmed>>,
     /// Commit lags (µs) of this run.
     commit_lags: Histogram,
+    /// Set while PostgreSQL refuses the writer's statements for a reason that
+    /// is not the data's (see `sink::write_error`): the job waits.
+    blocked: Option<Blocked>,
+}
+
+/// Why the writer is waiting, and since when.
+#[derive(Clone, Debug)]
+pub struct Blocked {
+    pub sqlstate: String,
+    pub reason: String,
+    pub since: Instant,
 }
 
 pub struct Metrics {
@@ -295,6 +306,35 @@ impl Metrics {
         self.with(|inner| inner.commits += 1);
     }
 
+    /// The writer cannot write: PostgreSQL refuses with `sqlstate` (`reason`:
+    /// its message) for a reason no message explains. Kept from the first
+    /// refusal until `writer_unblocked`.
+    pub fn writer_blocked(&self, sqlstate: &str, reason: &str) {
+        self.with(|inner| {
+            if inner
+                .blocked
+                .as_ref()
+                .is_none_or(|blocked| blocked.sqlstate != sqlstate)
+            {
+                inner.blocked = Some(Blocked {
+                    sqlstate: sqlstate.to_owned(),
+                    reason: reason.to_owned(),
+                    since: Instant::now(),
+                });
+            }
+        });
+    }
+
+    /// A commit landed: the writer is no longer blocked. `true` if it was.
+    pub fn writer_unblocked(&self) -> bool {
+        self.with(|inner| inner.blocked.take().is_some())
+    }
+
+    /// What `/healthz` reports: why the writer waits, if it does.
+    pub fn blocked(&self) -> Option<Blocked> {
+        self.with(|inner| inner.blocked.clone())
+    }
+
     /// Records a partition's high watermark, as librdkafka's statistics report
     /// it from fetch responses: lag monitoring that costs the broker nothing.
     pub fn set_high_watermark(&self, partition: i32, high: i64) {
@@ -369,7 +409,7 @@ impl Metrics {
             "processed={processed} events_created={} prices_stored={} duplicates={} stale={} rejected={} \
              skipped_by_retention={} alerts[listing_drop={} event_low={} rule_match={}] commits={} lag={} commit_lag_p50={} \
              commit_lag_p99={} published_alerts={} published_dead_letters={} parked={} publish_lag_p50={} \
-             publish_lag_p99={} elapsed={elapsed:.1}s rate={:.0}/s",
+             publish_lag_p99={} elapsed={elapsed:.1}s rate={:.0}/s{}",
             c.events_created,
             c.prices_stored,
             c.duplicates,
@@ -389,6 +429,10 @@ impl Metrics {
             millis(percentile(lags, 0.5)),
             millis(percentile(lags, 0.99)),
             processed as f64 / elapsed.max(1e-9),
+            inner
+                .blocked
+                .as_ref()
+                .map_or_else(String::new, |blocked| format!(" writer_blocked={}", blocked.sqlstate)),
         )
     }
 
@@ -457,6 +501,16 @@ impl Metrics {
                 for (name, help, value) in counters {
                     metric(name, "counter", help, &plain(value));
                 }
+                let blocked = match &inner.blocked {
+                    Some(blocked) => (format!("{{sqlstate=\"{}\"}}", label(&blocked.sqlstate)), "1".to_owned()),
+                    None => (String::new(), "0".to_owned()),
+                };
+                metric(
+                    "writer_blocked",
+                    "gauge",
+                    "1 while PostgreSQL refuses the writes for a reason that is not the data's (a privilege, a missing table, corruption), labelled with its SQLSTATE: the job waits and retries.",
+                    &[blocked],
+                );
                 metric(
                     "alerts_total",
                     "counter",
@@ -530,6 +584,15 @@ impl Metrics {
             tracing::warn!(%error, "cannot start the metrics reporter");
         }
     }
+}
+
+/// A label value as Prometheus' text format takes it (a SQLSTATE is five
+/// letters and digits; anything else is escaped all the same).
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Peak resident memory of this process (VmHWM), as the kernel reports it.

@@ -1,6 +1,7 @@
 //! `conscope run --metrics-addr HOST:PORT`: serves the job's metrics in
 //! Prometheus text format at `/metrics`, and `/healthz` (200 while the process
-//! runs). Reads [`Metrics`] only; touches nothing else.
+//! runs and its writer, if it has one, can write; 503 naming the refusal while
+//! PostgreSQL blocks the writes). Reads [`Metrics`] only; touches nothing else.
 //!
 //! A plain HTTP/1.1 server on its own threads, one short-lived thread per
 //! connection (a scrape every few seconds needs no more). Never blocks a worker.
@@ -195,7 +196,20 @@ fn serve(stream: &TcpStream, metrics: &Metrics, deadline: Instant) {
             "text/plain; version=0.0.4; charset=utf-8",
             &metrics.prometheus(),
         ),
-        (status, "healthz") => respond(out, status, "text/plain", "ok\n"),
+        (status, "healthz") => match metrics.blocked() {
+            None => respond(out, status, "text/plain", "ok\n"),
+            Some(blocked) => respond(
+                out,
+                "503 Service Unavailable",
+                "text/plain",
+                &format!(
+                    "writes blocked for {}s: PostgreSQL refuses them ({}), the job waits and retries: {}\n",
+                    blocked.since.elapsed().as_secs(),
+                    blocked.sqlstate,
+                    conscope::text::printable(&blocked.reason)
+                ),
+            ),
+        },
         (status, "method") => respond(out, status, "text/plain", "only GET\n"),
         (status, "bad") => respond(out, status, "text/plain", "bad request\n"),
         (status, _) => respond(out, status, "text/plain", "not found: try /metrics or /healthz\n"),
@@ -270,6 +284,20 @@ mod tests {
         let _ = get(addr, &huge);
         let _ = get(addr, b"");
         // Still serving.
+        assert!(get(addr, b"GET /healthz HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200 OK"));
+        assert!(get(addr, b"GET /metrics HTTP/1.1\r\n\r\n").contains("\nconscope_writer_blocked 0\n"));
+
+        // Writes refused for a reason no message explains: unhealthy, saying why.
+        metrics.writer_blocked("42501", "permission denied for table price_history");
+        let health = get(addr, b"GET /healthz HTTP/1.1\r\n\r\n");
+        assert!(health.starts_with("HTTP/1.1 503"), "{health}");
+        assert!(
+            health.contains("(42501)") && health.contains("permission denied for table price_history"),
+            "{health}"
+        );
+        assert!(get(addr, b"GET /metrics HTTP/1.1\r\n\r\n")
+            .contains("\nconscope_writer_blocked{sqlstate=\"42501\"} 1\n"));
+        assert!(metrics.writer_unblocked());
         assert!(get(addr, b"GET /healthz HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200 OK"));
     }
 

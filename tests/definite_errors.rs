@@ -179,4 +179,94 @@ fn a_message_postgres_refuses_goes_to_the_dlq_and_the_rest_lands_as_without_it()
         stored_offsets(&poisoned.database_url, &poisoned_input),
         high_watermarks(&poisoned_input)
     );
+
+    // The operator's view: `quarantine list`, and `release` by position or all.
+    let quarantine = |args: &[&str]| {
+        let output = conscope()
+            .arg("quarantine")
+            .args(args)
+            .args(["--database-url", &poisoned.database_url])
+            .output()
+            .expect("conscope quarantine");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        (
+            output.status.success(),
+            stdout,
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (ok, listed, _) = quarantine(&["list"]);
+    assert!(ok);
+    let lines: Vec<&str> = listed.lines().collect();
+    assert_eq!(lines.len(), 3, "{listed}");
+    assert!(
+        lines
+            .iter()
+            .all(|line| line.starts_with(&format!("{poisoned_input} ")) && line.contains("(23514)")),
+        "{listed}"
+    );
+    let (ok, _, error) = quarantine(&["release"]);
+    assert!(!ok && error.contains("--all"), "{error}");
+    let (partition, offset) = lines[0]
+        .split(' ')
+        .nth(1)
+        .and_then(|position| position.split_once(':'))
+        .expect("partition:offset");
+    let (ok, released, _) = quarantine(&[
+        "release",
+        "--topic",
+        &poisoned_input,
+        "--partition",
+        partition,
+        "--offset",
+        offset,
+    ]);
+    assert!(ok);
+    assert_eq!(released.lines().count(), 1, "{released}");
+    assert_eq!(quarantine(&["list"]).1.lines().count(), 2);
+    let (ok, released, _) = quarantine(&["release", "--all"]);
+    assert!(ok);
+    assert_eq!(released.lines().count(), 2, "{released}");
+    assert_eq!(
+        query_i64(&poisoned.database_url, "SELECT count(*) FROM quarantine"),
+        0
+    );
+}
+
+/// Two seats observed at the same instant, only seat 1 carrying the venue
+/// PostgreSQL refuses (a CHECK on `events`): seat 1, and not seat 2, goes to the
+/// dead-letter topic; the rest lands as in a run without seat 1's message.
+#[test]
+fn only_the_message_that_carried_a_refused_field_is_rejected() {
+    require_broker();
+    let venue = r#","venue":"Refused Hall""#;
+    let mut poisoned = good_messages();
+    let seat_1 = (0, Some("e1"), obs("e1", "B", 1, 4_000, 70, venue));
+    let seat_2 = (0, Some("e1"), obs("e1", "B", 2, 4_100, 70, ""));
+    let clean: Vec<_> = poisoned.iter().cloned().chain([seat_2.clone()]).collect();
+    poisoned.push(seat_1.clone());
+    poisoned.push(seat_2);
+    let clean_input = unique("definite_field_clean");
+    create_topic(&clean_input, 2);
+    produce(&clean_input, &clean);
+    let poisoned_input = unique("definite_field");
+    create_topic(&poisoned_input, 2);
+    produce(&poisoned_input, &poisoned);
+
+    let reference = Job::new("definite_field_ref", &clean_input);
+    reference.run_to_end_within(Duration::from_secs(120), &[]);
+    let job = Job::new("definite_field", &poisoned_input);
+    job.migrate();
+    execute(
+        &job.database_url,
+        "ALTER TABLE events ADD CONSTRAINT refused_venue CHECK (venue <> 'Refused Hall')",
+    );
+    job.run_to_end_within(Duration::from_secs(120), &["-w", "2"]);
+
+    assert_eq!(dump(&job.database_url), dump(&reference.database_url));
+    let letters: Vec<String> = read_all(&job.dlq)
+        .iter()
+        .map(|letter| String::from_utf8_lossy(letter.value.as_deref().unwrap_or_default()).into_owned())
+        .collect();
+    assert_eq!(letters, [String::from_utf8_lossy(&seat_1.2).into_owned()]);
 }

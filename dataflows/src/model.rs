@@ -105,6 +105,65 @@ impl EventFields {
     }
 }
 
+/// One of the event fields an observation may carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventField {
+    Name,
+    Venue,
+    Date,
+}
+
+impl EventField {
+    pub const ALL: [EventField; 3] = [EventField::Name, EventField::Venue, EventField::Date];
+
+    fn bit(self) -> u8 {
+        match self {
+            EventField::Name => 1,
+            EventField::Venue => 2,
+            EventField::Date => 4,
+        }
+    }
+}
+
+/// Which event fields a message carried, in a byte: what lets the writer tell,
+/// of the messages of an event observed at one instant, the ones behind a
+/// field PostgreSQL refuses (the values themselves are in the event row).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Carried(u8);
+
+impl Carried {
+    pub fn of(observation: &Observation) -> Carried {
+        Carried::from_flags(
+            observation.event_name.is_some(),
+            observation.venue.is_some(),
+            observation.event_date.is_some(),
+        )
+    }
+
+    /// What `fields` (a `MaybeStale` record's) carried.
+    pub fn of_fields(fields: Option<&EventFields>) -> Carried {
+        fields.map_or(Carried::default(), |fields| {
+            Carried::from_flags(
+                fields.event_name.is_some(),
+                fields.venue.is_some(),
+                fields.event_date.is_some(),
+            )
+        })
+    }
+
+    pub fn only(fields: &[EventField]) -> Carried {
+        Carried(fields.iter().fold(0, |bits, field| bits | field.bit()))
+    }
+
+    fn from_flags(name: bool, venue: bool, date: bool) -> Carried {
+        Carried(u8::from(name) | u8::from(venue) << 1 | u8::from(date) << 2)
+    }
+
+    pub fn has(self, field: EventField) -> bool {
+        self.0 & field.bit() != 0
+    }
+}
+
 /// Where a message sits in its input: the order that decides "first wins" and the
 /// order alerts are evaluated in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -369,10 +428,12 @@ pub enum SinkRecord {
     /// A new row of `price_history`: an observation newer than its listing's
     /// current state (or its listing's first), so its identity is not stored
     /// yet; and where its message sits in the input: what lets the writer name
-    /// the message behind a row PostgreSQL refuses.
+    /// the message behind a row PostgreSQL refuses (`carried`: behind a field
+    /// of its event's row).
     History {
         row: ListingRow,
         position: Position,
+        carried: Carried,
     },
     /// A row for `price_history` of an observation older than its listing's
     /// current state: stale, unless its identity is stored already (a

@@ -35,7 +35,7 @@ use crate::drops;
 use crate::event_state;
 use crate::listing_state::{Applied, Listings, Quote, SeatId};
 use crate::model::{
-    stable_hash, Alert, AlertKind, Cents, Counters, Currency, EventFields, EventRow, ListingKey,
+    stable_hash, Alert, AlertKind, Carried, Cents, Counters, Currency, EventFields, EventRow, ListingKey,
     ListingPrice, ListingRow, Micros, Observation, Position, ProcessorInput, Restore, Rule, RuleChange,
     SinkRecord,
 };
@@ -378,6 +378,7 @@ impl Processor {
         epoch.out.push(SinkRecord::History {
             row: quote.row(&listing.event_id, seat),
             position,
+            carried: Carried::of(&observation),
         });
 
         let event_changed = match &mut state.row {

@@ -6,8 +6,8 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use conscope_dataflows::alert_id::alert_id;
 use conscope_dataflows::model::{
-    Alert, AlertKind, Cents, Counters, Currency, EventRow, ListingKey, ListingRow, Micros, Observation,
-    Position, ProcessorInput, Restore, Rule, RuleChange, Seat, SinkRecord, Stamped,
+    Alert, AlertKind, Carried, Cents, Counters, Currency, EventField, EventRow, ListingKey, ListingRow,
+    Micros, Observation, Position, ProcessorInput, Restore, Rule, RuleChange, Seat, SinkRecord, Stamped,
 };
 use conscope_dataflows::processor::{process, ProcessorConfig};
 use timely::dataflow::operators::capture::Event;
@@ -93,18 +93,35 @@ fn write_like_the_sink(
     let mut out = Vec::with_capacity(records.len());
     for record in records {
         match record {
-            SinkRecord::History { row, position } => {
+            SinkRecord::History {
+                row,
+                position,
+                carried,
+            } => {
                 assert!(
                     stored.insert((row.listing.clone(), row.observed_at)),
                     "a History row of a stored identity: {row:?}"
                 );
-                out.push(SinkRecord::History { row, position });
+                out.push(SinkRecord::History {
+                    row,
+                    position,
+                    carried,
+                });
             }
-            SinkRecord::MaybeStale { row, position, .. } => {
+            SinkRecord::MaybeStale {
+                row,
+                position,
+                fields,
+            } => {
                 if stored.insert((row.listing.clone(), row.observed_at)) {
                     uncounted.stale += 1;
                     uncounted.prices_stored += 1;
-                    out.push(SinkRecord::History { row, position });
+                    let carried = Carried::of_fields(fields.as_deref());
+                    out.push(SinkRecord::History {
+                        row,
+                        position,
+                        carried,
+                    });
                 } else {
                     uncounted.duplicates += 1;
                 }
@@ -302,6 +319,7 @@ fn first_observation_creates_event_and_listing_exactly() {
                     partition: 0,
                     offset: 1
                 },
+                carried: Carried::only(&[EventField::Name]),
             },
             SinkRecord::Event(EventRow {
                 event_id: "ev".into(),
@@ -370,6 +388,7 @@ fn stale_observation_goes_to_history_and_first_seen_only() {
                     partition: 0,
                     offset: 2
                 },
+                carried: Carried::only(&[EventField::Name]),
             },
             SinkRecord::Event(EventRow {
                 event_id: "ev".into(),

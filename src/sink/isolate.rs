@@ -12,12 +12,16 @@
 //! A message's rows are found by its history row, which carries its input
 //! position; its listing row and its alerts carry its observation identity
 //! (listing + `observed_at`). An event row mixes fields of several messages:
-//! when one is refused, the messages of that event in the batch that set one
-//! of its text fields (name, venue, date; else `first_seen`/`last_seen`) at
-//! the refused row's stamps are the ones behind it. Accepted units stay
-//! written while the next ones are probed, so each probe sees what a commit
-//! would (events before the listings that reference them); units of a refused
-//! event are not probed, they could only fail for want of their event.
+//! when one is refused, probes (rolled back) tell which of its text fields
+//! (name, venue, date) PostgreSQL refuses alone, and the messages behind it
+//! are those of the event in the batch that carried such a field at its stamp
+//! (the last of each partition: the one whose value the row holds). Without a
+//! field to blame (the row refused without them, or only a combination of
+//! them), the carriers of any of them, else the messages at `first_seen` or
+//! `last_seen`. Accepted units stay written while the next ones are probed, so
+//! each probe sees what a commit would (events before the listings that
+//! reference them); units of a refused event are not probed, they could only
+//! fail for want of their event.
 //!
 //! A message older than its listing's current state has a unit of its own:
 //! its history row, inserted the way the writer does (skipped if a duplicate),
@@ -27,15 +31,18 @@
 //! current listing, the event's fields, get-in prices, summaries, alerts after
 //! them) are removed by the replay that rejects them (`quarantine`). Rows no
 //! message explains (summaries, rule states, dead letters) are not probed: a
-//! refusal there finds no one, and the writer stops with the error.
+//! refusal there finds no one, and the writer waits it out as a refusal of
+//! the database. Only refusals of data (`WriteError::Refused`) count as a
+//! probe refused; any other failure ends the search, for the writer to wait
+//! and start it again on a new connection.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use conscope_dataflows::model::{Alert, EventRow, ListingRow, Micros, Position, Seat};
+use conscope_dataflows::model::{Alert, EventField, EventRow, ListingRow, Micros, Position, Seat};
 use tokio_postgres::{Client, Transaction};
 
 use super::config::WriterConfig;
-use super::merge::{Merged, OlderRow};
+use super::merge::{Merged, NewRow, OlderRow};
 use super::tables::{clear_incoming, write_rows, KnownMonths};
 use super::write_error::WriteError;
 
@@ -43,8 +50,7 @@ use super::write_error::WriteError;
 enum Unit<'a> {
     Event(&'a EventRow),
     Message {
-        position: Position,
-        history: &'a ListingRow,
+        new: &'a NewRow,
         listing: Option<&'a ListingRow>,
         alerts: Vec<&'a Alert>,
     },
@@ -57,7 +63,7 @@ impl Unit<'_> {
     fn event_id(&self) -> &str {
         match self {
             Unit::Event(row) => &row.event_id,
-            Unit::Message { history, .. } => &history.listing.event_id,
+            Unit::Message { new, .. } => &new.row.listing.event_id,
             Unit::Older(older) => &older.row.listing.event_id,
         }
     }
@@ -65,7 +71,7 @@ impl Unit<'_> {
     fn position(&self) -> Option<Position> {
         match self {
             Unit::Event(_) => None,
-            Unit::Message { position, .. } => Some(*position),
+            Unit::Message { new, .. } => Some(new.position),
             Unit::Older(older) => Some(older.position),
         }
     }
@@ -110,7 +116,7 @@ pub(super) async fn offenders(
         let Some(reason) = refused_events.get(row.event_id.as_str()) else {
             continue;
         };
-        for position in behind_event_row(merged, row) {
+        for position in behind_event_row(&transaction, config, merged, row).await? {
             if found.insert(position) {
                 offenders.push((position, format!("postgres rejected: {reason}")));
             }
@@ -133,21 +139,19 @@ fn message_units(merged: &Merged) -> Vec<Unit<'_>> {
             .push(alert);
     }
     let mut units = merged
-        .origins
+        .history
         .iter()
-        .zip(&merged.history)
-        .map(|(position, history)| Unit::Message {
-            position: *position,
-            history,
+        .map(|new| Unit::Message {
+            new,
             listing: merged
                 .listings
-                .get(&history.listing)
-                .filter(|listing| listing.observed_at == history.observed_at),
+                .get(&new.row.listing)
+                .filter(|listing| listing.observed_at == new.row.observed_at),
             alerts: alerts
                 .remove(&(
-                    &history.listing.event_id,
-                    &history.listing.seat,
-                    history.observed_at,
+                    &new.row.listing.event_id,
+                    &new.row.listing.seat,
+                    new.row.observed_at,
                 ))
                 .unwrap_or_default(),
         })
@@ -157,37 +161,106 @@ fn message_units(merged: &Merged) -> Vec<Unit<'_>> {
     units
 }
 
-/// The stored messages of `merged` whose fields the event row `row` carries:
-/// those of its event observed when one of its text fields was set, else when
-/// it was first or last seen.
-fn behind_event_row(merged: &Merged, row: &EventRow) -> Vec<Position> {
-    let text_stamps: Vec<Micros> = [
-        row.event_name.as_ref().map(|name| name.observed_at),
-        row.venue.as_ref().map(|venue| venue.observed_at),
-        row.event_date.as_ref().map(|date| date.observed_at),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    let of_event = || {
-        merged
-            .history
-            .iter()
-            .zip(&merged.origins)
-            .filter(|(history, _)| history.listing.event_id == row.event_id)
-    };
-    let at = |stamps: &[Micros]| -> Vec<Position> {
-        of_event()
-            .filter(|(history, _)| stamps.contains(&history.observed_at))
-            .map(|(_, position)| *position)
-            .collect()
-    };
-    let by_text = at(&text_stamps);
-    if by_text.is_empty() {
-        at(&[row.first_seen, row.last_seen])
-    } else {
-        by_text
+/// The stored messages of `merged` behind the refused event row `row`: the
+/// carriers of the text fields PostgreSQL refuses alone (each probed, rolled
+/// back); see the module doc for when none is to blame.
+async fn behind_event_row(
+    transaction: &Transaction<'_>,
+    config: &WriterConfig,
+    merged: &Merged,
+    row: &EventRow,
+) -> Result<Vec<Position>, WriteError> {
+    let present: Vec<EventField> = EventField::ALL
+        .into_iter()
+        .filter(|field| stamp(row, *field).is_some())
+        .collect();
+    let mut blamed = Vec::new();
+    if !refused_alone(transaction, config, &keeping(row, &[])).await? {
+        for &field in &present {
+            if refused_alone(transaction, config, &keeping(row, &[field])).await? {
+                blamed.push(field);
+            }
+        }
+        if blamed.is_empty() {
+            blamed = present;
+        }
     }
+    let carriers = carriers(merged, row, &blamed);
+    Ok(if carriers.is_empty() {
+        seen_at_bounds(merged, row)
+    } else {
+        carriers
+    })
+}
+
+/// Whether PostgreSQL refuses the event row `row` on its own; never kept.
+async fn refused_alone(
+    transaction: &Transaction<'_>,
+    config: &WriterConfig,
+    row: &EventRow,
+) -> Result<bool, WriteError> {
+    Ok(probe(transaction, config, &[Unit::Event(row)], false)
+        .await?
+        .is_some())
+}
+
+/// `row` with only the text fields `fields` (the others left to the stored
+/// row, or unset for a new event).
+fn keeping(row: &EventRow, fields: &[EventField]) -> EventRow {
+    let kept = |field| fields.contains(&field);
+    EventRow {
+        event_name: row.event_name.clone().filter(|_| kept(EventField::Name)),
+        venue: row.venue.clone().filter(|_| kept(EventField::Venue)),
+        event_date: row.event_date.clone().filter(|_| kept(EventField::Date)),
+        ..row.clone()
+    }
+}
+
+/// When the value of `field` in `row` was observed, if it has one.
+fn stamp(row: &EventRow, field: EventField) -> Option<Micros> {
+    match field {
+        EventField::Name => row.event_name.as_ref().map(|name| name.observed_at),
+        EventField::Venue => row.venue.as_ref().map(|venue| venue.observed_at),
+        EventField::Date => row.event_date.as_ref().map(|date| date.observed_at),
+    }
+}
+
+/// The stored messages of `merged` whose value of one of `fields` the event
+/// row `row` holds: of those of its event that carried the field at its stamp,
+/// the last of each partition (messages are applied in partition order, the
+/// later of equal times winning).
+fn carriers(merged: &Merged, row: &EventRow, fields: &[EventField]) -> Vec<Position> {
+    let mut last: BTreeMap<(usize, i32), Position> = BTreeMap::new();
+    for (index, field) in fields.iter().enumerate() {
+        let Some(at) = stamp(row, *field) else { continue };
+        for new in &merged.history {
+            if new.row.listing.event_id == row.event_id
+                && new.row.observed_at == at
+                && new.carried.has(*field)
+            {
+                let slot = last
+                    .entry((index, new.position.partition))
+                    .or_insert(new.position);
+                *slot = (*slot).max(new.position);
+            }
+        }
+    }
+    let positions: BTreeSet<Position> = last.into_values().collect();
+    positions.into_iter().collect()
+}
+
+/// The stored messages of `merged` of the event of `row` observed at its
+/// `first_seen` or `last_seen`.
+fn seen_at_bounds(merged: &Merged, row: &EventRow) -> Vec<Position> {
+    merged
+        .history
+        .iter()
+        .filter(|new| {
+            new.row.listing.event_id == row.event_id
+                && (new.row.observed_at == row.first_seen || new.row.observed_at == row.last_seen)
+        })
+        .map(|new| new.position)
+        .collect()
 }
 
 /// The units PostgreSQL refuses, by index, each with its refusal: halves of
@@ -203,7 +276,7 @@ async fn bisect(
         if start >= end {
             continue;
         }
-        let Some(reason) = probe(transaction, config, &units[start..end]).await? else {
+        let Some(reason) = probe(transaction, config, &units[start..end], true).await? else {
             continue;
         };
         if end - start == 1 {
@@ -218,12 +291,14 @@ async fn bisect(
     Ok(refused)
 }
 
-/// Writes `units` in a savepoint: kept when accepted (`None`), rolled back
-/// when refused for good (the refusal). Transient failures are returned.
+/// Writes `units` in a savepoint: kept when accepted (`None`) if `keep`,
+/// rolled back when its data is refused (the refusal). Other failures are
+/// returned.
 async fn probe(
     transaction: &Transaction<'_>,
     config: &WriterConfig,
     units: &[Unit<'_>],
+    keep: bool,
 ) -> Result<Option<String>, WriteError> {
     let subset = subset(units);
     transaction
@@ -237,12 +312,11 @@ async fn probe(
             .map(|_written| ()),
         Err(error) => Err(error),
     };
+    let undo = "ROLLBACK TO SAVEPOINT probe; RELEASE SAVEPOINT probe";
     let (end, outcome) = match written {
-        Ok(()) => ("RELEASE SAVEPOINT probe", None),
-        Err(WriteError::Definite { reason, .. }) => (
-            "ROLLBACK TO SAVEPOINT probe; RELEASE SAVEPOINT probe",
-            Some(reason),
-        ),
+        Ok(()) if keep => ("RELEASE SAVEPOINT probe", None),
+        Ok(()) => (undo, None),
+        Err(WriteError::Refused { reason, .. }) => (undo, Some(reason)),
         Err(error) => return Err(error),
     };
     transaction
@@ -260,14 +334,8 @@ fn subset(units: &[Unit<'_>]) -> Merged {
             Unit::Event(row) => {
                 merged.events.insert(row.event_id.clone(), (*row).clone());
             }
-            Unit::Message {
-                position,
-                history,
-                listing,
-                alerts,
-            } => {
-                merged.history.push((*history).clone());
-                merged.origins.push(*position);
+            Unit::Message { new, listing, alerts } => {
+                merged.history.push((*new).clone());
                 if let Some(listing) = listing {
                     merged
                         .listings
@@ -283,7 +351,7 @@ fn subset(units: &[Unit<'_>]) -> Merged {
 
 #[cfg(test)]
 mod tests {
-    use conscope_dataflows::model::{Cents, Currency, ListingKey, Stamped};
+    use conscope_dataflows::model::{Carried, Cents, Currency, ListingKey, Stamped};
 
     use super::*;
 
@@ -305,11 +373,18 @@ mod tests {
         }
     }
 
+    fn new_row(offset: i64, seat: &str, observed_at: Micros, carried: &[EventField]) -> NewRow {
+        NewRow {
+            row: row(seat, observed_at),
+            position: Position { partition: 0, offset },
+            carried: Carried::only(carried),
+        }
+    }
+
     fn batch() -> Merged {
         let mut merged = Merged::default();
         for (offset, seat, observed_at) in [(3, "1", 10), (1, "2", 20), (2, "1", 30)] {
-            merged.history.push(row(seat, observed_at));
-            merged.origins.push(Position { partition: 0, offset });
+            merged.history.push(new_row(offset, seat, observed_at, &[]));
         }
         merged.listings.insert(row("1", 30).listing, row("1", 30));
         merged.listings.insert(row("2", 20).listing, row("2", 20));
@@ -335,14 +410,9 @@ mod tests {
         let summary: Vec<(i64, Micros, &str)> = units
             .iter()
             .filter_map(|unit| match unit {
-                Unit::Message {
-                    position,
-                    history,
-                    listing,
-                    ..
-                } => Some((
-                    position.offset,
-                    history.observed_at,
+                Unit::Message { new, listing, .. } => Some((
+                    new.position.offset,
+                    new.row.observed_at,
                     if listing.is_some() { "current" } else { "stored" },
                 )),
                 Unit::Older(older) => Some((older.position.offset, older.row.observed_at, "older")),
@@ -363,46 +433,57 @@ mod tests {
         assert!(alone.history.is_empty());
     }
 
-    /// A refused event row points at the messages that set its text fields;
-    /// without those, at the ones that set first/last seen.
-    #[test]
-    fn an_event_row_is_traced_to_the_messages_behind_its_fields() {
-        let merged = batch();
-        let mut event = EventRow {
+    fn event(venue_at: Option<Micros>) -> EventRow {
+        EventRow {
             event_id: "e1".to_owned(),
             event_name: Some(Stamped {
                 value: "Name".to_owned(),
                 observed_at: 20,
             }),
-            venue: None,
+            venue: venue_at.map(|observed_at| Stamped {
+                value: "Hall".to_owned(),
+                observed_at,
+            }),
             event_date: None,
             first_seen: 10,
             last_seen: 30,
-        };
+        }
+    }
+
+    fn at(offset: i64) -> Position {
+        Position { partition: 0, offset }
+    }
+
+    /// Of the messages observed at a refused field's stamp, only those that
+    /// carried the field, and of those the last of a partition: its value is
+    /// the row's.
+    #[test]
+    fn a_refused_field_is_traced_to_the_message_that_carried_it() {
+        let mut merged = Merged::default();
+        // Seats 1 and 2 at 20, only seat 1 carrying the venue; a name at 20 too.
+        merged.history.push(new_row(1, "1", 20, &[EventField::Venue]));
+        merged.history.push(new_row(2, "2", 20, &[EventField::Name]));
+        merged.history.push(new_row(3, "3", 30, &[]));
+        let row = event(Some(20));
+        assert_eq!(carriers(&merged, &row, &[EventField::Venue]), [at(1)]);
+        assert_eq!(carriers(&merged, &row, &[EventField::Name]), [at(2)]);
         assert_eq!(
-            behind_event_row(&merged, &event),
-            [Position {
-                partition: 0,
-                offset: 1
-            }]
+            carriers(&merged, &row, &[EventField::Name, EventField::Venue]),
+            [at(1), at(2)]
         );
-        // A name stamped by an earlier commit: the first and last observations.
-        event.event_name = Some(Stamped {
-            value: "Name".to_owned(),
-            observed_at: 5,
-        });
-        assert_eq!(
-            behind_event_row(&merged, &event),
-            [
-                Position {
-                    partition: 0,
-                    offset: 3
-                },
-                Position {
-                    partition: 0,
-                    offset: 2
-                }
-            ]
-        );
+        // Two carriers at one time in one partition: the later one's value won.
+        merged.history.push(new_row(4, "4", 20, &[EventField::Venue]));
+        assert_eq!(carriers(&merged, &row, &[EventField::Venue]), [at(4)]);
+        // A value stamped by an earlier commit: no carrier in the batch.
+        assert!(carriers(&merged, &event(Some(5)), &[EventField::Venue]).is_empty());
+    }
+
+    /// Without a field to blame: the messages at the first and last times seen.
+    #[test]
+    fn an_event_row_without_a_field_to_blame_points_at_its_bounds() {
+        let merged = batch();
+        assert_eq!(seen_at_bounds(&merged, &event(None)), [at(3), at(2)]);
+        assert_eq!(keeping(&event(Some(20)), &[EventField::Venue]).event_name, None);
+        assert!(keeping(&event(Some(20)), &[EventField::Venue]).venue.is_some());
     }
 }

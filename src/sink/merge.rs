@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 
 use conscope_dataflows::model::{
-    Alert, Change, Counters, EventCurrency, EventFields, EventRow, EventSummary, ListingKey, ListingRow,
-    Position, Rejected, SectionCurrency, SectionSummary, SinkRecord,
+    Alert, Carried, Change, Counters, EventCurrency, EventFields, EventRow, EventSummary, ListingKey,
+    ListingRow, Position, Rejected, SectionCurrency, SectionSummary, SinkRecord,
 };
 
 /// The records of one epoch, ready to commit.
@@ -23,9 +23,8 @@ pub struct EpochBatch {
 #[derive(Default)]
 pub(super) struct Merged {
     pub(super) epochs: Vec<u64>,
-    pub(super) history: Vec<ListingRow>,
-    /// The input position of each history row (same index).
-    pub(super) origins: Vec<Position>,
+    /// New history rows, in input order within each epoch.
+    pub(super) history: Vec<NewRow>,
     /// Rows of observations older than their listing's current state, in
     /// input order: epoch by epoch, and by position within an epoch.
     pub(super) maybe_stale: Vec<OlderRow>,
@@ -40,6 +39,16 @@ pub(super) struct Merged {
     /// Each changed summary key's row after the epochs; `None`: delete it.
     pub(super) event_summaries: HashMap<EventCurrency, Option<EventSummary>>,
     pub(super) section_summaries: HashMap<SectionCurrency, Option<SectionSummary>>,
+}
+
+/// An observation newer than its listing's current state (a `History`
+/// record): its history row, its input position, and which event fields it
+/// carried (the values are in its event's row).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct NewRow {
+    pub(super) row: ListingRow,
+    pub(super) position: Position,
+    pub(super) carried: Carried,
 }
 
 /// An observation older than its listing's current state (a `MaybeStale`
@@ -92,10 +101,15 @@ impl Merged {
         let mut rejected = Vec::new();
         for record in batch.records {
             match record {
-                SinkRecord::History { row, position } => {
-                    self.history.push(row);
-                    self.origins.push(position);
-                }
+                SinkRecord::History {
+                    row,
+                    position,
+                    carried,
+                } => self.history.push(NewRow {
+                    row,
+                    position,
+                    carried,
+                }),
                 SinkRecord::MaybeStale {
                     row,
                     position,
@@ -218,6 +232,7 @@ pub(super) mod tests {
                 SinkRecord::History {
                     row: listing_row("1", 100, 10),
                     position: at(0, 4),
+                    carried: Carried::default(),
                 },
                 SinkRecord::Listing(listing_row("1", 100, 10)),
                 SinkRecord::Offset(at(0, 5)),
@@ -235,6 +250,7 @@ pub(super) mod tests {
                 SinkRecord::History {
                     row: listing_row("1", 90, 20),
                     position: at(0, 5),
+                    carried: Carried::default(),
                 },
                 SinkRecord::Listing(listing_row("1", 90, 20)),
                 SinkRecord::Rejected(Rejected {
@@ -257,10 +273,11 @@ pub(super) mod tests {
         assert_eq!(merged.epochs, [7, 8]);
         assert_eq!(merged.records, 13);
         assert_eq!(
-            merged.history.iter().map(|row| row.price).collect::<Vec<_>>(),
+            merged.history.iter().map(|new| new.row.price).collect::<Vec<_>>(),
             [Cents(100), Cents(90)]
         );
-        assert_eq!(merged.origins, [at(0, 4), at(0, 5)]);
+        let positions: Vec<Position> = merged.history.iter().map(|new| new.position).collect();
+        assert_eq!(positions, [at(0, 4), at(0, 5)]);
         let listings: Vec<&ListingRow> = merged.listings.values().collect();
         assert_eq!(listings, [&listing_row("1", 90, 20)]);
         assert_eq!(merged.offsets, BTreeMap::from([(0, 6), (1, 10)]));

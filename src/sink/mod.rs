@@ -5,8 +5,9 @@
 //! - `config`: what the writer is told (database, topics, lease).
 //! - `merge`: the epochs of one transaction folded per key.
 //! - `tables`: each table's SQL, the `COPY` helpers.
-//! - `write_error`: which PostgreSQL failures are transient, definite, fencing.
-//! - `isolate`: after a definite failure, the input messages behind it.
+//! - `write_error`: which PostgreSQL failures are transient, refusals of data,
+//!   refusals of the database (the writer waits), fencing.
+//! - `isolate`: after a refusal of data, the input messages behind it.
 //! - `quarantine`: those messages, stored, so the replay rejects them.
 //! - `monitor`: committed offsets reported to the Kafka consumer group.
 //! - `publisher`: the outbox publisher (alerts topic, dead-letter topic).

@@ -5,10 +5,15 @@
 //! - **Transient**: the database or the way to it is unwell (connection lost or
 //!   closed, server shutting down, serialization failure, deadlock, out of
 //!   resources, IO): reconnect with backoff and retry the same batch.
-//! - **Definite**: the database refuses the data itself (classes 22 data
-//!   exception, 23 integrity constraint, ...): retrying gives the same answer,
-//!   so the writer isolates the messages behind the refused rows and rejects
-//!   them (`isolate`).
+//! - **Refused**: the database refuses values (classes 22 data exception and 23
+//!   integrity constraint violation): the same statement with other rows
+//!   passes, so the writer isolates the messages behind the refused rows and
+//!   quarantines them (`isolate`).
+//! - **Blocked**: the database says the statement or the database itself is
+//!   wrong (a privilege revoked, a table renamed, corruption, ...): every batch
+//!   would get the same answer, no message is behind it, so the writer keeps
+//!   the batch, waits with capped backoff (reported by `/healthz` and
+//!   `conscope_writer_blocked`) and retries until an operator fixes it.
 //! - **Fenced**: another instance of the job owns the database: stop at once,
 //!   write nothing more.
 //!
@@ -21,11 +26,18 @@ pub enum WriteError {
     #[error("{context}: {detail}")]
     Transient { context: &'static str, detail: String },
     #[error("{context}: {reason}")]
-    Definite {
+    Refused {
         context: &'static str,
         /// Short, for a dead letter's `conscope.error`: the server's message
         /// and SQLSTATE.
         reason: String,
+        sqlstate: String,
+    },
+    #[error("{context}: {reason}")]
+    Blocked {
+        context: &'static str,
+        reason: String,
+        sqlstate: String,
     },
     #[error("fenced: {0}")]
     Fenced(String),
@@ -34,14 +46,23 @@ pub enum WriteError {
 impl WriteError {
     /// Classifies `error`, which arose doing `context`.
     pub fn classify(context: &'static str, error: tokio_postgres::Error) -> WriteError {
+        let sqlstate = error
+            .code()
+            .map_or_else(String::new, |code| code.code().to_owned());
         match class_of(&error) {
             Class::Transient => WriteError::Transient {
                 context,
                 detail: error.to_string(),
             },
-            Class::Definite => WriteError::Definite {
+            Class::Refused => WriteError::Refused {
                 context,
                 reason: reason(&error),
+                sqlstate,
+            },
+            Class::Blocked => WriteError::Blocked {
+                context,
+                reason: reason(&error),
+                sqlstate,
             },
         }
     }
@@ -51,15 +72,35 @@ impl WriteError {
         move |error| WriteError::classify(context, error)
     }
 
-    pub fn is_transient(&self) -> bool {
-        matches!(self, WriteError::Transient { .. })
+    /// A refusal of a statement before it saw any row (a `COPY` refused at its
+    /// start): whatever its class, about the statement, not the data.
+    pub fn before_any_row(self) -> WriteError {
+        match self {
+            WriteError::Refused {
+                context,
+                reason,
+                sqlstate,
+            } => WriteError::Blocked {
+                context,
+                reason,
+                sqlstate,
+            },
+            other => other,
+        }
+    }
+
+    /// Worth waiting for and retrying: the database is unwell, or refuses
+    /// what no message explains.
+    pub fn is_retried(&self) -> bool {
+        matches!(self, WriteError::Transient { .. } | WriteError::Blocked { .. })
     }
 }
 
 #[derive(Debug, PartialEq, Eq)]
 enum Class {
     Transient,
-    Definite,
+    Refused,
+    Blocked,
 }
 
 fn class_of(error: &tokio_postgres::Error) -> Class {
@@ -91,15 +132,24 @@ fn class_of_sqlstate(code: &SqlState) -> Class {
         // intervention (57P01 admin shutdown, 57P03 cannot connect now), 58
         // system error (IO on the server).
         "08" | "53" | "57" | "58" => Class::Transient,
-        // Everything else is an answer about the statement or the data: the
-        // same statement gets the same answer.
-        _ => Class::Definite,
+        // 22 data exception (a value out of range, bad text), 23 integrity
+        // constraint violation (a CHECK, a unique or foreign key): about the
+        // rows, so other rows pass and the messages behind these can be found.
+        "22" | "23" => Class::Refused,
+        // Everything else says the statement or the database is wrong, and
+        // every batch would get it: 42 access and syntax (42501 a REVOKE,
+        // 42P01 a table dropped or renamed, 42703 a column), XX internal (XX001
+        // data or XX002 index corruption), 0A, 25, 3D, 3F, 55 (the state of
+        // an object), 54 (a limit of the statement), P0 (a trigger's RAISE:
+        // the operator's rule, not a message's fault until they say so), ...
+        _ => Class::Blocked,
     }
 }
 
 /// Errors that never reached the server's SQL layer: the way to the server
-/// failed (IO, a timeout, the connection closing) or the data could not be
-/// encoded (a value our types cannot send: the same data fails again).
+/// failed (IO, a timeout, the connection closing or out of step) or the data
+/// could not be encoded (a value our types cannot send: the same data fails
+/// again, other data passes).
 fn class_without_sqlstate(error: &tokio_postgres::Error) -> Class {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
     while let Some(current) = cause {
@@ -108,7 +158,9 @@ fn class_without_sqlstate(error: &tokio_postgres::Error) -> Class {
         }
         cause = current.source();
     }
-    // tokio-postgres names its error kinds only in the text.
+    // tokio-postgres names its error kinds only in the text. After a
+    // transient failure the writer always opens a new connection, so a
+    // connection out of step ("unexpected message") is left behind.
     let text = error.to_string();
     let transient = [
         "error connecting",
@@ -119,7 +171,7 @@ fn class_without_sqlstate(error: &tokio_postgres::Error) -> Class {
     if transient.iter().any(|marker| text.contains(marker)) {
         Class::Transient
     } else {
-        Class::Definite
+        Class::Refused
     }
 }
 
@@ -136,7 +188,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sqlstates_split_into_transient_and_definite() {
+    fn sqlstates_split_into_transient_refused_and_blocked() {
         for code in [
             "57P01", // admin_shutdown: a Postgres restart
             "57P03", // cannot_connect_now: still starting
@@ -165,20 +217,34 @@ mod tests {
             "23505", // unique_violation
             "23503", // foreign_key_violation
             "23502", // not_null_violation
-            "42P01", // undefined_table: a schema problem, not a passing one
-            "XX000", // internal_error
         ] {
             assert_eq!(
                 class_of_sqlstate(&SqlState::from_code(code)),
-                Class::Definite,
+                Class::Refused,
+                "{code}"
+            );
+        }
+        for code in [
+            "42501", // insufficient_privilege: a REVOKE
+            "42P01", // undefined_table: a table dropped or renamed
+            "42703", // undefined_column
+            "XX000", // internal_error
+            "XX001", // data_corrupted
+            "XX002", // index_corrupted
+            "0A000", // feature_not_supported
+            "P0001", // raise_exception (a trigger)
+        ] {
+            assert_eq!(
+                class_of_sqlstate(&SqlState::from_code(code)),
+                Class::Blocked,
                 "{code}"
             );
         }
     }
 
-    /// A live server gives real errors: a refused row is definite and its reason
-    /// names the server's message and SQLSTATE; a connection the server ends
-    /// (what a restart does) is transient.
+    /// A live server gives real errors: a refused value is refused and its
+    /// reason names the server's message and SQLSTATE; a missing table blocks;
+    /// a connection the server ends (what a restart does) is transient.
     #[test]
     fn errors_from_a_real_server_are_classified() {
         let url = std::env::var("CONSCOPE_TEST_PG")
@@ -196,12 +262,26 @@ mod tests {
                 .map_err(WriteError::at("decoding"))
                 .unwrap_err();
             match refused {
-                WriteError::Definite { context, reason } => {
+                WriteError::Refused {
+                    context,
+                    reason,
+                    sqlstate,
+                } => {
                     assert_eq!(context, "decoding");
                     assert!(reason.ends_with("(22P02)"), "{reason}");
+                    assert_eq!(sqlstate, "22P02");
                 }
                 other => panic!("{other:?}"),
             }
+            let missing = client
+                .batch_execute("INSERT INTO no_such_table VALUES (1)")
+                .await
+                .map_err(WriteError::at("inserting"))
+                .unwrap_err();
+            assert!(
+                matches!(&missing, WriteError::Blocked { sqlstate, .. } if sqlstate == "42P01"),
+                "{missing:?}"
+            );
             let pid: i32 = client
                 .query_one("SELECT pg_backend_pid()", &[])
                 .await
@@ -220,7 +300,7 @@ mod tests {
                 .await
                 .map_err(WriteError::at("after termination"))
                 .unwrap_err();
-            assert!(lost.is_transient(), "{lost:?}");
+            assert!(matches!(lost, WriteError::Transient { .. }), "{lost:?}");
         });
     }
 }

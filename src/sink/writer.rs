@@ -17,23 +17,27 @@
 //! # Retries
 //! Every SQL call classifies its failure where it is made (`write_error`).
 //! Transient failures (connection lost, server restarting, serialization,
-//! resources) reconnect with backoff and retry the same batch, including the
-//! reconnect's own statements; the dataflow holds the epochs' capabilities (and
-//! the sources stop reading) until the commit succeeds, so memory stays
-//! bounded. A commit whose outcome is unknown is resolved by `commit_no` and
-//! `committed_by`: if it moved by one and the commit is this run's, the batch
-//! is in; if another run committed meanwhile, this one is fenced and stops.
+//! resources) and refusals of the database (`Blocked`: a privilege revoked, a
+//! table renamed, corruption) wait with capped backoff, open a new connection
+//! (the old one may be out of step, see `CopyIn::start`) and retry the same
+//! batch; a blocked writer shows on `/healthz` and `conscope_writer_blocked`
+//! until a commit lands. The dataflow holds the epochs' capabilities (and the
+//! sources stop reading) until the commit succeeds, so memory stays bounded
+//! and nothing is skipped. A commit whose outcome is unknown is resolved by
+//! `commit_no` and `committed_by`: if it moved by one and the commit is this
+//! run's, the batch is in; if another run committed meanwhile, this one is
+//! fenced and stops.
 //!
 //! # Error handling
-//! A definite failure (PostgreSQL refuses the data: a check, a value out of
-//! range, ...) is traced back to the input messages behind the refused rows
-//! (`isolate`); they are stored in `quarantine` and the writer asks the job to
-//! start over from the last commit (`WriterExit::Restart`): the replay rejects
-//! them to the dead-letter topic with the refusal as reason, so every other
-//! message lands exactly as it would have without them, derived rows
-//! included. A refusal no input message explains (a schema problem) stops the
-//! job with the error. Losing the job lease to another instance (`Fenced`)
-//! stops it at once.
+//! A refusal of data (`Refused`: a check, a value out of range) is traced back
+//! to the input messages behind the refused rows (`isolate`); they are stored
+//! in `quarantine` and the writer asks the job to start over from the last
+//! commit (`WriterExit::Restart`): the replay rejects them to the dead-letter
+//! topic with the refusal as reason, so every other message lands exactly as it
+//! would have without them, derived rows included. A refusal of data no input
+//! message explains (each alone is accepted) is waited out like a refusal of
+//! the database. Losing the job lease to another instance (`Fenced`) stops the
+//! job at once.
 //!
 //! Owns the loop and the transaction around each batch: `BEGIN`, the lease
 //! check, the bookkeeping and the rows (`tables`), `COMMIT`; and what happens
@@ -88,7 +92,7 @@ pub fn run_writer(
     let mut rejected_log = crate::metrics::RateLimited::new(Duration::from_secs(5));
     let runtime = crate::runtime::current_thread()?;
     runtime.block_on(async move {
-        let mut writer = Writer::connect(config).await?;
+        let mut writer = Writer::connect(config, Arc::clone(&metrics)).await?;
         while let Ok(first) = batches.recv() {
             let mut merged = Merged::default();
             merged.absorb(first);
@@ -98,14 +102,32 @@ pub fn run_writer(
                     Err(_) => break,
                 }
             }
-            match writer.commit_with_retry(&merged, &metrics).await {
-                Ok(written) => merged.count_history(&written.history),
-                Err(WriteError::Definite { context, reason }) => {
-                    writer.quarantine_refused(&merged, context, &reason).await?;
-                    return Ok(WriterExit::Restart);
+            let mut delay = Duration::from_millis(100);
+            let written = loop {
+                match writer.commit_with_retry(&merged).await {
+                    Ok(written) => break written,
+                    Err(WriteError::Refused {
+                        context,
+                        reason,
+                        sqlstate,
+                    }) => {
+                        if writer.quarantine_refused(&merged, context, &reason).await? {
+                            return Ok(WriterExit::Restart);
+                        }
+                        // Each message alone is accepted: a refusal of the
+                        // database like any other, waited out.
+                        let error = WriteError::Blocked {
+                            context: "no input message explains the refusal (each alone is accepted)",
+                            reason: format!("{context}: {reason}"),
+                            sqlstate,
+                        };
+                        writer.wait(&error, &mut delay).await;
+                        writer.reconnect(&mut delay).await?;
+                    }
+                    Err(error) => return Err(error.into()),
                 }
-                Err(error) => return Err(error.into()),
-            }
+            };
+            merged.count_history(&written.history);
             metrics.committed(&merged.counters, merged.rejected.len() as u64);
             for rejected in &merged.rejected {
                 if rejected_log.allow() {
@@ -139,68 +161,104 @@ struct Writer {
     client: Client,
     commit_no: i64,
     errors: crate::metrics::RateLimited,
+    metrics: Arc<Metrics>,
     months: KnownMonths,
 }
 
 impl Writer {
-    async fn connect(config: WriterConfig) -> anyhow::Result<Writer> {
+    async fn connect(config: WriterConfig, metrics: Arc<Metrics>) -> anyhow::Result<Writer> {
         let client = crate::db::connect_with_retry(&config.database_url, Duration::from_secs(60)).await?;
         let mut writer = Writer {
             config,
             client,
             commit_no: 0,
             errors: crate::metrics::RateLimited::new(Duration::from_secs(10)),
+            metrics,
             months: KnownMonths::default(),
         };
         let mut delay = Duration::from_millis(100);
+        if let Err(error) = prepare(&writer.client).await {
+            if !error.is_retried() {
+                return Err(error.into());
+            }
+            writer.wait(&error, &mut delay).await;
+            writer.reconnect(&mut delay).await?;
+        }
         loop {
-            match writer.start_session().await {
-                Ok(()) => return Ok(writer),
-                Err(error) if error.is_transient() => writer.pause(&error, &mut delay).await,
+            match read_commit_no(&writer.client).await {
+                Ok(commit_no) => {
+                    writer.commit_no = commit_no;
+                    return Ok(writer);
+                }
+                Err(error) if error.is_retried() => {
+                    writer.wait(&error, &mut delay).await;
+                    writer.reconnect(&mut delay).await?;
+                }
                 Err(error) => return Err(error.into()),
             }
         }
     }
 
-    /// What the first commit needs: the temporary tables and the commit
-    /// counter. Transient failures (the server restarting) are returned, for
-    /// `connect` to retry.
-    async fn start_session(&mut self) -> Result<(), WriteError> {
-        if !self.recover().await? {
-            prepare(&self.client).await?;
+    /// After a failure worth retrying: logs it (rate-limited), reports a
+    /// blocked writer (`/healthz`, `conscope_writer_blocked`), and waits with
+    /// capped backoff.
+    async fn wait(&mut self, error: &WriteError, delay: &mut Duration) {
+        if let WriteError::Blocked { reason, sqlstate, .. } = error {
+            self.metrics.writer_blocked(sqlstate, reason);
         }
-        self.commit_no = read_commit_no(&self.client).await?;
-        Ok(())
-    }
-
-    /// Logs (rate-limited) and waits before the next attempt.
-    async fn pause(&mut self, error: &WriteError, delay: &mut Duration) {
         if self.errors.allow() {
-            tracing::warn!("{error}; retrying in {delay:?}");
+            let suppressed = std::mem::take(&mut self.errors.suppressed);
+            match error {
+                WriteError::Blocked { .. } => tracing::error!(
+                    suppressed_since_last = suppressed,
+                    "PostgreSQL refuses the writes ({error}): not a message's fault, so nothing is \
+                     quarantined; the job keeps what it has and retries every {delay:?} until this is fixed"
+                ),
+                _ => tracing::warn!(
+                    suppressed_since_last = suppressed,
+                    "{error}; retrying in {delay:?}"
+                ),
+            }
         }
         tokio::time::sleep(*delay).await;
-        *delay = (*delay * 2).min(Duration::from_secs(5));
+        *delay = (*delay * 2).min(MAX_RETRY_DELAY);
     }
 
-    /// After a transient failure: a new, prepared connection if this one is
-    /// gone (`true`). Its own failures are classified like any other.
-    async fn recover(&mut self) -> Result<bool, WriteError> {
-        if !self.client.is_closed() {
-            return Ok(false);
+    /// A new, prepared connection, whatever state the old one is in: after a
+    /// failure the old one may be closed, or out of step with the server (see
+    /// `CopyIn::start`). Retries until it has one; returns only failures that
+    /// are not worth retrying.
+    async fn reconnect(&mut self, delay: &mut Duration) -> Result<(), WriteError> {
+        loop {
+            let attempt = match crate::db::connect(&self.config.database_url).await {
+                Ok(client) => {
+                    self.client = client;
+                    prepare(&self.client).await
+                }
+                Err(error) => Err(WriteError::Transient {
+                    context: "reconnect",
+                    detail: format!("{error:#}"),
+                }),
+            };
+            match attempt {
+                Ok(()) => return Ok(()),
+                Err(error) if error.is_retried() => self.wait(&error, delay).await,
+                Err(error) => return Err(error),
+            }
         }
-        self.client = crate::db::connect(&self.config.database_url)
-            .await
-            .map_err(|error| WriteError::Transient {
-                context: "reconnect",
-                detail: format!("{error:#}"),
-            })?;
-        prepare(&self.client).await?;
-        Ok(true)
     }
 
-    /// Commits `merged`, retrying transient failures; returns definite and
-    /// fencing ones. Returns what it did with the history rows.
-    async fn commit_with_retry(&mut self, merged: &Merged, metrics: &Metrics) -> Result<Written, WriteError> {
+    /// A commit landed: a blocked writer is going again.
+    fn resumed(&mut self) {
+        if self.metrics.writer_unblocked() {
+            tracing::info!("PostgreSQL accepts the writes again; the job goes on");
+        }
+    }
+
+    /// Commits `merged`, waiting out and retrying transient failures and
+    /// refusals of the database (`Blocked`); returns refusals of data and
+    /// fencing. Returns what it did with the history rows.
+    async fn commit_with_retry(&mut self, merged: &Merged) -> Result<Written, WriteError> {
         let mut delay = Duration::from_millis(100);
         loop {
             // Set by the attempt before its COMMIT: what a commit that landed
@@ -218,24 +276,20 @@ impl Writer {
             let error = match attempt {
                 Ok(()) => {
                     self.commit_no += 1;
-                    metrics.commit_done();
+                    self.metrics.commit_done();
+                    self.resumed();
                     fail_point("after_commit");
                     return Ok(self.committed(written));
                 }
-                Err(error) if error.is_transient() => error,
+                Err(error) if error.is_retried() => error,
                 // A month partition dropped behind the writer's back (by
                 // hand, not by `history prune`): once more, asking for every
                 // month, before looking for offending messages.
-                Err(WriteError::Definite { .. }) if self.months.forget() => continue,
+                Err(WriteError::Refused { .. }) if self.months.forget() => continue,
                 Err(error) => return Err(error),
             };
-            self.pause(&error, &mut delay).await;
-            if let Err(error) = self.recover().await {
-                if error.is_transient() {
-                    continue;
-                }
-                return Err(error);
-            }
+            self.wait(&error, &mut delay).await;
+            self.reconnect(&mut delay).await?;
             // Did the lost commit land? commit_no and committed_by tell;
             // another run's commit means this one is fenced.
             if let Ok((stored, committed_by)) = read_progress(&self.client).await {
@@ -243,7 +297,8 @@ impl Writer {
                 if lost_commit_landed((stored, committed_by.as_deref()), self.commit_no, run_id)? {
                     tracing::info!("the interrupted commit had landed");
                     self.commit_no = stored;
-                    metrics.commit_done();
+                    self.metrics.commit_done();
+                    self.resumed();
                     return Ok(self.committed(written));
                 }
             }
@@ -257,45 +312,44 @@ impl Writer {
         written
     }
 
-    /// PostgreSQL refused `merged` for good: finds the input messages behind
-    /// the refused rows and quarantines them, retrying transient failures on
-    /// the way. Fails when no message explains the refusal.
+    /// PostgreSQL refused data of `merged`: finds the input messages behind the
+    /// refused rows and quarantines them, waiting out failures on the way.
+    /// `false` when no message explains the refusal (each alone is accepted).
     async fn quarantine_refused(
         &mut self,
         merged: &Merged,
         context: &str,
         reason: &str,
-    ) -> anyhow::Result<()> {
+    ) -> Result<bool, WriteError> {
         tracing::warn!(
             "PostgreSQL refused a commit ({context}: {reason}); looking for the input messages behind it"
         );
         let mut delay = Duration::from_millis(100);
         loop {
             let attempt = match super::isolate::offenders(&mut self.client, &self.config, merged).await {
-                Ok(offenders) if offenders.is_empty() => anyhow::bail!(
-                    "PostgreSQL refused a commit ({context}: {reason}) and no input message explains it \
-                     (each one alone is accepted): check the schema and constraints of this database"
-                ),
+                Ok(offenders) if offenders.is_empty() => return Ok(false),
                 Ok(offenders) => {
                     super::quarantine::store(&self.client, &self.config.input_name, &offenders).await
                 }
                 Err(error) => Err(error),
             };
             match attempt {
-                Ok(()) => return Ok(()),
-                Err(error) if error.is_transient() => {
-                    self.pause(&error, &mut delay).await;
-                    if let Err(error) = self.recover().await {
-                        if !error.is_transient() {
-                            return Err(error.into());
-                        }
-                    }
+                Ok(()) => return Ok(true),
+                Err(error @ WriteError::Fenced(_)) => return Err(error),
+                // Storing the quarantine refused for its data would be a
+                // refusal of the database (the rows are the job's own).
+                Err(error) => {
+                    self.wait(&error.before_any_row(), &mut delay).await;
+                    self.reconnect(&mut delay).await?;
                 }
-                Err(error) => return Err(error.into()),
             }
         }
     }
 }
+
+/// The longest wait between two attempts of a commit PostgreSQL refuses or
+/// cannot take: an operator's fix is picked up within it.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
 async fn write(
     client: &mut Client,

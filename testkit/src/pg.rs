@@ -240,3 +240,54 @@ pub fn commit_no(url: &str) -> Option<i64> {
         row.try_get(0).ok()
     })
 }
+
+/// A login role of its own for one job's database, with the privileges a job
+/// needs and nothing more: not a superuser, not the owner of the tables, so a
+/// test can REVOKE one privilege and GRANT it back. Dropped with the value.
+pub struct JobRole {
+    pub name: String,
+    /// The job's database as this role (a password login: the dev stack trusts
+    /// only `postgres` without one).
+    pub url: String,
+    admin_url: String,
+}
+
+impl JobRole {
+    /// Creates the role for the migrated database at `url` (as `postgres`).
+    pub fn create(url: &str) -> JobRole {
+        let name = crate::unique("conscope_role");
+        let password = "conscope-test";
+        let (scheme, rest) = url.split_once("://").expect("a postgres:// URL");
+        let host_and_db = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+        let database = host_and_db.rsplit('/').next().expect("a database in the URL");
+        // Identifiers from `unique` and the test's own database name: no data.
+        execute(
+            url,
+            &format!(
+                "CREATE ROLE {name} LOGIN PASSWORD '{password}';
+                 GRANT CONNECT, TEMPORARY ON DATABASE \"{database}\" TO {name};
+                 GRANT USAGE, CREATE ON SCHEMA public TO {name};
+                 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {name};
+                 GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO {name};"
+            ),
+        );
+        JobRole {
+            url: format!("{scheme}://{name}:{password}@{host_and_db}"),
+            name,
+            admin_url: url.to_owned(),
+        }
+    }
+}
+
+impl Drop for JobRole {
+    fn drop(&mut self) {
+        let name = &self.name;
+        let _ = runtime().block_on(async {
+            let (client, connection) = tokio_postgres::connect(&self.admin_url, NoTls).await?;
+            tokio::spawn(connection);
+            client
+                .batch_execute(&format!("DROP OWNED BY {name}; DROP ROLE {name}"))
+                .await
+        });
+    }
+}

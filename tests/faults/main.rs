@@ -1,4 +1,4 @@
-//! The fault suite (issue 9): seven ways to break a running job, each ending with
+//! The fault suite (issue 9, and 16 for scenario 8): eight ways to break a running job, each ending with
 //! an exact comparison against an uninterrupted run of the same topic (every
 //! table, the alerts topic by `alert_id`, the dead letters by input position).
 //!

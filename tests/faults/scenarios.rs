@@ -1,4 +1,4 @@
-//! The seven fault scenarios and the suite that runs them one at a time, each
+//! The eight fault scenarios and the suite that runs them one at a time, each
 //! on its own database (and output topics) reading the same produced topic,
 //! then compares each with the uninterrupted reference run (`common::compare`)
 //! and prints one table.
@@ -20,7 +20,7 @@ use conscope_testkit::compare::{compare, Diff, Outputs};
 use conscope_testkit::{
     assert_summaries_match_listings, brokers, commit_no, conscope, high_watermarks, high_watermarks_at,
     hosts_file, pg_base, produce_generated, produce_generated_at, require_broker, runtime, unique, Job,
-    SMALL_TRANSACTIONS,
+    JobRole, SMALL_TRANSACTIONS,
 };
 
 /// How big a suite is.
@@ -33,7 +33,7 @@ pub struct Size {
     /// A kill comes up to this long after the run's first commit.
     pub max_kill_delay: Duration,
     pub pg_restarts: usize,
-    /// How long scenario 5 blocks the writes.
+    /// How long scenario 5 blocks the writes, and scenario 8 revokes INSERT.
     pub lock: Duration,
     /// `--max-in-flight` of scenario 5: what the job may hold while blocked.
     pub in_flight: u64,
@@ -220,7 +220,7 @@ impl Suite {
         ));
 
         type Scenario = fn(&mut Suite, &mut Outcome) -> Result<(), String>;
-        let scenarios: [(&'static str, Scenario); 7] = [
+        let scenarios: [(&'static str, Scenario); 8] = [
             ("1 sigkill", Suite::sigkills),
             ("2 fault points", Suite::fault_points),
             ("3 postgres restart", Suite::postgres_restarts),
@@ -228,6 +228,7 @@ impl Suite {
             ("5 blocked writes", Suite::blocked_writes),
             ("6 second instance", Suite::second_instance),
             ("7 cluster kill", Suite::cluster_kill),
+            ("8 revoke, grant", Suite::revoke_grant),
         ];
         let only = std::env::var("CONSCOPE_FAULTS_ONLY").unwrap_or_default();
         for (name, scenario) in scenarios {
@@ -687,6 +688,64 @@ impl Suite {
         result
     }
 
+    /// Scenario 8: INSERT on `price_history` revoked mid-run from the job's role
+    /// (a role of its own, not a superuser), granted back after `size.lock`:
+    /// the writes stop, the job waits without exiting or quarantining
+    /// anything, and goes on once the grant is back.
+    fn revoke_grant(&mut self, outcome: &mut Outcome) -> Result<(), String> {
+        let owner = self.target("revoke", &pg_base(), &brokers());
+        let role = JobRole::create(&owner.job.database_url);
+        let target = Target {
+            job: Job {
+                database_url: role.url.clone(),
+                ..owner.job.clone()
+            },
+            brokers: owner.brokers.clone(),
+        };
+        let url = owner.job.database_url.clone();
+        let mut revokes = 0;
+        let result = self.survive(&target, "revoke", outcome, |run| {
+            sql(
+                &url,
+                &format!("REVOKE INSERT ON price_history FROM {}", role.name),
+            )?;
+            revokes += 1;
+            // A commit past its permission check when the REVOKE came may
+            // still land; none after.
+            std::thread::sleep(Duration::from_secs(2));
+            let blocked_at = owner.commit_no();
+            let deadline = Instant::now() + self.size.lock;
+            while Instant::now() < deadline {
+                if let Some(status) = run.poll() {
+                    return Err(format!(
+                        "the job exited ({status}) while INSERT was revoked: {}",
+                        run.stderr_tail()
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let still = owner.commit_no();
+            let quarantined = count(&url, "SELECT count(*) FROM quarantine");
+            progress(&format!(
+                "INSERT revoked for {:?}: commit_no {blocked_at:?} -> {still:?}, {quarantined:?} quarantined",
+                self.size.lock
+            ));
+            sql(&url, &format!("GRANT INSERT ON price_history TO {}", role.name))?;
+            if blocked_at != still {
+                return Err(format!(
+                    "commits landed without INSERT on price_history: commit_no {blocked_at:?} -> {still:?}"
+                ));
+            }
+            if quarantined != Some(0) {
+                return Err(format!("the refusal quarantined messages: {quarantined:?}"));
+            }
+            Ok(())
+        });
+        outcome.injected = format!("{revokes} revoke");
+        self.finish(&target, outcome, "revoke_end");
+        result
+    }
+
     fn table(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(
@@ -743,6 +802,20 @@ fn progress(line: &str) {
             .map(|d| d.as_secs() % 86_400)
             .unwrap_or(0)
     );
+}
+
+/// Runs `statement` (as the database's owner).
+fn sql(url: &str, statement: &str) -> Result<(), String> {
+    runtime().block_on(async {
+        let (client, connection) = tokio_postgres::connect(url, NoTls)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        tokio::spawn(connection);
+        client
+            .batch_execute(statement)
+            .await
+            .map_err(|e| format!("{statement}: {e}"))
+    })
 }
 
 fn count(url: &str, sql: &str) -> Option<i64> {

@@ -54,10 +54,21 @@ impl CopyIn {
         statement: &str,
         types: &[Type],
     ) -> Result<CopyIn, WriteError> {
-        let sink = transaction
-            .copy_in(statement)
+        let statement = transaction
+            .prepare(statement)
             .await
             .map_err(WriteError::at(context))?;
+        // A COPY refused before its first row (a privilege, a missing table:
+        // both checked when it runs, not when it is prepared) leaves
+        // tokio-postgres's connection out of step: the copy it abandons sends
+        // CopyFail and Sync, whose second ReadyForQuery the next request takes
+        // for its own answer, and every answer after is the one before. Such
+        // a refusal is about the statement (`before_any_row`): the writer
+        // waits, then opens a new connection (`writer::Writer::reconnect`).
+        let sink = transaction
+            .copy_in(&statement)
+            .await
+            .map_err(|error| WriteError::classify(context, error).before_any_row())?;
         Ok(CopyIn {
             context,
             writer: Box::pin(BinaryCopyInWriter::new(sink, types)),

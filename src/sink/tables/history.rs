@@ -33,7 +33,12 @@ pub(super) async fn write_history(
     // Before anything touches price_history: see `retention`.
     let before = pruned_before(transaction).await?;
     let kept = |row: &ListingRow| before.is_none_or(|before| row.observed_at >= before);
-    let history: Vec<&ListingRow> = merged.history.iter().filter(|row| kept(row)).collect();
+    let history: Vec<&ListingRow> = merged
+        .history
+        .iter()
+        .map(|new| &new.row)
+        .filter(|row| kept(row))
+        .collect();
     let older: Cow<'_, [OlderRow]> = if merged.maybe_stale.iter().all(|older| kept(&older.row)) {
         Cow::Borrowed(&merged.maybe_stale)
     } else {
