@@ -39,6 +39,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0008_recent_alerts",
         include_str!("../migrations/0008_recent_alerts.sql"),
     ),
+    (
+        "0011_rule_kinds",
+        include_str!("../migrations/0011_rule_kinds.sql"),
+    ),
 ];
 
 /// Connects once; the connection task runs on the current tokio runtime.

@@ -57,7 +57,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use conscope_dataflows::model::{
     Alert, Cents, Change, Counters, EventCurrency, EventFields, EventRow, EventSummary, ListingKey,
-    ListingRow, Micros, Position, Rejected, Seat, SectionCurrency, SectionSummary, SinkRecord,
+    ListingRow, Micros, Position, Rejected, RuleMemory, Seat, SectionCurrency, SectionSummary, SinkRecord,
 };
 use rust_decimal::Decimal;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -120,6 +120,9 @@ pub(super) struct Merged {
     pub(super) events: HashMap<String, EventRow>,
     pub(super) alerts: Vec<Alert>,
     pub(super) rule_states: BTreeMap<i64, bool>,
+    /// The rest of each rule's state (rules of SPEC §2b beyond a plain
+    /// `max_price`), as JSON for `rule_state.memory`.
+    pub(super) rule_memories: BTreeMap<i64, Box<RuleMemory>>,
     pub(super) rejected: Vec<Rejected>,
     pub(super) offsets: BTreeMap<i32, i64>,
     pub(super) counters: Counters,
@@ -187,6 +190,9 @@ impl Merged {
                 SinkRecord::Alert(alert) => self.alerts.push(alert),
                 SinkRecord::RuleState { rule_id, below } => {
                     self.rule_states.insert(rule_id, below);
+                }
+                SinkRecord::RuleMemory { rule_id, memory } => {
+                    self.rule_memories.insert(rule_id, memory);
                 }
                 SinkRecord::Rejected(record) => rejected.push(record),
                 SinkRecord::Offset(position) => {
@@ -918,8 +924,27 @@ pub(super) async fn write_rows(
                  SELECT s.rule_id, s.below, rule_definition(r)
                  FROM unnest($1::bigint[], $2::bool[]) AS s(rule_id, below)
                  JOIN alert_rules r ON r.rule_id = s.rule_id
-                 ON CONFLICT (rule_id) DO UPDATE SET below = EXCLUDED.below, definition = EXCLUDED.definition",
+                 ON CONFLICT (rule_id) DO UPDATE
+                 SET below = EXCLUDED.below, definition = EXCLUDED.definition, memory = NULL",
                 &[&ids, &below],
+            )
+            .await
+            .map_err(WriteError::at("cannot store rule state"))?;
+    }
+    if !merged.rule_memories.is_empty() {
+        let ids: Vec<i64> = merged.rule_memories.keys().copied().collect();
+        let mut memories = Vec::with_capacity(ids.len());
+        for memory in merged.rule_memories.values() {
+            // Plain data (integers, strings): serialising it cannot fail.
+            memories.push(serde_json::to_string(memory).unwrap_or_default());
+        }
+        // Sent with the rule's `RuleState`, whose row the statement above wrote.
+        transaction
+            .execute(
+                "UPDATE rule_state s SET memory = m.memory::jsonb
+                 FROM unnest($1::bigint[], $2::text[]) AS m(rule_id, memory)
+                 WHERE s.rule_id = m.rule_id AND m.memory <> ''",
+                &[&ids, &memories],
             )
             .await
             .map_err(WriteError::at("cannot store rule state"))?;
