@@ -774,7 +774,7 @@ mod tests {
             ("99999999999999999999999999999999", "at most 1000000"),
             ("abc", "decimal number"),
             ("1e3", "decimal number"),
-            ("", "decimal number"),
+            ("", "required"),
             (".5", "decimal number"),
             ("5.", "decimal number"),
             ("1_000", "decimal number"),
