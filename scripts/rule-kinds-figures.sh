@@ -72,7 +72,11 @@ echo "-w 1: $(python3 -c "print(f'{$(date +%s.%N) - $start:.1f}')") s"
 run w4 -w 4 --epoch-ms 7 --max-batch 97 --exit-at-end >/dev/null 2>"/tmp/$tag.w4.log"
 
 # Crashed: SIGKILL once a few transactions are committed, then a restart.
-run crash -w 2 --epoch-ms 10 --max-batch 200 --max-in-flight 500 >/dev/null 2>"/tmp/$tag.crash.log" &
+# Not through `run`: a backgrounded function is a subshell, and $! must be
+# the job itself.
+$bin run --input-topic "$input" --alerts-topic "$tag.crash.alerts" --dlq-topic "$tag.crash.dlq" \
+    --database-url "$pg/${tag}_crash" --from earliest \
+    -w 2 --epoch-ms 10 --max-batch 200 --max-in-flight 500 >/dev/null 2>"/tmp/$tag.crash.log" &
 job=$!
 for _ in $(seq 1 600); do
     commits=$(psql "$pg/${tag}_crash" -tAc "SELECT commit_no FROM job_progress" 2>/dev/null || echo 0)

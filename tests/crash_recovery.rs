@@ -23,7 +23,14 @@ const STEP_INPUT: u64 = 4_000;
 fn crashes_at_any_moment_end_with_the_tables_of_an_uninterrupted_run() {
     require_broker();
     let input = unique("crash");
-    produce_generated(&input, 4, 12_000, 5, &[]);
+    // Sections of five listings and more, so that deals can happen.
+    produce_generated(
+        &input,
+        4,
+        12_000,
+        5,
+        &["--events", "8", "--listings-per-event", "160"],
+    );
 
     let events = first_event_ids(&input, 4);
     assert_eq!(events.len(), 4);
