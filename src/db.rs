@@ -59,6 +59,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../migrations/0010_history_partitions.sql"),
     ),
     (
+        "0011_rule_kinds",
+        include_str!("../migrations/0011_rule_kinds.sql"),
+    ),
+    (
         "0014_commit_writer",
         include_str!("../migrations/0014_commit_writer.sql"),
     ),

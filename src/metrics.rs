@@ -407,7 +407,7 @@ impl Metrics {
         let processed = c.processed + c.rejected;
         format!(
             "processed={processed} events_created={} prices_stored={} duplicates={} stale={} rejected={} \
-             skipped_by_retention={} alerts[listing_drop={} event_low={} rule_match={}] commits={} lag={} commit_lag_p50={} \
+             skipped_by_retention={} alerts[listing_drop={} event_low={} rule_match={} new_low={} back_in_stock={} deal={}] commits={} lag={} commit_lag_p50={} \
              commit_lag_p99={} published_alerts={} published_dead_letters={} parked={} publish_lag_p50={} \
              publish_lag_p99={} elapsed={elapsed:.1}s rate={:.0}/s{}",
             c.events_created,
@@ -419,6 +419,9 @@ impl Metrics {
             c.listing_drop,
             c.event_low,
             c.rule_match,
+            c.new_low,
+            c.back_in_stock,
+            c.deal,
             inner.commits,
             total_lag(inner),
             millis(inner.commit_lags.percentile(0.5)),
@@ -519,6 +522,9 @@ impl Metrics {
                         ("{kind=\"listing_drop\"}".to_owned(), c.listing_drop.to_string()),
                         ("{kind=\"event_low\"}".to_owned(), c.event_low.to_string()),
                         ("{kind=\"rule_match\"}".to_owned(), c.rule_match.to_string()),
+                        ("{kind=\"new_low\"}".to_owned(), c.new_low.to_string()),
+                        ("{kind=\"back_in_stock\"}".to_owned(), c.back_in_stock.to_string()),
+                        ("{kind=\"deal\"}".to_owned(), c.deal.to_string()),
                     ],
                 );
             }

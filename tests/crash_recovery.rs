@@ -2,6 +2,8 @@
 //! of an uninterrupted run, and every alert on the alerts topic exactly once.
 //! Crashes come from outside (SIGKILL) and from fault points at the dangerous
 //! moments: mid-COPY, before and after COMMIT, before and during publishing.
+//! Rules of every kind (SPEC §2b) are active, so their state (arming, windows,
+//! cooldowns, deals) must come back exactly after each crash.
 
 use std::time::Duration;
 
@@ -21,9 +23,19 @@ const STEP_INPUT: u64 = 4_000;
 fn crashes_at_any_moment_end_with_the_tables_of_an_uninterrupted_run() {
     require_broker();
     let input = unique("crash");
-    produce_generated(&input, 4, 12_000, 5, &[]);
+    // Sections of five listings and more, so that deals can happen.
+    produce_generated(
+        &input,
+        4,
+        12_000,
+        5,
+        &["--events", "8", "--listings-per-event", "160"],
+    );
 
+    let events = first_event_ids(&input, 4);
+    assert_eq!(events.len(), 4);
     let crashed = Job::new("crash", &input);
+    add_rules_of_every_kind(&crashed, &events);
     // 1. SIGKILL from outside while the job runs.
     let mut child = crashed.spawn(&slow());
     wait_until(Duration::from_secs(120), "the first commits", || {
@@ -74,6 +86,7 @@ fn crashes_at_any_moment_end_with_the_tables_of_an_uninterrupted_run() {
     );
     crashed.run_to_end(&["-w", "2"]);
     let reference = Job::new("crash_ref", &input);
+    add_rules_of_every_kind(&reference, &events);
     reference.run_to_end(&["-w", "2"]);
     // Tables, alerts by id and dead letters whole: each exactly as in the reference.
     let expected = compare::Outputs::collect(&reference, &brokers());
@@ -81,6 +94,11 @@ fn crashes_at_any_moment_end_with_the_tables_of_an_uninterrupted_run() {
         !expected.dead_letters.is_empty(),
         "the reference published no dead letter"
     );
+    let kinds = query_i64(
+        &reference.database_url,
+        "SELECT count(DISTINCT kind) FROM price_alerts WHERE kind IN ('rule_match', 'new_low', 'back_in_stock', 'deal')",
+    );
+    assert_eq!(kinds, 4, "the reference raised alerts of only {kinds} rule kinds");
     let diff = compare::compare(&expected, &compare::Outputs::collect(&crashed, &brokers()));
     assert!(diff.is_exact(), "after crashes: {diff}");
     assert_summaries_match_listings(&crashed.database_url);

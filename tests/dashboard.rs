@@ -502,6 +502,29 @@ fn rules_made_over_http_are_the_rules_of_the_cli() {
             "the form keeps its values"
         );
     }
+    // A kind's parameters: required where the kind needs them, refused where
+    // it does not take them.
+    for (fields, reason) in [
+        (&[("kind", "deal")][..], "Deal % is required by a deal rule"),
+        (
+            &[("kind", "deal"), ("deal_pct", "20"), ("max_price", "5")],
+            "Max price does not apply to a deal rule",
+        ),
+        (
+            &[("kind", "new_low"), ("window_days", "0")],
+            "Window (days) must be between 1 and 365",
+        ),
+        (
+            &[("kind", "back_in_stock"), ("cooldown", "soon")],
+            "Cooldown must be a duration",
+        ),
+    ] {
+        let mut form = vec![("csrf", csrf.as_str()), ("event", event), ("currency", "USD")];
+        form.extend_from_slice(fields);
+        let reply = dashboard.post_form("/rules", Some(&cookie), &form);
+        assert_html(&reply, 422);
+        assert!(reply.body.contains(reason), "{reason}: {}", reply.body);
+    }
     let empty = dashboard.post_form("/rules", Some(&cookie), &[("csrf", &csrf)]);
     assert_eq!(empty.status, 422);
     assert!(empty.body.contains("Event must not be empty"));

@@ -259,6 +259,31 @@ fn the_dashboard_in_headless_chromium() {
         "section lines"
     );
     assert!(browser.find_all("ul.legend li").len() >= 3);
+    // The 30-day low next to the get-in price, and each listing's deal score
+    // where its section has 5 or more available listings.
+    let month_low = browser.text(&browser.find(".stat .month-low"));
+    assert!(month_low.starts_with("30-day low $"), "{month_low}");
+    let judged = query_i64(
+        &database,
+        &format!(
+            "SELECT count(*) FROM listings l WHERE l.event_id = '{AURORA_ID}' AND l.available
+               AND (SELECT count(*) FROM listings m WHERE m.event_id = l.event_id AND m.section = l.section
+                    AND m.currency = l.currency AND m.available) >= 5"
+        ),
+    );
+    let scores: Vec<String> = browser
+        .find_all("td.deal-score")
+        .iter()
+        .map(|cell| browser.text(cell))
+        .filter(|text| text != "—")
+        .collect();
+    assert_eq!(scores.len() as i64, judged, "{scores:?}");
+    assert!(
+        scores
+            .iter()
+            .all(|s| s.ends_with("% below") || s.ends_with("% above") || s == "at median"),
+        "{scores:?}"
+    );
     let event_shot = browser.screenshot("dashboard-event.png");
     // The window selector.
     browser.click(&browser.find(r#"nav.segmented a[href$="window=all"]"#));
@@ -301,6 +326,29 @@ fn the_dashboard_in_headless_chromium() {
         "SELECT concat_ws('|', event_id, section, currency, max_price, active::text) FROM alert_rules",
     );
     assert_eq!(stored, vec![format!("{AURORA_ID}|Floor|USD|150.25|true")]);
+    // Every kind is offered; a deal rule with a cooldown.
+    let kinds: Vec<String> = browser
+        .find_all("select[name=kind] option")
+        .iter()
+        .filter_map(|option| browser.attribute(option, "value"))
+        .collect();
+    assert_eq!(kinds, ["max_price", "new_low", "back_in_stock", "deal"]);
+    browser.clear_and_type(&browser.find("input[name=event]"), AURORA_ID);
+    browser.click(&browser.find("select[name=kind] option[value=deal]"));
+    browser.clear_and_type(&browser.find("input[name=deal_pct]"), "20");
+    browser.clear_and_type(&browser.find("input[name=cooldown]"), "2h");
+    browser.click(&browser.find("#rule-form button"));
+    browser.wait_for("the deal rule", Duration::from_secs(30), |b| {
+        b.find_all("#rules-body tr")
+            .iter()
+            .any(|row| b.text(row).contains("below section median"))
+    });
+    let stored = query_strings(
+        &database,
+        "SELECT concat_ws('|', kind, coalesce(max_price::text, '-'), deal_pct, extract(epoch FROM cooldown)::bigint)
+         FROM alert_rules ORDER BY rule_id",
+    );
+    assert_eq!(stored, ["max_price|150.25|0", "deal|-|20|7200"]);
     let rules_shot = browser.screenshot("dashboard-rules.png");
 
     // Live alerts: the page's script connects and shows a new alert on top.

@@ -1,57 +1,22 @@
 //! SPEC §2 Determinism: the same topic gives the same tables and the same alerts
 //! for 1 worker, 4 workers with other batch sizes and epochs, and a cluster of two
-//! processes of two workers each; the summaries equal the aggregates over
-//! `listings` after each.
+//! processes of two workers each, with rules of every kind (SPEC §2b) active;
+//! the summaries equal the aggregates over `listings` after each.
 
 use std::process::Stdio;
 
 use conscope_testkit::*;
-
-/// Event ids of the first messages of `topic`, for rules present at start.
-fn some_event_ids(topic: &str, how_many: usize) -> Vec<String> {
-    let mut ids: Vec<String> = Vec::new();
-    for message in read_all(topic) {
-        let Ok(value) =
-            serde_json::from_slice::<serde_json::Value>(message.value.as_deref().unwrap_or_default())
-        else {
-            continue;
-        };
-        if let Some(id) = value["event_id"].as_str() {
-            if !ids.iter().any(|known| known == id) {
-                ids.push(id.to_owned());
-            }
-        }
-        if ids.len() == how_many {
-            break;
-        }
-    }
-    ids
-}
-
-fn add_rules(job: &Job, events: &[String]) {
-    job.migrate();
-    for (index, event) in events.iter().enumerate() {
-        let max_price = 100 + 80 * index;
-        execute(
-            &job.database_url,
-            &format!(
-                "INSERT INTO alert_rules (event_id, currency, max_price) VALUES ('{}', 'USD', {max_price})",
-                event.replace('\'', "''")
-            ),
-        );
-    }
-}
 
 #[test]
 fn same_tables_and_alerts_for_any_workers_batches_and_processes() {
     require_broker();
     let input = unique("determinism");
     produce_generated(&input, 4, 20_000, 11, &[]);
-    let events = some_event_ids(&input, 4);
+    let events = first_event_ids(&input, 4);
     assert_eq!(events.len(), 4);
 
     let one = Job::new("det_w1", &input);
-    add_rules(&one, &events);
+    add_rules_of_every_kind(&one, &events);
     one.run_to_end(&["-w", "1"]);
     let reference = dump(&one.database_url);
     assert_summaries_match_listings(&one.database_url);
@@ -62,7 +27,14 @@ fn same_tables_and_alerts_for_any_workers_batches_and_processes() {
         "{}",
         reference["price_history"].len()
     );
-    for kind in ["listing_drop", "event_low", "rule_match"] {
+    for kind in [
+        "listing_drop",
+        "event_low",
+        "rule_match",
+        "new_low",
+        "back_in_stock",
+        "deal",
+    ] {
         assert!(
             reference["price_alerts"]
                 .iter()
@@ -72,14 +44,14 @@ fn same_tables_and_alerts_for_any_workers_batches_and_processes() {
     }
 
     let four = Job::new("det_w4", &input);
-    add_rules(&four, &events);
+    add_rules_of_every_kind(&four, &events);
     four.run_to_end(&["-w", "4", "--epoch-ms", "7", "--max-batch", "97"]);
     assert_summaries_match_listings(&four.database_url);
     assert_history_has_its_events(&four.database_url);
     assert!(dump(&four.database_url) == reference, "-w 4 differs from -w 1");
 
     let cluster = Job::new("det_p2", &input);
-    add_rules(&cluster, &events);
+    add_rules_of_every_kind(&cluster, &events);
     let hosts = hosts_file(2);
     let hosts_path = hosts.path().to_str().expect("path").to_owned();
     let processes: Vec<_> = (0..2)

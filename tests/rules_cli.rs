@@ -36,6 +36,11 @@ fn rules(database: &str, args: &[&str]) -> Output {
         "CONSCOPE_RULE_SECTION",
         "CONSCOPE_RULE_CURRENCY",
         "CONSCOPE_RULE_MAX_PRICE",
+        "CONSCOPE_RULE_KIND",
+        "CONSCOPE_RULE_REARM_PCT",
+        "CONSCOPE_RULE_WINDOW_DAYS",
+        "CONSCOPE_RULE_DEAL_PCT",
+        "CONSCOPE_RULE_COOLDOWN",
         "CONSCOPE_RULES_ALL",
     ] {
         command.env_remove(variable);
@@ -253,6 +258,46 @@ fn bad_input_is_refused_before_the_database() {
             "--section",
         ),
         (&["add", "--event", "e"], "--max-price"),
+        (&["add", "--event", "e", "--kind", "cheapest"], "--kind"),
+        (&["add", "--event", "e", "--kind", "deal"], "--deal-pct"),
+        (
+            &[
+                "add",
+                "--event",
+                "e",
+                "--kind",
+                "deal",
+                "--deal-pct",
+                "20",
+                "--max-price",
+                "5",
+            ],
+            "does not apply to a deal rule",
+        ),
+        (
+            &["add", "--event", "e", "--kind", "new_low", "--rearm-pct", "5"],
+            "--rearm-pct",
+        ),
+        (
+            &["add", "--event", "e", "--max-price", "5", "--window-days", "7"],
+            "--window-days",
+        ),
+        (
+            &["add", "--event", "e", "--kind", "new_low", "--window-days", "400"],
+            "between 1 and 365",
+        ),
+        (
+            &[
+                "add",
+                "--event",
+                "e",
+                "--kind",
+                "back_in_stock",
+                "--cooldown",
+                "5 min",
+            ],
+            "--cooldown",
+        ),
     ];
     for (args, word) in cases {
         let output = rules(&database, args);
@@ -286,5 +331,91 @@ fn bad_input_is_refused_before_the_database() {
         assert!(!rules(&database, args).status.success(), "{args:?} must fail");
     }
     assert_eq!(stored_rules(&database).len(), 1);
+    drop_database(&database);
+}
+
+#[test]
+fn every_kind_is_added_and_listed() {
+    let database = unique_database("rules_kinds");
+    let adds: [&[&str]; 4] = [
+        &[
+            "add",
+            "--event",
+            "e",
+            "--max-price",
+            "80",
+            "--rearm-pct",
+            "5",
+            "--cooldown",
+            "10m",
+        ],
+        &[
+            "add",
+            "--event",
+            "e",
+            "--section",
+            "A",
+            "--kind",
+            "new_low",
+            "--max-price",
+            "90",
+        ],
+        &["add", "--event", "e", "--kind", "back_in_stock"],
+        &[
+            "add",
+            "--event",
+            "e",
+            "--kind",
+            "deal",
+            "--deal-pct",
+            "20",
+            "--cooldown",
+            "1d",
+        ],
+    ];
+    let mut ids = Vec::new();
+    for args in adds {
+        let output = rules(&database, args);
+        assert!(output.status.success(), "{args:?}: {}", stderr(&output));
+        ids.push(stdout(&output).trim().to_owned());
+    }
+    let stored: Vec<String> = runtime().block_on(async {
+        connect(&database)
+            .await
+            .query(
+                "SELECT concat_ws('|', kind, coalesce(max_price::text, '-'), rearm_pct, coalesce(window_days::text, '-'),
+                                  coalesce(deal_pct::text, '-'), extract(epoch FROM cooldown)::bigint)
+                 FROM alert_rules ORDER BY rule_id",
+                &[],
+            )
+            .await
+            .expect("query alert_rules")
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    });
+    assert_eq!(
+        stored,
+        [
+            "max_price|80.00|5.00|-|-|600",
+            "new_low|90.00|0.00|30|-|0",
+            "back_in_stock|-|0.00|-|-|0",
+            "deal|-|0.00|-|20|86400",
+        ]
+    );
+    let output = rules(&database, &["list"]);
+    assert!(output.status.success(), "list failed: {}", stderr(&output));
+    let listing = stdout(&output);
+    for (id, cells) in ids.iter().zip([
+        &["max_price", "≤ 80.00 USD (re-arms above +5%), cooldown 10m"][..],
+        &["new_low", "lowest in 30 d ≤ 90.00 USD"],
+        &["back_in_stock", "back in stock"],
+        &["deal", "≥ 20% below section median, cooldown 1d"],
+    ]) {
+        let row = table_row(&listing, id);
+        for cell in cells {
+            assert!(row.contains(cell), "row lacks {cell:?}: {row}");
+        }
+    }
     drop_database(&database);
 }

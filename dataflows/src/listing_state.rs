@@ -8,6 +8,10 @@
 //! integers, not four strings. Ties on price resolve to the smallest [`Seat`]
 //! (`section, row, seat, source`), which is what SPEC §2 asks of a rule that
 //! fires on being added.
+//!
+//! A section's index is kept in two halves ([`SectionIndex`]) so that its lower
+//! median, which `deal` rules judge listings against (SPEC §2b), is as cheap as
+//! its lowest price, at no extra memory.
 
 use std::collections::BTreeSet;
 
@@ -86,6 +90,98 @@ type SectionId = u32;
 /// ordered by [`SeatId`] here; [`Listings::lowest`] resolves them by [`Seat`].
 type PriceIndex = BTreeSet<(Cents, SeatId)>;
 
+/// The available current listings of one section and currency, split in two
+/// ordered halves: `lower` holds the ⌈n/2⌉ cheapest, so its last entry is the
+/// lower median and its first the lowest price. Inserting or removing is
+/// O(log n) and moves at most one entry between the halves.
+#[derive(Clone, Debug, Default)]
+pub struct SectionIndex {
+    lower: PriceIndex,
+    upper: PriceIndex,
+}
+
+impl SectionIndex {
+    fn insert(&mut self, entry: (Cents, SeatId)) {
+        if self.lower.last().is_none_or(|last| entry <= *last) {
+            self.lower.insert(entry);
+        } else {
+            self.upper.insert(entry);
+        }
+        self.rebalance();
+    }
+
+    fn remove(&mut self, entry: &(Cents, SeatId)) {
+        if !self.lower.remove(entry) {
+            self.upper.remove(entry);
+        }
+        self.rebalance();
+    }
+
+    fn rebalance(&mut self) {
+        if self.lower.len() > self.upper.len() + 1 {
+            if let Some(last) = self.lower.pop_last() {
+                self.upper.insert(last);
+            }
+        } else if self.upper.len() > self.lower.len() {
+            if let Some(first) = self.upper.pop_first() {
+                self.lower.insert(first);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lower.len() + self.upper.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lower.is_empty()
+    }
+
+    fn first(&self) -> Option<&(Cents, SeatId)> {
+        self.lower.first()
+    }
+
+    /// The lower median: the ⌈n/2⌉-th cheapest price.
+    pub fn lower_median(&self) -> Option<Cents> {
+        self.lower.last().map(|(price, _)| *price)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &(Cents, SeatId)> {
+        self.lower.iter().chain(self.upper.iter())
+    }
+}
+
+/// One scope's index: a whole event's (per currency) or one section's.
+#[derive(Clone, Copy)]
+enum Scope<'a> {
+    Event(&'a PriceIndex),
+    Section(&'a SectionIndex),
+}
+
+impl<'a> Scope<'a> {
+    fn first(self) -> Option<&'a (Cents, SeatId)> {
+        match self {
+            Scope::Event(index) => index.first(),
+            Scope::Section(index) => index.first(),
+        }
+    }
+
+    /// The seats listed at `price`.
+    fn at(self, price: Cents) -> Box<dyn Iterator<Item = SeatId> + 'a> {
+        let range = (price, SeatId::MIN)..=(price, SeatId::MAX);
+        match self {
+            Scope::Event(index) => Box::new(index.range(range).map(|(_, id)| *id)),
+            Scope::Section(index) => Box::new(
+                index
+                    .lower
+                    .range(range.clone())
+                    .chain(index.upper.range(range))
+                    .map(|(_, id)| *id),
+            ),
+        }
+    }
+}
+
 /// The listings of one event. Interned seats are never forgotten: like the
 /// current states, they follow the event's listings.
 #[derive(Clone, Debug, Default)]
@@ -96,7 +192,7 @@ pub struct Listings {
     current: Vec<Option<Quote>>,
     sections: HashMap<String, SectionId>,
     by_currency: HashMap<Currency, PriceIndex>,
-    by_section: HashMap<(SectionId, Currency), PriceIndex>,
+    by_section: HashMap<(SectionId, Currency), SectionIndex>,
 }
 
 impl Listings {
@@ -169,8 +265,8 @@ impl Listings {
         let index = self.index(section, currency)?;
         let (price, _) = *index.first()?;
         index
-            .range((price, SeatId::MIN)..=(price, SeatId::MAX))
-            .map(|(_, id)| self.seat(*id))
+            .at(price)
+            .map(|id| self.seat(id))
             .min()
             .map(|seat| (price, seat))
     }
@@ -180,13 +276,34 @@ impl Listings {
         index.first().map(|(price, _)| *price)
     }
 
-    fn index(&self, section: Option<&str>, currency: Currency) -> Option<&PriceIndex> {
-        match section {
-            None => self.by_currency.get(&currency),
-            Some(section) => {
-                let section = self.sections.get(section)?;
-                self.by_section.get(&(*section, currency))
+    /// The available listings of one section in one currency.
+    pub fn section(&self, section: &str, currency: Currency) -> Option<&SectionIndex> {
+        let section = self.sections.get(section)?;
+        self.by_section.get(&(*section, currency))
+    }
+
+    /// Every available listing of a scope with its price, in no set order.
+    pub fn available(&self, section: Option<&str>, currency: Currency) -> Vec<(SeatId, Cents)> {
+        let mut found = Vec::new();
+        for (&(section_id, index_currency), index) in &self.by_section {
+            let in_scope = index_currency == currency
+                && section.is_none_or(|name| self.sections.get(name) == Some(&section_id));
+            if in_scope {
+                found.extend(index.iter().map(|(price, id)| (*id, *price)));
             }
+        }
+        found
+    }
+
+    /// The id of an interned seat.
+    pub fn id(&self, seat: &Seat) -> Option<SeatId> {
+        self.ids.get(seat).copied()
+    }
+
+    fn index(&self, section: Option<&str>, currency: Currency) -> Option<Scope<'_>> {
+        match section {
+            None => self.by_currency.get(&currency).map(Scope::Event),
+            Some(section) => self.section(section, currency).map(Scope::Section),
         }
     }
 
@@ -320,5 +437,30 @@ mod tests {
         listings.restore(&a, quote(100, Currency::USD, true, 20));
         listings.restore(&a, quote(200, Currency::USD, true, 10));
         assert_eq!(listings.lowest_price(None, Currency::USD), Some(Cents(100)));
+    }
+
+    #[test]
+    fn section_index_keeps_the_lower_median() {
+        let mut index = SectionIndex::default();
+        let mut shadow: Vec<(Cents, SeatId)> = Vec::new();
+        // A fixed pseudo-random sequence of inserts and removals.
+        let mut x: u64 = 7;
+        for step in 0..2000u32 {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let id = (x >> 33) as SeatId % 40;
+            let price = Cents(((x >> 13) % 50) as i64);
+            if let Some(at) = shadow.iter().position(|(_, seat)| *seat == id) {
+                let entry = shadow.remove(at);
+                index.remove(&entry);
+            } else {
+                shadow.push((price, id));
+                index.insert((price, id));
+            }
+            shadow.sort();
+            assert_eq!(index.len(), shadow.len(), "step {step}");
+            let median = (!shadow.is_empty()).then(|| shadow[(shadow.len() - 1) / 2].0);
+            assert_eq!(index.lower_median(), median, "step {step}");
+            assert_eq!(index.first(), shadow.first(), "step {step}");
+        }
     }
 }

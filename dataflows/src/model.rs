@@ -292,24 +292,87 @@ impl EventRow {
     }
 }
 
-/// An alert rule (a row of `alert_rules`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// An alert rule (a row of `alert_rules`, SPEC §2b).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Rule {
     pub rule_id: i64,
     pub event_id: String,
     /// `None`: the whole event.
     pub section: Option<String>,
     pub currency: Currency,
-    pub max_price: Cents,
+    pub kind: RuleKind,
+    /// After a firing the rule stays silent until the event clock has moved
+    /// past the firing's time plus this; 0 = no cooldown.
+    pub cooldown: Micros,
+}
+
+impl Rule {
+    /// The rule's price threshold, for the kinds that take one.
+    pub fn max_price(&self) -> Option<Cents> {
+        match self.kind {
+            RuleKind::MaxPrice { max_price, .. } => Some(max_price),
+            RuleKind::NewLow { max_price, .. } | RuleKind::BackInStock { max_price } => max_price,
+            RuleKind::Deal { .. } => None,
+        }
+    }
+}
+
+/// What a rule watches for, with the parameters of its kind (SPEC §2b).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum RuleKind {
+    /// Today's rule: the scope's lowest price at or below `max_price`. It
+    /// re-arms once the lowest price rises above `max_price` by more than
+    /// `rearm_bp` hundredths of a percent, or the scope empties.
+    MaxPrice { max_price: Cents, rearm_bp: u32 },
+    /// The scope's lowest price strictly below every value it held in the
+    /// last `window_days` days of event time.
+    NewLow {
+        window_days: u32,
+        max_price: Option<Cents>,
+    },
+    /// Available listings in scope (under `max_price` when set) go from none
+    /// to some.
+    BackInStock { max_price: Option<Cents> },
+    /// A listing at least `deal_pct` % below its section's lower median.
+    Deal { deal_pct: u32 },
+}
+
+impl RuleKind {
+    /// The `alert_rules.kind` text.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RuleKind::MaxPrice { .. } => "max_price",
+            RuleKind::NewLow { .. } => "new_low",
+            RuleKind::BackInStock { .. } => "back_in_stock",
+            RuleKind::Deal { .. } => "deal",
+        }
+    }
+}
+
+/// A rule's state beyond its definition, as persisted in `rule_state` and
+/// restored at start: what makes a restarted job continue every rule exactly.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RuleMemory {
+    /// `max_price`: fired, waiting to re-arm.
+    pub below: bool,
+    /// Event-clock time of the last firing (for the cooldown).
+    pub fired_at: Option<Micros>,
+    /// `new_low`: the values the scope's lowest price held before its current
+    /// one that can still be the window's low, each with the event-clock time
+    /// it stopped being in effect; oldest first, prices increasing.
+    pub window: Vec<(Micros, Cents)>,
+    /// `deal`: the listings that are a deal now (judged at their own messages).
+    pub deals: Vec<Seat>,
 }
 
 /// A change to the set of active rules.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RuleChange {
-    /// A rule became active. `below` is its persisted state when restored after a
-    /// restart (`Some`), or `None` for a rule the job has not evaluated yet, which
-    /// fires at once if its scope is already at or below `max_price`.
-    Activate { rule: Rule, below: Option<bool> },
+    /// A rule became active. `state` is its persisted state when restored after
+    /// a restart (`Some`), or `None` for a rule the job has not evaluated yet,
+    /// which starts from the state of its scope at that moment (a `max_price`
+    /// rule fires at once if its scope is already at or below `max_price`).
+    Activate { rule: Rule, state: Option<RuleMemory> },
     /// A rule was disabled or deleted.
     Deactivate { rule_id: i64, event_id: String },
 }
@@ -319,10 +382,20 @@ pub enum AlertKind {
     ListingDrop,
     EventLow,
     RuleMatch,
+    NewLow,
+    BackInStock,
+    Deal,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 3] = [AlertKind::ListingDrop, AlertKind::EventLow, AlertKind::RuleMatch];
+    pub const ALL: [AlertKind; 6] = [
+        AlertKind::ListingDrop,
+        AlertKind::EventLow,
+        AlertKind::RuleMatch,
+        AlertKind::NewLow,
+        AlertKind::BackInStock,
+        AlertKind::Deal,
+    ];
 
     /// The `kind` column's text.
     pub fn as_str(&self) -> &'static str {
@@ -330,6 +403,9 @@ impl AlertKind {
             AlertKind::ListingDrop => "listing_drop",
             AlertKind::EventLow => "event_low",
             AlertKind::RuleMatch => "rule_match",
+            AlertKind::NewLow => "new_low",
+            AlertKind::BackInStock => "back_in_stock",
+            AlertKind::Deal => "deal",
         }
     }
 }
@@ -341,7 +417,7 @@ pub struct Alert {
     pub kind: AlertKind,
     pub listing: ListingKey,
     pub rule_id: Option<i64>,
-    /// The rule's threshold (`rule_match` only), for notifications.
+    /// The rule's threshold (rule alerts whose rule has one), for notifications.
     pub max_price: Option<Cents>,
     pub old_price: Option<Cents>,
     pub new_price: Cents,
@@ -362,6 +438,9 @@ pub struct Counters {
     pub listing_drop: u64,
     pub event_low: u64,
     pub rule_match: u64,
+    pub new_low: u64,
+    pub back_in_stock: u64,
+    pub deal: u64,
 }
 
 impl Counters {
@@ -375,6 +454,9 @@ impl Counters {
         self.listing_drop += other.listing_drop;
         self.event_low += other.event_low;
         self.rule_match += other.rule_match;
+        self.new_low += other.new_low;
+        self.back_in_stock += other.back_in_stock;
+        self.deal += other.deal;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -386,6 +468,9 @@ impl Counters {
             AlertKind::ListingDrop => self.listing_drop += 1,
             AlertKind::EventLow => self.event_low += 1,
             AlertKind::RuleMatch => self.rule_match += 1,
+            AlertKind::NewLow => self.new_low += 1,
+            AlertKind::BackInStock => self.back_in_stock += 1,
+            AlertKind::Deal => self.deal += 1,
         }
     }
 }
@@ -456,6 +541,13 @@ pub enum SinkRecord {
     RuleState {
         rule_id: i64,
         below: bool,
+    },
+    /// The rest of a rule's state ([`RuleMemory`]), for the rules that have
+    /// more than an arming state (a kind other than `max_price`, or a
+    /// cooldown); sent with the rule's `RuleState` in the same epoch.
+    RuleMemory {
+        rule_id: i64,
+        memory: Box<RuleMemory>,
     },
     Rejected(Rejected),
     /// A change of `event_summary`.

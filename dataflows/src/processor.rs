@@ -7,7 +7,9 @@
 //! restores, then rule changes (by rule id, deactivations first), then observations
 //! in `Position` order. Each observation runs through the stages in turn: dedup
 //! (against its listing's current state: the processor keeps no history),
-//! event state, listing state, drops, rules. [`Processor`] is that logic without
+//! event state, listing state, drops, rules (every kind of SPEC §2b, each
+//! judged at the message against the event clock, the event's `last_seen`
+//! after it). [`Processor`] is that logic without
 //! timely, so it can be driven and tested directly.
 //!
 //! A second output carries each epoch's net change of the collection of current
@@ -37,9 +39,9 @@ use crate::listing_state::{Applied, Listings, Quote, SeatId};
 use crate::model::{
     stable_hash, Alert, AlertKind, Carried, Cents, Counters, Currency, EventFields, EventRow, ListingKey,
     ListingPrice, ListingRow, Micros, Observation, Position, ProcessorInput, Restore, Rule, RuleChange,
-    SinkRecord,
+    RuleKind, RuleMemory, SinkRecord,
 };
-use crate::rules::{Activation, Rules, Transition};
+use crate::rules::{covers, is_deal, Activation, ArmedRule, Outcome, RuleState, Rules};
 
 #[derive(Clone, Debug)]
 pub struct ProcessorConfig {
@@ -257,7 +259,7 @@ impl Processor {
         }
         for change in rule_changes {
             match change {
-                RuleChange::Activate { rule, below } => self.activate(rule, below, &mut epoch),
+                RuleChange::Activate { rule, state } => self.activate(rule, state, &mut epoch),
                 RuleChange::Deactivate { rule_id, event_id } => self.deactivate(rule_id, &event_id),
             }
         }
@@ -286,22 +288,36 @@ impl Processor {
         }
     }
 
-    fn activate(&mut self, rule: Rule, below: Option<bool>, epoch: &mut Epoch) {
+    fn activate(&mut self, rule: Rule, restored: Option<RuleMemory>, epoch: &mut Epoch) {
         let state = self.events.entry(rule.event_id.clone()).or_default();
+        if state.rules.has(&rule) {
+            return;
+        }
         let lowest = state
             .listings
             .lowest(rule.section.as_deref(), rule.currency)
             .map(|(price, seat)| (price, seat.clone()));
-        let (rule_id, currency, event_id, max_price) =
-            (rule.rule_id, rule.currency, rule.event_id.clone(), rule.max_price);
-        let activation = state
-            .rules
-            .activate(rule, below, lowest.as_ref().map(|(price, _)| *price));
-        let Activation::Evaluated { below } = activation else {
-            return;
+        let is_restored = restored.is_some();
+        let mut rule_state = match restored {
+            Some(memory) => from_memory(&mut state.listings, memory),
+            None => fresh_state(&rule, &state.listings, lowest.as_ref().map(|(price, _)| *price)),
         };
-        epoch.rule_states.insert(rule_id, below);
-        if !below {
+        // Only a `max_price` rule may fire on being added (SPEC §2b).
+        let fires = !is_restored && rule_state.below;
+        if fires {
+            rule_state.fired_at = state.row.as_ref().map(|row| row.last_seen);
+        }
+        let (rule_id, currency, event_id, max_price) = (
+            rule.rule_id,
+            rule.currency,
+            rule.event_id.clone(),
+            rule.max_price(),
+        );
+        if state.rules.activate(rule, rule_state, is_restored) != Activation::Fresh {
+            return;
+        }
+        epoch.rule_states.insert(rule_id, event_id.clone());
+        if !fires {
             return;
         }
         // Below at once: the alert names the listing holding the scope's lowest
@@ -450,38 +466,28 @@ impl Processor {
                 ));
             }
         }
+        let clock = state.row.as_ref().map_or(at, |row| row.last_seen);
         for (rule_id, before) in rules_before {
-            let Some((section, currency, max_price)) = state.rules.get(rule_id).map(|armed| {
-                (
-                    armed.rule.section.clone(),
-                    armed.rule.currency,
-                    armed.rule.max_price,
-                )
-            }) else {
+            let Some(armed) = state.rules.get_mut(rule_id) else {
                 continue;
             };
-            let after = state.listings.lowest_price(section.as_deref(), currency);
-            match state.rules.observe(rule_id, after) {
-                Some(Transition::Fired) => {
-                    epoch.rule_states.insert(rule_id, true);
-                    if let Some(new) = after {
-                        epoch.alert(new_alert(
-                            AlertKind::RuleMatch,
-                            listing,
-                            at,
-                            Some((rule_id, max_price)),
-                            before,
-                            new,
-                            currency,
-                            event_name,
-                        ));
-                    }
-                }
-                Some(Transition::Rearmed) => {
-                    epoch.rule_states.insert(rule_id, false);
-                }
-                None => {}
+            let outcome = evaluate(armed, &state.listings, id, &quote, &seat.section, before, clock);
+            if outcome.changed {
+                epoch.rule_states.insert(rule_id, listing.event_id.clone());
             }
+            let Some((old, new)) = outcome.fired else {
+                continue;
+            };
+            epoch.alert(new_alert(
+                alert_kind(&armed.rule.kind),
+                listing,
+                at,
+                Some((rule_id, armed.rule.max_price())),
+                old,
+                new,
+                armed.rule.currency,
+                event_name,
+            ));
         }
     }
 
@@ -492,11 +498,24 @@ impl Processor {
             mut events,
             rule_states,
         } = epoch;
-        out.extend(
-            rule_states
-                .into_iter()
-                .map(|(rule_id, below)| SinkRecord::RuleState { rule_id, below }),
-        );
+        for (rule_id, event_id) in rule_states {
+            let Some(state) = self.events.get(&event_id) else {
+                continue;
+            };
+            let Some(armed) = state.rules.get(rule_id) else {
+                continue;
+            };
+            out.push(SinkRecord::RuleState {
+                rule_id,
+                below: armed.state.below,
+            });
+            if has_memory(&armed.rule) {
+                out.push(SinkRecord::RuleMemory {
+                    rule_id,
+                    memory: Box::new(to_memory(&armed.state, &state.listings)),
+                });
+            }
+        }
         // Listing order (event, then seat), the same on every run.
         events.sort_unstable();
         let mut listing_changes = Vec::new();
@@ -568,10 +587,11 @@ impl Processor {
 struct Epoch {
     out: Vec<SinkRecord>,
     counters: Counters,
-    /// Each rule's arming state after the epoch, if the epoch moved it. One
-    /// record per rule and epoch, never a sequence: timely hands the sink an
-    /// epoch's containers in any order, so only the final value may be sent.
-    rule_states: BTreeMap<i64, bool>,
+    /// The rules whose state the epoch moved, with their event. Their state
+    /// is sent once, as it is after the epoch, never a sequence: timely hands
+    /// the sink an epoch's containers in any order, so only the final value
+    /// may be sent.
+    rule_states: BTreeMap<i64, String>,
     /// The events whose [`EventEpoch`] has work, each once.
     events: Vec<String>,
 }
@@ -595,12 +615,109 @@ fn display_name<'a>(row: &'a Option<EventRow>, event_id: &'a str) -> &'a str {
     row.as_ref().map_or(event_id, EventRow::display_name)
 }
 
+/// Evaluates one rule covering the message's listing `id`, whose state is now
+/// `quote`, after the message; `before` is the rule scope's lowest price
+/// before it.
+fn evaluate(
+    armed: &mut ArmedRule,
+    listings: &Listings,
+    id: SeatId,
+    quote: &Quote,
+    section: &str,
+    before: Option<Cents>,
+    clock: Micros,
+) -> Outcome {
+    let rule = &armed.rule;
+    match rule.kind {
+        RuleKind::Deal { deal_pct } => {
+            let verdict = if quote.available && covers(rule, section, quote.currency) {
+                listings.section(section, quote.currency).and_then(|index| {
+                    let median = index.lower_median()?;
+                    is_deal(quote.price, median, index.len(), deal_pct).then_some(median)
+                })
+            } else {
+                None
+            };
+            armed.on_deal(id, verdict, quote.price, clock)
+        }
+        _ => {
+            let after = listings.lowest_price(rule.section.as_deref(), rule.currency);
+            armed.on_lowest(before, after, clock)
+        }
+    }
+}
+
+/// The state a rule not evaluated before starts from: the state of its scope
+/// now. A `max_price` rule is below if the scope already is; a `deal` rule
+/// takes the listings that are deals now as deals (they fire again only after
+/// their own message makes them no deal); a `new_low` window starts with the
+/// scope's lowest price now, which every evaluation counts as the value in
+/// effect.
+fn fresh_state(rule: &Rule, listings: &Listings, lowest: Option<Cents>) -> RuleState {
+    let mut state = RuleState::default();
+    match rule.kind {
+        RuleKind::MaxPrice { max_price, .. } => {
+            state.below = lowest.is_some_and(|price| price <= max_price);
+        }
+        RuleKind::Deal { deal_pct } => {
+            for (id, price) in listings.available(rule.section.as_deref(), rule.currency) {
+                let section = &listings.seat(id).section;
+                let deal = listings.section(section, rule.currency).is_some_and(|index| {
+                    index
+                        .lower_median()
+                        .is_some_and(|median| is_deal(price, median, index.len(), deal_pct))
+                });
+                if deal {
+                    state.deals.insert(id);
+                }
+            }
+        }
+        RuleKind::NewLow { .. } | RuleKind::BackInStock { .. } => {}
+    }
+    state
+}
+
+/// Whether a rule has state beyond its arming flag to persist.
+fn has_memory(rule: &Rule) -> bool {
+    !matches!(rule.kind, RuleKind::MaxPrice { .. }) || rule.cooldown > 0
+}
+
+/// A rule's state as persisted: seats by name, not by this process's ids.
+fn to_memory(state: &RuleState, listings: &Listings) -> RuleMemory {
+    let mut deals: Vec<_> = state.deals.iter().map(|id| listings.seat(*id).clone()).collect();
+    deals.sort_unstable();
+    RuleMemory {
+        below: state.below,
+        fired_at: state.fired_at,
+        window: state.window.iter().copied().collect(),
+        deals,
+    }
+}
+
+fn from_memory(listings: &mut Listings, memory: RuleMemory) -> RuleState {
+    RuleState {
+        below: memory.below,
+        fired_at: memory.fired_at,
+        window: memory.window.into(),
+        deals: memory.deals.iter().map(|seat| listings.intern(seat)).collect(),
+    }
+}
+
+fn alert_kind(kind: &RuleKind) -> AlertKind {
+    match kind {
+        RuleKind::MaxPrice { .. } => AlertKind::RuleMatch,
+        RuleKind::NewLow { .. } => AlertKind::NewLow,
+        RuleKind::BackInStock { .. } => AlertKind::BackInStock,
+        RuleKind::Deal { .. } => AlertKind::Deal,
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn new_alert(
     kind: AlertKind,
     listing: &ListingKey,
     observed_at: Micros,
-    rule: Option<(i64, Cents)>,
+    rule: Option<(i64, Option<Cents>)>,
     old_price: Option<Cents>,
     new_price: Cents,
     currency: Currency,
@@ -612,7 +729,7 @@ fn new_alert(
         kind,
         listing: listing.clone(),
         rule_id,
-        max_price: rule.map(|(_, max_price)| max_price),
+        max_price: rule.and_then(|(_, max_price)| max_price),
         old_price,
         new_price,
         currency,
@@ -631,8 +748,8 @@ fn rule_change_order(a: &RuleChange, b: &RuleChange) -> Ordering {
         }
     }
     key(a).cmp(&key(b)).then_with(|| match (a, b) {
-        (RuleChange::Activate { rule: ra, below: ba }, RuleChange::Activate { rule: rb, below: bb }) => {
-            (&ra.section, ra.currency, ra.max_price, ba).cmp(&(&rb.section, rb.currency, rb.max_price, bb))
+        (RuleChange::Activate { rule: ra, state: sa }, RuleChange::Activate { rule: rb, state: sb }) => {
+            (ra, sa).cmp(&(rb, sb))
         }
         _ => Ordering::Equal,
     })
@@ -719,11 +836,15 @@ mod tests {
             event_id: "other".into(),
             section: None,
             currency: Currency::USD,
-            max_price: Cents(100),
+            kind: RuleKind::MaxPrice {
+                max_price: Cents(100),
+                rearm_bp: 0,
+            },
+            cooldown: 0,
         };
         let out = processor.process_epoch(vec![ProcessorInput::Rule(RuleChange::Activate {
             rule,
-            below: None,
+            state: None,
         })]);
         assert_eq!(
             out.records,
@@ -751,12 +872,16 @@ mod tests {
             event_id: "ev".into(),
             section: None,
             currency: Currency::USD,
-            max_price: Cents(100),
+            kind: RuleKind::MaxPrice {
+                max_price: Cents(100),
+                rearm_bp: 0,
+            },
+            cooldown: 0,
         };
         let mut processor = Processor::new(ProcessorConfig::default());
         processor.process_epoch(vec![ProcessorInput::Rule(RuleChange::Activate {
             rule,
-            below: None,
+            state: None,
         })]);
         let out = processor.process_epoch(vec![observation("1", 90, 1), observation("1", 120, 2)]);
         assert_eq!(counters(&out.records).rule_match, 1);
@@ -781,13 +906,17 @@ mod tests {
             event_id: "ev".into(),
             section: None,
             currency: Currency::USD,
-            max_price: Cents(100),
+            kind: RuleKind::MaxPrice {
+                max_price: Cents(100),
+                rearm_bp: 0,
+            },
+            cooldown: 0,
         };
         let mut processor = Processor::new(ProcessorConfig::default());
         processor.process_epoch(vec![
             ProcessorInput::Rule(RuleChange::Activate {
                 rule: rule.clone(),
-                below: None,
+                state: None,
             }),
             ProcessorInput::Rule(RuleChange::Deactivate {
                 rule_id: 1,

@@ -7,15 +7,17 @@ use std::sync::{mpsc, Arc, Mutex};
 use conscope_dataflows::alert_id::alert_id;
 use conscope_dataflows::model::{
     Alert, AlertKind, Carried, Cents, Counters, Currency, EventField, EventRow, ListingKey, ListingRow,
-    Micros, Observation, Position, ProcessorInput, Restore, Rule, RuleChange, Seat, SinkRecord, Stamped,
+    Micros, Observation, Position, ProcessorInput, Restore, Rule, RuleChange, RuleKind, RuleMemory, Seat,
+    SinkRecord, Stamped,
 };
 use conscope_dataflows::processor::{process, ProcessorConfig};
+use conscope_dataflows::rules::DAY;
 use timely::dataflow::operators::capture::Event;
 use timely::dataflow::operators::Capture;
 use timely::dataflow::InputHandleVec;
 
 mod common;
-use common::{feed_and_finish, obs, Feed};
+use common::{feed_and_finish, obs, Feed, Obs};
 
 const EUR: Currency = Currency(*b"EUR");
 
@@ -241,6 +243,23 @@ impl Output {
         states.into_iter().map(|(id, (_, below))| (id, below)).collect()
     }
 
+    /// The last persisted memory of every rule that has one.
+    fn final_rule_memories(&self) -> BTreeMap<i64, RuleMemory> {
+        let mut memories: BTreeMap<i64, (u64, RuleMemory)> = BTreeMap::new();
+        for (time, record) in &self.records {
+            if let SinkRecord::RuleMemory { rule_id, memory } = record {
+                let slot = memories.entry(*rule_id).or_insert((*time, (**memory).clone()));
+                if *time >= slot.0 {
+                    *slot = (*time, (**memory).clone());
+                }
+            }
+        }
+        memories
+            .into_iter()
+            .map(|(id, (_, memory))| (id, memory))
+            .collect()
+    }
+
     fn rule_states(&self) -> Vec<(i64, bool)> {
         self.records
             .iter()
@@ -273,17 +292,30 @@ fn of_kind(briefs: Vec<Brief>, kind: AlertKind) -> Vec<Brief> {
 // Building inputs.
 
 fn rule(rule_id: i64, section: Option<&str>, max_price: i64) -> Rule {
+    kind_rule(
+        rule_id,
+        section,
+        RuleKind::MaxPrice {
+            max_price: Cents(max_price),
+            rearm_bp: 0,
+        },
+        0,
+    )
+}
+
+fn kind_rule(rule_id: i64, section: Option<&str>, kind: RuleKind, cooldown: Micros) -> Rule {
     Rule {
         rule_id,
         event_id: "ev".into(),
         section: section.map(Into::into),
         currency: Currency::USD,
-        max_price: Cents(max_price),
+        kind,
+        cooldown,
     }
 }
 
 fn activate(rule: Rule) -> ProcessorInput {
-    ProcessorInput::Rule(RuleChange::Activate { rule, below: None })
+    ProcessorInput::Rule(RuleChange::Activate { rule, state: None })
 }
 
 fn deactivate(rule_id: i64) -> ProcessorInput {
@@ -667,7 +699,10 @@ fn restored_rule_that_is_below_does_not_fire_again() {
             ProcessorInput::Restore(Restore::Listing(a1.row())),
             ProcessorInput::Rule(RuleChange::Activate {
                 rule: rule(1, None, 1000),
-                below: Some(true),
+                state: Some(RuleMemory {
+                    below: true,
+                    ..RuleMemory::default()
+                }),
             }),
         ],
         feed.epoch(&[obs("1", 400, 2), obs("1", 1200, 3), obs("1", 900, 4)]),
@@ -792,35 +827,93 @@ impl Rng {
 const EVENTS: usize = 6;
 const PARTITIONS: i32 = 3;
 
-/// Rules present at start, over the generated events.
+/// Rules present at start, over the generated events: every kind, some with
+/// a cooldown.
 fn generated_rules() -> Vec<Rule> {
     let mut rules = Vec::new();
     for event in 0..EVENTS {
         let event_id = format!("e{event}");
-        rules.push(Rule {
-            rule_id: event as i64 * 10 + 1,
-            event_id: event_id.clone(),
-            section: None,
-            currency: Currency::USD,
-            max_price: Cents(9000),
-        });
-        rules.push(Rule {
-            rule_id: event as i64 * 10 + 2,
-            event_id: event_id.clone(),
-            section: Some("B".into()),
-            currency: Currency::USD,
-            max_price: Cents(9500),
-        });
-        rules.push(Rule {
-            rule_id: event as i64 * 10 + 3,
-            event_id,
-            section: None,
-            currency: EUR,
-            max_price: Cents(8500),
-        });
+        let mut add =
+            |n: i64, section: Option<&str>, currency: Currency, kind: RuleKind, cooldown: Micros| {
+                rules.push(Rule {
+                    rule_id: event as i64 * 10 + n,
+                    event_id: event_id.clone(),
+                    section: section.map(Into::into),
+                    currency,
+                    kind,
+                    cooldown,
+                })
+            };
+        let max_price = |cents: i64| RuleKind::MaxPrice {
+            max_price: Cents(cents),
+            rearm_bp: 0,
+        };
+        add(1, None, Currency::USD, max_price(9000), 0);
+        add(2, Some("B"), Currency::USD, max_price(9500), 0);
+        add(3, None, EUR, max_price(8500), 0);
+        add(
+            4,
+            None,
+            Currency::USD,
+            RuleKind::MaxPrice {
+                max_price: Cents(9500),
+                rearm_bp: 500,
+            },
+            2 * HOUR,
+        );
+        add(
+            5,
+            None,
+            Currency::USD,
+            RuleKind::NewLow {
+                window_days: 1,
+                max_price: None,
+            },
+            0,
+        );
+        add(
+            6,
+            Some("A"),
+            Currency::USD,
+            RuleKind::NewLow {
+                window_days: 2,
+                max_price: Some(Cents(9000)),
+            },
+            3 * HOUR,
+        );
+        add(
+            7,
+            Some("B"),
+            Currency::USD,
+            RuleKind::BackInStock { max_price: None },
+            0,
+        );
+        add(
+            8,
+            None,
+            Currency::USD,
+            RuleKind::BackInStock {
+                max_price: Some(Cents(8000)),
+            },
+            HOUR,
+        );
+        add(9, None, Currency::USD, RuleKind::Deal { deal_pct: 10 }, 0);
+        add(
+            0,
+            Some("A"),
+            Currency::USD,
+            RuleKind::Deal { deal_pct: 5 },
+            4 * HOUR,
+        );
     }
     rules
 }
+
+const HOUR: Micros = DAY / 24;
+
+/// The generated clock's unit: a minute, so that `new_low` windows of days
+/// and cooldowns of hours both open and close within a workload.
+const MINUTE: Micros = 60_000_000;
 
 /// A messy stream in partition order: each event lives in one partition (producers
 /// key by event), with random-walk prices, sales, currency changes, retries
@@ -855,7 +948,8 @@ fn generated_messages(seed: u64, count: usize) -> Vec<ProcessorInput> {
             }
         }
 
-        let listing = rng.below(8);
+        // Six listings per section: deals need five available.
+        let listing = rng.below(12);
         clock[event] += 1 + rng.below(1000) as i64;
         let mut observed_at = clock[event];
         if rng.below(100) < 7 {
@@ -880,7 +974,7 @@ fn generated_messages(seed: u64, count: usize) -> Vec<ProcessorInput> {
             price: Cents(*price),
             currency: if rng.below(10) == 0 { EUR } else { Currency::USD },
             available: rng.below(10) != 0,
-            observed_at: 1_000_000 + observed_at,
+            observed_at: 1_000_000 + observed_at * MINUTE,
         };
         sent.push((position, observation.clone()));
         messages.push(ProcessorInput::Observation {
@@ -920,6 +1014,10 @@ fn same_results_for_any_batching_and_worker_count() {
         kinds.listing_drop > 0 && kinds.event_low > 0 && kinds.rule_match > 0,
         "{kinds:?}"
     );
+    assert!(
+        kinds.new_low > 0 && kinds.back_in_stock > 0 && kinds.deal > 0,
+        "{kinds:?}"
+    );
     assert!(kinds.duplicates > 0 && kinds.stale > 0, "{kinds:?}");
     assert_eq!(kinds.events_created, EVENTS as u64);
 
@@ -935,12 +1033,22 @@ fn same_results_for_any_batching_and_worker_count() {
         assert_eq!(other.final_listings(), reference.final_listings(), "{what}");
         assert_eq!(other.final_events(), reference.final_events(), "{what}");
         assert_eq!(other.final_rule_states(), reference.final_rule_states(), "{what}");
+        assert_eq!(
+            other.final_rule_memories(),
+            reference.final_rule_memories(),
+            "{what}"
+        );
         assert_eq!(other.counters(), reference.counters(), "{what}");
     }
 }
 
 /// What the sink would have stored after `out`, read back as restore records.
 fn restore_from(out: &Output) -> Vec<ProcessorInput> {
+    restore_with(out, generated_rules())
+}
+
+/// [`restore_from`] with `rules` active.
+fn restore_with(out: &Output, rules: Vec<Rule>) -> Vec<ProcessorInput> {
     let mut records = Vec::new();
     for row in out.final_events().into_values() {
         records.push(ProcessorInput::Restore(Restore::Event(row)));
@@ -949,10 +1057,16 @@ fn restore_from(out: &Output) -> Vec<ProcessorInput> {
         records.push(ProcessorInput::Restore(Restore::Listing(row)));
     }
     let states = out.final_rule_states();
-    for rule in generated_rules() {
+    let memories = out.final_rule_memories();
+    for rule in rules {
         let below = states.get(&rule.rule_id).copied();
         assert!(below.is_some(), "every evaluated rule has a persisted state");
-        records.push(ProcessorInput::Rule(RuleChange::Activate { rule, below }));
+        // As the sink stores them: `below` in its column, the rest beside it.
+        let state = below.map(|below| RuleMemory {
+            below,
+            ..memories.get(&rule.rule_id).cloned().unwrap_or_default()
+        });
+        records.push(ProcessorInput::Rule(RuleChange::Activate { rule, state }));
     }
     records
 }
@@ -995,8 +1109,283 @@ fn restore_then_continue_equals_an_uninterrupted_run() {
         rule_states.extend(second.final_rule_states());
         assert_eq!(rule_states, whole.final_rule_states(), "split at {split}");
 
+        let mut memories = first.final_rule_memories();
+        memories.extend(second.final_rule_memories());
+        assert_eq!(memories, whole.final_rule_memories(), "split at {split}");
+
         let mut counters = first.counters();
         counters.add(&second.counters());
         assert_eq!(counters, whole.counters(), "split at {split}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// Rule kinds (SPEC §2b): each kind's edges, each sequence also checked across
+// epoch boundaries and restarts.
+
+/// Runs `messages` with `rules` active: one message per epoch, all in one
+/// epoch, and cut at every point by a restart (restored from what the first
+/// part persisted). All must give the same alerts; returns the first run.
+fn run_kinds(rules: &[Rule], messages: &[Obs]) -> Output {
+    let mut feed = Feed::default();
+    let inputs = feed.epoch(messages);
+    let activations: Vec<ProcessorInput> = rules.iter().cloned().map(activate).collect();
+    let whole = run(epochs_of(&activations, &inputs, 1));
+    let one_epoch = run(epochs_of(&activations, &inputs, inputs.len()));
+    assert_eq!(one_epoch.alert_set(), whole.alert_set(), "in one epoch");
+    for split in 1..inputs.len() {
+        let (before, after) = inputs.split_at(split);
+        let first = run(epochs_of(&activations, before, 1));
+        let second = run_after(
+            first.stored.clone(),
+            1,
+            ProcessorConfig::default(),
+            epochs_of(&restore_with(&first, rules.to_vec()), after, 1),
+        );
+        let mut alerts = first.alert_set();
+        alerts.extend(second.alert_set());
+        alerts.sort_by(|a, b| a.alert_id.cmp(&b.alert_id));
+        assert_eq!(alerts, whole.alert_set(), "restarted after message {split}");
+    }
+    whole
+}
+
+fn new_low(window_days: u32, max_price: Option<i64>) -> RuleKind {
+    RuleKind::NewLow {
+        window_days,
+        max_price: max_price.map(Cents),
+    }
+}
+
+#[test]
+fn new_low_equal_to_the_window_low_does_not_fire() {
+    let out = run_kinds(
+        &[kind_rule(1, None, new_low(30, None), 0)],
+        &[
+            obs("1", 1000, 1), // the first value: nothing held before it
+            obs("2", 900, 2),  // below 1000
+            obs("2", 1100, 3), // L back to 1000
+            obs("2", 900, 4),  // equal to the window's low: no
+            obs("3", 899, 5),  // strictly below
+        ],
+    );
+    assert_eq!(
+        of_kind(out.alert_summary(), AlertKind::NewLow),
+        vec![
+            ("new_low", "A/1/2".into(), Some(1000), 900, Some(1)),
+            ("new_low", "A/1/3".into(), Some(900), 899, Some(1)),
+        ]
+    );
+}
+
+#[test]
+fn new_low_counts_the_value_in_effect_w_days_ago() {
+    let out = run_kinds(
+        &[kind_rule(1, None, new_low(1, None), 0)],
+        &[
+            obs("1", 100, 0),
+            obs("1", 200, 10), // 100 held until 10
+            // Exactly a day after 100 stopped: it was in effect at the window's
+            // start, so 150 is no new low.
+            obs("2", 150, 10 + DAY),
+            // A microsecond later 100 is out; 150 and 200 remain.
+            obs("2", 140, 11 + DAY),
+        ],
+    );
+    assert_eq!(
+        of_kind(out.alert_summary(), AlertKind::NewLow),
+        vec![("new_low", "A/1/2".into(), Some(150), 140, Some(1))]
+    );
+}
+
+#[test]
+fn new_low_respects_max_price_and_a_rule_added_later_starts_from_now() {
+    let mut feed = Feed::default();
+    let out = run(vec![
+        feed.epoch(&[obs("1", 500, 1)]),
+        vec![activate(kind_rule(1, None, new_low(30, Some(450)), 0))],
+        feed.epoch(&[obs("2", 480, 2), obs("3", 440, 3)]),
+    ]);
+    // 480 is a new low but above max_price; 440 is below the window's 480.
+    assert_eq!(
+        of_kind(out.alert_summary(), AlertKind::NewLow),
+        vec![("new_low", "A/1/3".into(), Some(480), 440, Some(1))]
+    );
+}
+
+#[test]
+fn a_scope_that_empties_and_comes_back() {
+    let rules = [
+        kind_rule(1, None, new_low(30, None), 0),
+        kind_rule(2, None, RuleKind::BackInStock { max_price: None }, 0),
+        rule(3, None, 1000),
+    ];
+    let out = run_kinds(
+        &rules,
+        &[
+            obs("1", 900, 1),        // never listed, then available
+            obs("1", 900, 2).sold(), // empty: holds no value
+            obs("1", 950, 3),        // back; 900 was held within the window
+            obs("1", 800, 4),        // a new low
+            obs("1", 800, 5).sold(), // empty again
+            obs("2", 1200, 6),       // back, above max_price
+        ],
+    );
+    let briefs = out.alert_summary();
+    assert_eq!(
+        of_kind(briefs.clone(), AlertKind::NewLow),
+        vec![("new_low", "A/1/1".into(), Some(900), 800, Some(1))]
+    );
+    assert_eq!(
+        of_kind(briefs.clone(), AlertKind::BackInStock),
+        vec![
+            ("back_in_stock", "A/1/1".into(), None, 900, Some(2)),
+            ("back_in_stock", "A/1/1".into(), None, 950, Some(2)),
+            ("back_in_stock", "A/1/2".into(), None, 1200, Some(2)),
+        ]
+    );
+    // An emptied scope re-arms max_price: it fires on each return below.
+    assert_eq!(
+        of_kind(briefs, AlertKind::RuleMatch),
+        vec![
+            ("rule_match", "A/1/1".into(), None, 900, Some(3)),
+            ("rule_match", "A/1/1".into(), None, 950, Some(3)),
+        ]
+    );
+}
+
+#[test]
+fn back_in_stock_under_max_price_and_not_at_once() {
+    let mut feed = Feed::default();
+    let out = run(vec![
+        feed.epoch(&[obs("1", 500, 1)]),
+        // Added while A ≥ 1: no alert at once, none while A stays ≥ 1.
+        vec![activate(kind_rule(
+            1,
+            None,
+            RuleKind::BackInStock {
+                max_price: Some(Cents(600)),
+            },
+            0,
+        ))],
+        feed.epoch(&[
+            obs("2", 400, 2),
+            obs("1", 700, 3),
+            obs("2", 650, 4),
+            obs("3", 600, 5),
+        ]),
+    ]);
+    // After 2 goes to 650 nothing is under 600: A = 0; 3 at 600 brings it back.
+    assert_eq!(
+        of_kind(out.alert_summary(), AlertKind::BackInStock),
+        vec![("back_in_stock", "A/1/3".into(), None, 600, Some(1))]
+    );
+}
+
+#[test]
+fn a_deal_needs_five_listings_and_only_its_own_message_judges_it() {
+    let deal = |pct| RuleKind::Deal { deal_pct: pct };
+    let out = run_kinds(
+        &[kind_rule(1, Some("A"), deal(20), 0)],
+        &[
+            obs("1", 1000, 1),
+            obs("2", 1000, 2),
+            obs("3", 1000, 3),
+            obs("4", 500, 4),               // four listings: not judged a deal
+            obs("5", 1000, 5),              // five now, but 4's own message was before
+            obs("4", 800, 6),               // median 1000, 800 ≤ 1000 × 0.8: a deal
+            obs("4", 790, 7),               // still a deal: no second alert
+            obs("5", 1000, 8).sold(),       // four available again; 4 stays flagged
+            obs("4", 780, 9),               // no deal (four listings): re-arms
+            obs("5", 1000, 10),             // five again
+            obs("4", 770, 11),              // a deal again
+            obs("6", 100, 12).section("B"), // another section: out of scope
+        ],
+    );
+    assert_eq!(
+        of_kind(out.alert_summary(), AlertKind::Deal),
+        vec![
+            ("deal", "A/1/4".into(), Some(1000), 800, Some(1)),
+            ("deal", "A/1/4".into(), Some(1000), 770, Some(1)),
+        ]
+    );
+}
+
+#[test]
+fn deal_uses_the_lower_median() {
+    // 200, 300, 400, 500, 600, then 240: six listings, the lower median is 300.
+    let mut messages: Vec<Obs> = (1..=5).map(|n| obs(&n.to_string(), n * 100 + 100, n)).collect();
+    messages.push(obs("6", 240, 6)); // ≤ 300 × 0.8 = 240
+    messages.push(obs("7", 250, 7)); // seven: median 300, and 250 > 240
+    let out = run_kinds(
+        &[kind_rule(1, None, RuleKind::Deal { deal_pct: 20 }, 0)],
+        &messages,
+    );
+    assert_eq!(
+        of_kind(out.alert_summary(), AlertKind::Deal),
+        vec![("deal", "A/1/6".into(), Some(300), 240, Some(1))]
+    );
+}
+
+#[test]
+fn max_price_hysteresis_and_cooldown_across_epochs_and_restarts() {
+    let kind = RuleKind::MaxPrice {
+        max_price: Cents(1000),
+        rearm_bp: 1000, // re-arms above 1100
+    };
+    let out = run_kinds(
+        &[kind_rule(1, None, kind, 0), kind_rule(2, None, kind, 50)],
+        &[
+            obs("1", 1000, 1),  // both fire
+            obs("1", 1100, 10), // inside the band: no re-arm
+            obs("1", 990, 20),  // still fired: nothing
+            obs("1", 1101, 30), // above the band: both re-arm
+            obs("1", 999, 40),  // 1 fires; 2 is cooling (1 + 50 ≥ 40): swallowed, counts as fired
+            obs("1", 998, 60),  // 2 is past its cooldown but fired: nothing
+            obs("1", 1200, 70), // both re-arm
+            obs("1", 900, 80),  // both fire (2: 80 > 1 + 50)
+        ],
+    );
+    let fired: Vec<(i64, Micros)> = out
+        .alerts()
+        .iter()
+        .filter(|a| a.kind == AlertKind::RuleMatch)
+        .map(|a| (a.rule_id.unwrap_or(0), a.observed_at))
+        .collect();
+    assert_eq!(fired, vec![(1, 1), (2, 1), (1, 40), (1, 80), (2, 80)]);
+}
+
+#[test]
+fn cooldown_is_in_event_time_and_applies_to_every_kind() {
+    let rules = [
+        kind_rule(1, None, new_low(30, None), HOUR),
+        kind_rule(2, None, RuleKind::Deal { deal_pct: 10 }, HOUR),
+    ];
+    let mut messages: Vec<Obs> = (1..=5).map(|n| obs(&n.to_string(), 1000, n)).collect();
+    messages.extend([
+        obs("1", 800, 10),            // new low, and a deal
+        obs("2", 700, 20),            // both swallowed: inside the hour
+        obs("3", 650, 10 + HOUR),     // new low swallowed (10 + 1h is inside), 3 a deal: swallowed
+        obs("4", 600, 11 + HOUR),     // new low fires; 4 becomes a deal: fires
+        obs("2", 1000, 12 + HOUR),    // 2 no longer a deal
+        obs("2", 500, 13 + 2 * HOUR), // both fire again after the hour
+    ]);
+    let out = run_kinds(&rules, &messages);
+    let fired: Vec<(&str, i64)> = out
+        .alerts()
+        .iter()
+        .filter(|a| a.rule_id.is_some())
+        .map(|a| (a.kind.as_str(), a.new_price.0))
+        .collect();
+    assert_eq!(
+        fired,
+        vec![
+            ("new_low", 800),
+            ("deal", 800),
+            ("new_low", 600),
+            ("deal", 600),
+            ("new_low", 500),
+            ("deal", 500),
+        ]
+    );
 }

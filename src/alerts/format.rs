@@ -120,6 +120,30 @@ fn format_line(
             (Some(id), None) => format!(" · rule #{id}"),
             (None, _) => " · rule".to_owned(),
         },
+        "new_low" => format!(" · {} new low", rule_name(alert.rule_id)),
+        "back_in_stock" => match max_price {
+            Some(max) => format!(" · {} back in stock ≤ {}", rule_name(alert.rule_id), money(max)),
+            None => format!(" · {} back in stock", rule_name(alert.rule_id)),
+        },
+        "deal" => {
+            // The deal score: how far below the median the price is.
+            let score = match old_price.and_then(|median| percent_change(median, new_price)) {
+                Some(change) => match change.strip_prefix('-') {
+                    Some(below) => format!(" ({below}% below)"),
+                    None => format!(" ({change}%)"),
+                },
+                None => String::new(),
+            };
+            return format!(
+                "[deal] {name} · {} deal · {}: {} {} vs section median {}{score} at {}",
+                rule_name(alert.rule_id),
+                listing(alert),
+                money(new_price),
+                printable(&alert.currency),
+                old_price.map_or_else(|| "?".to_owned(), money),
+                observed_text(&alert.observed_at),
+            );
+        }
         _ => String::new(),
     };
     let change = match old_price {
@@ -136,17 +160,27 @@ fn format_line(
         }
         None => format!("{} {}", money(new_price), printable(&alert.currency)),
     };
-    let observed_at = chrono::DateTime::parse_from_rfc3339(&alert.observed_at)
-        .map(|t| {
-            t.with_timezone(&chrono::Utc)
-                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
-        })
-        .unwrap_or_else(|_| printable(&alert.observed_at));
+    let observed_at = observed_text(&alert.observed_at);
     format!(
         "[{}] {name}{what} · {}: {change} at {observed_at}",
         printable(&alert.kind),
         listing(alert),
     )
+}
+
+/// An RFC 3339 time in UTC, or the text as it came when it is not one.
+fn observed_text(text: &str) -> String {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| {
+            t.with_timezone(&chrono::Utc)
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+        })
+        .unwrap_or_else(|_| printable(text))
+}
+
+/// `rule #7`, or `rule` when the alert names none.
+fn rule_name(rule_id: Option<i64>) -> String {
+    rule_id.map_or_else(|| "rule".to_owned(), |id| format!("rule #{id}"))
 }
 
 /// `Floor A row 3 seat 12 (stubhub)`; empty row and seat are left out.
@@ -240,6 +274,44 @@ mod tests {
             text.contains("rule #7 · GA: 250.10 → 199.00 USD (-20.4%)"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn rule_kind_lines() {
+        let text = line(
+            r#"{"alert_id":"a5","kind":"new_low","event_id":"ts","event_name":"TS","section":"GA","row":"","seat":"",
+                "source":"x","rule_id":8,"old_price":"120.00","new_price":"110.00","currency":"USD",
+                "observed_at":"2026-01-01T00:05:00Z"}"#,
+        );
+        assert_eq!(
+            text,
+            "[new_low] TS · rule #8 new low · GA (x): 120.00 → 110.00 USD (-8.3%) at 2026-01-01T00:05:00Z"
+        );
+        let text = line(
+            r#"{"alert_id":"a6","kind":"back_in_stock","event_id":"ts","section":"GA","source":"x","rule_id":9,
+                "max_price":"150.00","old_price":null,"new_price":"140.00","currency":"USD",
+                "observed_at":"2026-01-01T00:05:00Z"}"#,
+        );
+        assert_eq!(
+            text,
+            "[back_in_stock] ts · rule #9 back in stock ≤ 150.00 · GA (x): 140.00 USD at 2026-01-01T00:05:00Z"
+        );
+        let text = line(
+            r#"{"alert_id":"a7","kind":"deal","event_id":"ts","section":"GA","row":"2","seat":"5","source":"x",
+                "rule_id":10,"old_price":"200.00","new_price":"150.00","currency":"USD",
+                "observed_at":"2026-01-01T00:05:00Z"}"#,
+        );
+        assert_eq!(
+            text,
+            "[deal] ts · rule #10 deal · GA row 2 seat 5 (x): 150.00 USD vs section median 200.00 (25.0% below) at 2026-01-01T00:05:00Z"
+        );
+        // Extreme prices: a line, no panic.
+        let text = line(
+            r#"{"alert_id":"a8","kind":"deal","event_id":"ts","section":"GA","rule_id":10,
+                "old_price":"79228162514264337593543950335","new_price":"-79228162514264337593543950335",
+                "currency":"USD","observed_at":"t"}"#,
+        );
+        assert!(text.starts_with("[deal]"), "{text}");
     }
 
     #[test]

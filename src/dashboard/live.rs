@@ -131,7 +131,7 @@ pub fn message(alert: &Alert) -> String {
     serde_json::json!({
         "id": alert.alert_id,
         "kind": match alert.kind.as_str() {
-            kind @ ("listing_drop" | "event_low" | "rule_match") => kind,
+            kind @ ("listing_drop" | "event_low" | "rule_match" | "new_low" | "back_in_stock" | "deal") => kind,
             _ => "other",
         },
         "kind_label": kind_text(alert),

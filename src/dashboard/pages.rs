@@ -4,6 +4,7 @@
 //! one small script are served from `/static/`, so the Content-Security-Policy
 //! can forbid inline code.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
@@ -263,6 +264,8 @@ pub const WINDOWS: [(&str, &str); 4] = [
 pub struct EventView<'a> {
     pub event: &'a Event,
     pub prices: &'a [CurrencyLine],
+    /// Per currency, the lowest get-in price of the last 30 days.
+    pub month_lows: &'a HashMap<String, Decimal>,
     pub sections: &'a [SectionLine],
     pub listings: &'a [Listing],
     pub listings_total: i64,
@@ -306,10 +309,11 @@ pub fn event_page(viewer: &Viewer, view: &EventView<'_>) -> String {
     for line in view.prices {
         let _ = write!(
             body,
-            r#"<div class="stat"><div class="label">Get-in {}</div><div class="value">{}</div><div class="delta">{}</div><div class="label">{} of {} listings available</div></div>"#,
+            r#"<div class="stat"><div class="label">Get-in {}</div><div class="value">{}</div><div class="delta">{}</div><div class="label month-low">30-day low {}</div><div class="label">{} of {} listings available</div></div>"#,
             Esc(&line.currency),
             price_or_dash(line.get_in, &line.currency),
             change_cell(line),
+            price_or_dash(view.month_lows.get(&line.currency).copied(), &line.currency),
             line.available,
             line.listings
         );
@@ -410,16 +414,16 @@ pub fn event_page(viewer: &Viewer, view: &EventView<'_>) -> String {
     // Listings.
     let _ = write!(
         body,
-        r#"<section class="card"><h2>Listings <span class="count">{}</span></h2><table class="data"><thead><tr><th>Section</th><th>Row</th><th>Seat</th><th>Source</th><th class="num">Price</th><th>Status</th><th>Observed</th></tr></thead><tbody>"#,
+        r#"<section class="card"><h2>Listings <span class="count">{}</span></h2><table class="data"><thead><tr><th>Section</th><th>Row</th><th>Seat</th><th>Source</th><th class="num">Price</th><th class="num" title="How far below the median available price of its section (5 listings or more) a listing is">Deal score</th><th>Status</th><th>Observed</th></tr></thead><tbody>"#,
         view.listings_total
     );
     if view.listings.is_empty() {
-        body.push_str(r#"<tr><td colspan="7" class="empty">No listings.</td></tr>"#);
+        body.push_str(r#"<tr><td colspan="8" class="empty">No listings.</td></tr>"#);
     }
     for listing in view.listings {
         let _ = write!(
             body,
-            r#"<tr class="{}"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class="num price">{}</td><td>{}</td><td class="time">{}</td></tr>"#,
+            r#"<tr class="{}"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class="num price">{}</td>{}<td>{}</td><td class="time">{}</td></tr>"#,
             if listing.available { "" } else { "gone" },
             Esc(&listing.section),
             Esc(&listing.row),
@@ -430,6 +434,7 @@ pub fn event_page(viewer: &Viewer, view: &EventView<'_>) -> String {
             },
             Esc(&listing.source),
             Esc(&format::money(listing.price, &listing.currency)),
+            deal_cell(listing.deal_score),
             badge(listing.available, "available", "sold"),
             Esc(&format::when(listing.observed_at))
         );
@@ -451,6 +456,9 @@ pub fn kind_label(kind: &str) -> &'static str {
         "listing_drop" => "price drop",
         "event_low" => "new get-in low",
         "rule_match" => "rule match",
+        "new_low" => "new low",
+        "back_in_stock" => "back in stock",
+        "deal" => "deal",
         _ => "alert",
     }
 }
@@ -459,6 +467,9 @@ pub fn kind_label(kind: &str) -> &'static str {
 pub fn kind_text(alert: &Alert) -> String {
     match (alert.kind.as_str(), alert.rule_id) {
         ("rule_match", Some(rule_id)) => format!("rule #{rule_id}"),
+        (kind @ ("new_low" | "back_in_stock" | "deal"), Some(rule_id)) => {
+            format!("{} · rule #{rule_id}", kind_label(kind))
+        }
         (kind, _) => kind_label(kind).to_owned(),
     }
 }
@@ -547,8 +558,21 @@ pub struct RuleForm {
     pub event: String,
     pub section: String,
     pub currency: String,
+    pub kind: String,
     pub max_price: String,
+    pub rearm_pct: String,
+    pub window_days: String,
+    pub deal_pct: String,
+    pub cooldown: String,
 }
+
+/// The kinds a rule form offers, with what each does for people.
+const KIND_CHOICES: [(&str, &str); 4] = [
+    ("max_price", "Price at or below max price"),
+    ("new_low", "New low in a window of days"),
+    ("back_in_stock", "Back in stock"),
+    ("deal", "A deal: % below its section's median"),
+];
 
 pub fn rules_page(
     viewer: &Viewer,
@@ -558,7 +582,7 @@ pub fn rules_page(
     notice: Option<&str>,
 ) -> String {
     let mut body = String::new();
-    body.push_str(r#"<div class="head"><h1>Alert rules</h1></div><p class="meta">A rule fires when the lowest available price in its scope (an event, or one of its sections) drops to or below its max price. The running job picks up changes within seconds.</p>"#);
+    body.push_str(r#"<div class="head"><h1>Alert rules</h1></div><p class="meta">A rule watches a scope (an event, or one of its sections, in one currency). <b>Max price</b> fires when the scope's lowest available price drops to or below the max price (with a re-arm %, only after it rose that far above it again); <b>new low</b> when it drops below every price of the last N days; <b>back in stock</b> when listings become available again (under the max price, if given); <b>deal</b> when a listing is at least the deal % below its section's median (5 listings or more). A cooldown keeps a rule quiet for that long after each alert. Times are the event's observation times. The running job picks up changes within seconds.</p>"#);
     if let Some(notice) = notice {
         let _ = write!(body, r#"<p class="notice" role="status">{}</p>"#, Esc(notice));
     }
@@ -574,7 +598,12 @@ pub fn rules_page(
 <label>Event id<input name="event" required maxlength="128" value="{}" placeholder="e.g. taylor-2026-05-01"></label>
 <label>Section<input name="section" maxlength="64" value="{}" placeholder="optional: whole event"></label>
 <label>Currency<input name="currency" required pattern="[A-Z]{{3}}" maxlength="3" value="{}"></label>
-<label>Max price<input name="max_price" required inputmode="decimal" pattern="[0-9]+(\.[0-9]{{1,2}})?" value="{}" placeholder="199.99"></label>
+<label>Kind<select name="kind">{}</select></label>
+<label>Max price<input name="max_price" inputmode="decimal" pattern="[0-9]+(\.[0-9]{{1,2}})?" value="{}" placeholder="max price, new low, back in stock"></label>
+<label>Re-arm %<input name="rearm_pct" inputmode="decimal" value="{}" placeholder="max price: optional"></label>
+<label>Window (days)<input name="window_days" inputmode="numeric" value="{}" placeholder="new low: 30"></label>
+<label>Deal %<input name="deal_pct" inputmode="numeric" value="{}" placeholder="deal: 1-90"></label>
+<label>Cooldown<input name="cooldown" value="{}" placeholder="e.g. 90s, 10m, 2h, 1d"></label>
 <button type="submit">Create rule</button></form></section>"#,
                 Esc(csrf),
                 Esc(&form.event),
@@ -584,7 +613,12 @@ pub fn rules_page(
                 } else {
                     &form.currency
                 }),
-                Esc(&form.max_price)
+                kind_options(&form.kind),
+                Esc(&form.max_price),
+                Esc(&form.rearm_pct),
+                Esc(&form.window_days),
+                Esc(&form.deal_pct),
+                Esc(&form.cooldown)
             );
         }
         None if viewer.writable => {
@@ -596,9 +630,9 @@ pub fn rules_page(
             );
         }
     }
-    body.push_str(r#"<div class="card"><table class="data rules"><thead><tr><th class="num">#</th><th>Event</th><th>Section</th><th class="num">Max price</th><th>Status</th><th>Created</th><th></th></tr></thead><tbody id="rules-body">"#);
+    body.push_str(r#"<div class="card"><table class="data rules"><thead><tr><th class="num">#</th><th>Event</th><th>Section</th><th class="num">Max price</th><th>Kind</th><th>Fires on</th><th>Status</th><th>Created</th><th></th></tr></thead><tbody id="rules-body">"#);
     if rules.is_empty() {
-        body.push_str(r#"<tr><td colspan="7" class="empty">No rules yet.</td></tr>"#);
+        body.push_str(r#"<tr><td colspan="9" class="empty">No rules yet.</td></tr>"#);
     }
     for rule in rules {
         let action = match &viewer.csrf {
@@ -618,7 +652,7 @@ pub fn rules_page(
         };
         let _ = write!(
             body,
-            r#"<tr class="{}" data-rule="{}"><td class="num">{}</td><td><a href="{}">{}</a></td><td>{}</td><td class="num price">{}</td><td>{}</td><td class="time">{}</td><td class="actions">{action}</td></tr>"#,
+            r#"<tr class="{}" data-rule="{}"><td class="num">{}</td><td><a href="{}">{}</a></td><td>{}</td><td class="num price">{}</td><td class="kind">{}</td><td>{}</td><td>{}</td><td class="time">{}</td><td class="actions">{action}</td></tr>"#,
             if rule.active { "" } else { "gone" },
             rule.rule_id,
             rule.rule_id,
@@ -628,13 +662,47 @@ pub fn rules_page(
                 || r#"<span class="muted">all sections</span>"#.to_owned(),
                 |s| Esc(s).to_string()
             ),
-            Esc(&format::money(rule.max_price, &rule.currency)),
+            rule.spec.max_price.map_or_else(
+                || r#"<span class="muted">—</span>"#.to_owned(),
+                |price| Esc(&format::money(price, &rule.currency)).to_string()
+            ),
+            Esc(&rule.spec.kind),
+            Esc(&rule.spec.describe(&rule.currency)),
             badge(rule.active, "active", "disabled"),
             Esc(&format::when(rule.created_at))
         );
     }
     body.push_str("</tbody></table></div>");
     layout("Rules", Nav::Rules, viewer, &body)
+}
+
+/// A listing's deal score: `25.0% below` the median of its section, or
+/// `4.0% above`; a dash where none can be judged.
+fn deal_cell(score: Option<Decimal>) -> String {
+    match score {
+        None => r#"<td class="num deal-score muted">—</td>"#.to_owned(),
+        Some(score) if score > Decimal::ZERO => {
+            format!(r#"<td class="num deal-score good">{score}% below</td>"#)
+        }
+        Some(score) if score < Decimal::ZERO => {
+            format!(r#"<td class="num deal-score">{}% above</td>"#, -score)
+        }
+        Some(_) => r#"<td class="num deal-score">at median</td>"#.to_owned(),
+    }
+}
+
+/// The `<option>`s of the kind select, `chosen` selected (the first when none).
+fn kind_options(chosen: &str) -> String {
+    let mut options = String::new();
+    for (kind, label) in KIND_CHOICES {
+        let selected = if kind == chosen { " selected" } else { "" };
+        let _ = write!(
+            options,
+            r#"<option value="{kind}"{selected}>{}</option>"#,
+            Esc(label)
+        );
+    }
+    options
 }
 
 pub fn login_page(viewer: &Viewer, error: Option<&str>) -> String {

@@ -65,6 +65,11 @@ pub struct Listing {
     pub currency: String,
     pub available: bool,
     pub observed_at: DateTime<Utc>,
+    /// `(median − price) / median` in percent, against the lower median of
+    /// the available prices of its section (and currency): the deal score of
+    /// SPEC §2b. `None` when it is not available or its section has fewer than
+    /// 5 available listings (no deal can be judged there).
+    pub deal_score: Option<Decimal>,
 }
 
 #[derive(Debug, Clone)]
@@ -283,13 +288,26 @@ pub async fn sections(client: &Client, event_id: &str) -> Result<Vec<SectionLine
         .collect()
 }
 
-/// The event's current listings, available and cheapest first, at most `limit`.
+/// The event's current listings, available and cheapest first, at most
+/// `limit`, each with its deal score. `percentile_disc(0.5)` is the lower
+/// median: the ⌈n/2⌉-th price, as the job judges deals.
 pub async fn listings(client: &Client, event_id: &str, limit: i64) -> Result<Vec<Listing>, Error> {
     let rows = client
         .query(
-            "SELECT section, \"row\", seat, source, price, currency::text AS currency, available, observed_at
-             FROM listings WHERE event_id = $1
-             ORDER BY available DESC, currency, price, section, \"row\", seat, source
+            "WITH medians AS (
+                 SELECT section, currency, count(*) AS n,
+                        percentile_disc(0.5) WITHIN GROUP (ORDER BY price) AS median
+                 FROM listings WHERE event_id = $1 AND available
+                 GROUP BY section, currency
+             )
+             SELECT l.section, l.\"row\", l.seat, l.source, l.price, l.currency::text AS currency,
+                    l.available, l.observed_at,
+                    CASE WHEN l.available AND m.n >= 5
+                         THEN round((m.median - l.price) * 100 / m.median, 1) END AS deal_score
+             FROM listings l
+             LEFT JOIN medians m ON m.section = l.section AND m.currency = l.currency
+             WHERE l.event_id = $1
+             ORDER BY l.available DESC, l.currency, l.price, l.section, l.\"row\", l.seat, l.source
              LIMIT $2",
             &[&event_id, &limit],
         )
@@ -305,8 +323,37 @@ pub async fn listings(client: &Client, event_id: &str, limit: i64) -> Result<Vec
                 currency: row.try_get("currency")?,
                 available: row.try_get("available")?,
                 observed_at: row.try_get("observed_at")?,
+                deal_score: row.try_get("deal_score")?,
             })
         })
+        .collect()
+}
+
+/// The lowest get-in price of `event` per currency while its clock (its
+/// latest observation) was within the last 30 days: the lowest available
+/// price each listing held in that time, its state 30 days ago included.
+/// What a 30-day `new_low` rule on the whole event compares with.
+pub async fn month_lows(client: &Client, event: &Event) -> Result<HashMap<String, Decimal>, Error> {
+    let start = event.last_seen - Duration::days(30);
+    let rows = client
+        .query(
+            &format!(
+                "SELECT h.currency, min(h.price) AS low
+                 FROM listings l CROSS JOIN LATERAL (
+                     ({LAST_AT_OR_BEFORE})
+                     UNION ALL
+                     SELECT h.price, h.currency::text AS currency, h.available, h.observed_at
+                     FROM price_history h WHERE {SAME_LISTING} AND h.observed_at > $2
+                 ) h
+                 WHERE l.event_id = $1 AND h.available
+                 GROUP BY h.currency",
+                LAST_AT_OR_BEFORE = last_at_or_before("$2")
+            ),
+            &[&event.event_id, &start],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get("currency")?, row.try_get("low")?)))
         .collect()
 }
 

@@ -171,6 +171,7 @@ pub async fn event(
             .await?
             .remove(&event.event_id)
             .unwrap_or_default();
+        let month_lows = queries::month_lows(&client, &event).await?;
         let sections = queries::sections(&client, &event.event_id).await?;
         let listings = queries::listings(&client, &event.event_id, LISTINGS_SHOWN).await?;
         let alerts = queries::alerts(&client, Some(&event.event_id), 15).await?;
@@ -194,9 +195,9 @@ pub async fn event(
             &mut history,
         )
         .await?;
-        Ok::<_, tokio_postgres::Error>((prices, sections, listings, alerts, history))
+        Ok::<_, tokio_postgres::Error>((prices, month_lows, sections, listings, alerts, history))
     };
-    let (prices, sections, listings, alerts, history) = match loaded.await {
+    let (prices, month_lows, sections, listings, alerts, history) = match loaded.await {
         Ok(loaded) => loaded,
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) => {
             tracing::warn!(
@@ -222,6 +223,7 @@ pub async fn event(
     let view = EventView {
         event: &event,
         prices: &prices,
+        month_lows: &month_lows,
         sections: &sections,
         listings: &listings,
         listings_total,
@@ -371,7 +373,12 @@ pub struct RuleFields {
     event: Option<String>,
     section: Option<String>,
     currency: Option<String>,
+    kind: Option<String>,
     max_price: Option<String>,
+    rearm_pct: Option<String>,
+    window_days: Option<String>,
+    deal_pct: Option<String>,
+    cooldown: Option<String>,
 }
 
 pub async fn create_rule(
@@ -381,14 +388,33 @@ pub async fn create_rule(
 ) -> Response {
     or_respond!(authorize(&state.auth, &headers, &fields.csrf));
     let viewer = viewer(&state.auth, &headers);
+    let text = |field: Option<String>| field.unwrap_or_default().trim().to_owned();
     let form = RuleForm {
-        event: fields.event.unwrap_or_default().trim().to_owned(),
-        section: fields.section.unwrap_or_default().trim().to_owned(),
-        currency: fields.currency.unwrap_or_default().trim().to_owned(),
-        max_price: fields.max_price.unwrap_or_default().trim().to_owned(),
+        event: text(fields.event),
+        section: text(fields.section),
+        currency: text(fields.currency),
+        kind: text(fields.kind),
+        max_price: text(fields.max_price),
+        rearm_pct: text(fields.rearm_pct),
+        window_days: text(fields.window_days),
+        deal_pct: text(fields.deal_pct),
+        cooldown: text(fields.cooldown),
     };
     let section = Some(form.section.as_str()).filter(|s| !s.is_empty());
-    let rule = match rules::validate(&form.event, section, &form.currency, &form.max_price) {
+    let input = rules::KindInput {
+        // A form without the field (older pages, scripts) means today's rule.
+        kind: if form.kind.is_empty() {
+            "max_price"
+        } else {
+            &form.kind
+        },
+        max_price: Some(&form.max_price),
+        rearm_pct: Some(&form.rearm_pct),
+        window_days: Some(&form.window_days),
+        deal_pct: Some(&form.deal_pct),
+        cooldown: Some(&form.cooldown),
+    };
+    let rule = match rules::validate_kind(&form.event, section, &form.currency, &input) {
         Ok(rule) => rule,
         Err(invalid) => {
             let problem = format!("{} {}", invalid.field.label(), invalid.problem);

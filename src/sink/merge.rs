@@ -10,7 +10,7 @@ use std::hash::Hash;
 
 use conscope_dataflows::model::{
     Alert, Carried, Change, Counters, EventCurrency, EventFields, EventRow, EventSummary, ListingKey,
-    ListingRow, Position, Rejected, SectionCurrency, SectionSummary, SinkRecord,
+    ListingRow, Position, Rejected, RuleMemory, SectionCurrency, SectionSummary, SinkRecord,
 };
 
 /// The records of one epoch, ready to commit.
@@ -32,6 +32,9 @@ pub(super) struct Merged {
     pub(super) events: HashMap<String, EventRow>,
     pub(super) alerts: Vec<Alert>,
     pub(super) rule_states: BTreeMap<i64, bool>,
+    /// The rest of each rule's state (rules of SPEC §2b beyond a plain
+    /// `max_price`), for `rule_state.memory`.
+    pub(super) rule_memories: BTreeMap<i64, Box<RuleMemory>>,
     pub(super) rejected: Vec<Rejected>,
     pub(super) offsets: BTreeMap<i32, i64>,
     pub(super) counters: Counters,
@@ -128,6 +131,9 @@ impl Merged {
                 SinkRecord::Alert(alert) => self.alerts.push(alert),
                 SinkRecord::RuleState { rule_id, below } => {
                     self.rule_states.insert(rule_id, below);
+                }
+                SinkRecord::RuleMemory { rule_id, memory } => {
+                    self.rule_memories.insert(rule_id, memory);
                 }
                 SinkRecord::Rejected(record) => rejected.push(record),
                 SinkRecord::Offset(position) => {

@@ -1,6 +1,7 @@
 //! Alert rules as the job sees them: the active rules at start, each with its
-//! persisted arming state (`rule_state`, kept only for the rule's current
-//! definition and generation), and in a live job a poller that watches
+//! persisted state (`rule_state`: the arming flag and the rest of the rule's
+//! memory, kept only for the rule's current definition and generation), and
+//! in a live job a poller that watches
 //! `alert_rules` and reports changes within `--rules-poll-ms`. The restore
 //! source (`restore.rs`) feeds both into the dataflow on worker 0. A bounded
 //! replay (`--exit-at-end`) uses the rules present at start only.
@@ -11,9 +12,11 @@ use std::collections::HashMap;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use anyhow::Context;
-use conscope_dataflows::model::{Rule, RuleChange};
-use tokio_postgres::Client;
+use anyhow::{bail, Context};
+use conscope_dataflows::model::{Rule, RuleChange, RuleKind, RuleMemory};
+use rust_decimal::prelude::ToPrimitive;
+use rust_decimal::Decimal;
+use tokio_postgres::{Client, Row};
 
 use crate::db::{cents, currency};
 
@@ -22,11 +25,17 @@ use crate::db::{cents, currency};
 /// saw it disabled).
 pub type KnownRule = (Rule, i64);
 
-/// The active rules, by id, with their generation and persisted arming state.
-async fn active_rules(client: &Client) -> anyhow::Result<HashMap<i64, (KnownRule, Option<bool>)>> {
+/// `new_low`'s window when `window_days` is NULL (SPEC §2b).
+const DEFAULT_WINDOW_DAYS: u32 = 30;
+
+/// The active rules, by id, with their generation and persisted state.
+async fn active_rules(client: &Client) -> anyhow::Result<HashMap<i64, (KnownRule, Option<RuleMemory>)>> {
     let rows = client
         .query(
-            "SELECT r.rule_id, r.event_id, r.section, r.currency, r.max_price, r.generation, s.below
+            "SELECT r.rule_id, r.event_id, r.section, r.currency, r.kind, r.max_price, r.rearm_pct,
+                    r.window_days, r.deal_pct,
+                    (extract(epoch FROM r.cooldown) * 1000000)::bigint AS cooldown_us,
+                    r.generation, s.below, s.memory::text AS memory
              FROM alert_rules r
              LEFT JOIN rule_state s ON s.rule_id = r.rule_id AND s.definition = rule_definition(r)
              WHERE r.active",
@@ -36,21 +45,82 @@ async fn active_rules(client: &Client) -> anyhow::Result<HashMap<i64, (KnownRule
         .context("cannot read alert_rules")?;
     let mut rules = HashMap::new();
     for row in rows {
-        let currency_text: String = row.get("currency");
-        let rule = Rule {
-            rule_id: row.get("rule_id"),
-            event_id: row.get("event_id"),
-            section: row.get("section"),
-            currency: currency(&currency_text)?,
-            max_price: cents(row.get("max_price"))?,
+        let rule_id: i64 = row.get("rule_id");
+        let rule = rule_of(&row).with_context(|| format!("rule #{rule_id} in alert_rules"))?;
+        let below: Option<bool> = row.get("below");
+        let memory: Option<String> = row.get("memory");
+        let state = match (below, memory) {
+            (None, _) => None,
+            (Some(below), None) => Some(RuleMemory {
+                below,
+                ..RuleMemory::default()
+            }),
+            (Some(below), Some(text)) => {
+                let memory: RuleMemory = serde_json::from_str(&text)
+                    .with_context(|| format!("rule #{rule_id}: unreadable rule_state.memory"))?;
+                Some(RuleMemory { below, ..memory })
+            }
         };
-        rules.insert(rule.rule_id, ((rule, row.get("generation")), row.get("below")));
+        rules.insert(rule.rule_id, ((rule, row.get("generation")), state));
     }
     Ok(rules)
 }
 
-/// The rules at start, each with its persisted arming state (`None`: never
-/// evaluated, fires at once if its scope is already low enough).
+/// A rule as the dataflow knows it, from a row of `alert_rules` (the
+/// migrations' CHECKs guarantee each kind its columns; this still refuses a
+/// row that breaks them rather than guessing).
+fn rule_of(row: &Row) -> anyhow::Result<Rule> {
+    let currency_text: String = row.get("currency");
+    let max_price: Option<Decimal> = row.get("max_price");
+    let max_price = max_price.map(cents).transpose()?;
+    let kind_text: String = row.get("kind");
+    let kind = match kind_text.as_str() {
+        "max_price" => {
+            let Some(max_price) = max_price else {
+                bail!("a max_price rule without max_price");
+            };
+            let rearm: Decimal = row.get("rearm_pct");
+            let rearm_bp = (rearm * Decimal::from(100))
+                .trunc()
+                .to_u32()
+                .with_context(|| format!("rearm_pct {rearm} out of range"))?;
+            RuleKind::MaxPrice { max_price, rearm_bp }
+        }
+        "new_low" => {
+            let days: Option<i32> = row.get("window_days");
+            let window_days = match days {
+                None => DEFAULT_WINDOW_DAYS,
+                Some(days) => u32::try_from(days).with_context(|| format!("window_days {days}"))?,
+            };
+            RuleKind::NewLow {
+                window_days,
+                max_price,
+            }
+        }
+        "back_in_stock" => RuleKind::BackInStock { max_price },
+        "deal" => {
+            let pct: Option<i32> = row.get("deal_pct");
+            let Some(deal_pct) = pct.and_then(|pct| u32::try_from(pct).ok()) else {
+                bail!("a deal rule without a valid deal_pct");
+            };
+            RuleKind::Deal { deal_pct }
+        }
+        other => bail!("unknown rule kind {other:?}"),
+    };
+    let cooldown: i64 = row.get("cooldown_us");
+    Ok(Rule {
+        rule_id: row.get("rule_id"),
+        event_id: row.get("event_id"),
+        section: row.get("section"),
+        currency: currency(&currency_text)?,
+        kind,
+        cooldown: cooldown.max(0),
+    })
+}
+
+/// The rules at start, each with its persisted state (`None`: never
+/// evaluated, starts from its scope's state; a `max_price` rule fires at once
+/// if its scope is already low enough).
 pub async fn initial_rules(client: &Client) -> anyhow::Result<(Vec<RuleChange>, HashMap<i64, KnownRule>)> {
     let rules = active_rules(client).await?;
     let mut ordered: Vec<_> = rules.into_values().collect();
@@ -61,7 +131,7 @@ pub async fn initial_rules(client: &Client) -> anyhow::Result<(Vec<RuleChange>, 
         .collect();
     let changes = ordered
         .into_iter()
-        .map(|((rule, _), below)| RuleChange::Activate { rule, below })
+        .map(|((rule, _), state)| RuleChange::Activate { rule, state })
         .collect();
     Ok((changes, known))
 }
@@ -123,7 +193,7 @@ pub fn spawn_rule_poller(
                         if known.get(rule_id) != Some(now) {
                             batch.push(RuleChange::Activate {
                                 rule: now.0.clone(),
-                                below: None,
+                                state: None,
                             });
                         }
                     }

@@ -13,6 +13,7 @@
 //! - `compare`: a run's outputs against an uninterrupted run's: what is missing, what is doubled.
 //! - `kafka`: topics, producing, reading back, watermarks, alert ids.
 //! - `pg`: databases, queries, a transaction held open, the dump of the output tables, table checks.
+//! - `rules`: the first events of a topic, and alert rules of every kind over them.
 //! - `run`: the `conscope` binary, a job's command line, child processes, cluster ports.
 //! - `summary`: the metrics lines and the exit summary, parsed into fields.
 //! - `dashboard`: a database seeded for the dashboard, a running dashboard, HTTP
@@ -22,6 +23,7 @@ pub mod compare;
 pub mod dashboard;
 pub mod kafka;
 pub mod pg;
+pub mod rules;
 pub mod run;
 pub mod summary;
 
@@ -29,6 +31,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use kafka::*;
 pub use pg::*;
+pub use rules::*;
 pub use run::*;
 pub use summary::*;
 
