@@ -39,6 +39,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0008_recent_alerts",
         include_str!("../migrations/0008_recent_alerts.sql"),
     ),
+    ("0012_notify", include_str!("../migrations/0012_notify.sql")),
 ];
 
 /// Connects once; the connection task runs on the current tokio runtime.

@@ -1,6 +1,7 @@
 //! `conscope run --metrics-addr HOST:PORT`: serves the job's metrics in
 //! Prometheus text format at `/metrics`, and `/healthz` (200 while the process
-//! runs). Reads [`Metrics`] only; touches nothing else.
+//! runs). Reads [`Metrics`] only; touches nothing else. `conscope notify`
+//! serves its own figures the same way (anything that is [`Exposition`]).
 //!
 //! A plain HTTP/1.1 server on its own threads, one short-lived thread per
 //! connection (a scrape every few seconds needs no more). Requests are hostile:
@@ -28,9 +29,20 @@ pub enum ServeError {
     Thread(std::io::Error),
 }
 
+/// Figures that print themselves in Prometheus text format.
+pub trait Exposition: Send + Sync + 'static {
+    fn prometheus(&self) -> String;
+}
+
+impl Exposition for Metrics {
+    fn prometheus(&self) -> String {
+        Metrics::prometheus(self)
+    }
+}
+
 /// Binds `addr` now (so a bad address stops the job at start) and serves on a
 /// thread of its own. Returns the bound address (port 0 picks a free one).
-pub fn spawn(addr: &str, metrics: Arc<Metrics>) -> Result<SocketAddr, ServeError> {
+pub fn spawn<M: Exposition>(addr: &str, metrics: Arc<M>) -> Result<SocketAddr, ServeError> {
     let bind = |source| ServeError::Bind {
         addr: addr.to_owned(),
         source,
@@ -53,7 +65,7 @@ pub fn spawn(addr: &str, metrics: Arc<Metrics>) -> Result<SocketAddr, ServeError
                 let spawned = std::thread::Builder::new()
                     .name("metrics-conn".into())
                     .spawn(move || {
-                        serve(stream, &metrics);
+                        serve(stream, metrics.as_ref());
                         done.fetch_sub(1, Ordering::SeqCst);
                     });
                 if spawned.is_err() {
@@ -85,7 +97,7 @@ fn route(request_line: &str) -> (&'static str, &'static str) {
     }
 }
 
-fn serve(stream: TcpStream, metrics: &Metrics) {
+fn serve<M: Exposition>(stream: TcpStream, metrics: &M) {
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
     let Ok(reader) = stream.try_clone() else { return };

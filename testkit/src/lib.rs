@@ -14,12 +14,15 @@
 //! - `pg`: databases, queries, the dump of the output tables, table checks.
 //! - `run`: the `conscope` binary, a job's command line, child processes, cluster ports.
 //! - `summary`: the metrics lines and the exit summary, parsed into fields.
+//! - `notify`: an HTTP receiver and an SMTP server (STARTTLS) for the notifier
+//!   (not glob-exported: `use conscope_testkit::notify::*`).
 //! - `dashboard`: a database seeded for the dashboard, a running dashboard, HTTP
 //!   requests (not glob-exported: `use conscope_testkit::dashboard::*`).
 
 pub mod compare;
 pub mod dashboard;
 pub mod kafka;
+pub mod notify;
 pub mod pg;
 pub mod run;
 pub mod summary;
