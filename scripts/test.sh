@@ -4,7 +4,7 @@
 #
 #   scripts/test.sh [extra nextest / cargo test filter args...]
 #
-# Phases, each timed: stack-up, old-test-databases, chromium, fmt, clippy,
+# Phases, each timed: stack-up, old-test-databases, chromium, aiosmtpd, fmt, clippy,
 # build, tests. A
 # failing phase does not hide the others: every phase runs, except the tests
 # when the stack or the build failed. Exits non-zero when any phase failed.
@@ -72,6 +72,19 @@ install_chromium() {
             chromium chromium-driver
 }
 
+# tests/notify.rs runs a real SMTP server with STARTTLS: Python's aiosmtpd
+# (testkit/smtp_server.py), with a certificate made by openssl. One small pure
+# Python package; pip only when it is missing.
+install_aiosmtpd() {
+    if python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
+        log "aiosmtpd: installed"
+        return
+    fi
+    command -v openssl >/dev/null 2>&1 ||
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl; }
+    python3 -m pip install -q aiosmtpd
+}
+
 test_log="$(mktemp)"
 trap 'rm -f "$test_log"' EXIT
 run_tests() {
@@ -116,6 +129,7 @@ build_ok=true
 run_phase stack-up bash scripts/stack-up.sh || stack_ok=false
 [[ $stack_ok == true ]] && { run_phase old-test-databases drop_old_test_databases || true; }
 run_phase chromium install_chromium || true
+run_phase aiosmtpd install_aiosmtpd || true
 # tests/progress.rs draws its bars in a pseudo-terminal made by util-linux's
 # script(1), from Debian's bsdutils (essential, so normally there).
 if ! command -v script >/dev/null 2>&1; then

@@ -66,6 +66,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0014_commit_writer",
         include_str!("../migrations/0014_commit_writer.sql"),
     ),
+    ("0012_notify", include_str!("../migrations/0012_notify.sql")),
 ];
 
 /// Connects once; the connection task runs on the current tokio runtime.

@@ -32,6 +32,8 @@
 //!   library target's `conscope::text` (with the alert decoder, see `lib.rs`).
 //! - `produce`, `alerts`, `rules`, `quarantine`, `history`, `dashboard/`: the other
 //!   subcommands.
+//! - `notify/`: `conscope notify` (channels, routes, exactly-once delivery) and
+//!   the `channels` and `routes` commands.
 //! - `metrics`, `metrics_server`, `lag`: the job's figures, `/metrics`, and the
 //!   consumer lag of each process's partitions.
 //! - `progress`: progress bars on a terminal, and the log writer around them.
@@ -48,6 +50,7 @@ mod lag;
 mod lease;
 mod metrics;
 mod metrics_server;
+mod notify;
 mod produce;
 mod progress;
 mod quarantine;
@@ -86,6 +89,12 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Downstream alert consumer: prints notifications, optionally posts to a webhook.
     Alerts(alerts::AlertsArgs),
+    /// Notifier: delivers alerts to the channels their routes name, exactly once.
+    Notify(notify::NotifyArgs),
+    /// Manage notification channels.
+    Channels(notify::cli::ChannelsArgs),
+    /// Manage notification routes (which alerts go to which channel).
+    Routes(notify::cli::RoutesArgs),
     /// Manage alert rules.
     Rules(rules::RulesArgs),
     /// List the input messages quarantined because PostgreSQL refused their
@@ -122,6 +131,9 @@ fn main() -> std::process::ExitCode {
         .and_then(|shutdown| job::run(args, shutdown)),
         Command::Produce(args) => produce::run(args),
         Command::Alerts(args) => alerts::run(args),
+        Command::Notify(args) => notify::main(args),
+        Command::Channels(args) => notify::cli::channels(args),
+        Command::Routes(args) => notify::cli::routes(args),
         Command::Rules(args) => rules::run(args),
         Command::Quarantine(args) => quarantine::run(args),
         Command::Dashboard(args) => dashboard::run(args),

@@ -2,6 +2,8 @@
 //! Prometheus text format at `/metrics`, and `/healthz` (200 while the process
 //! runs and its writer, if it has one, can write; 503 naming the refusal while
 //! PostgreSQL blocks the writes). Reads [`Metrics`] only; touches nothing else.
+//! `conscope notify` serves its own figures the same way (anything that is
+//! [`Exposition`]).
 //!
 //! A plain HTTP/1.1 server on its own threads, one short-lived thread per
 //! connection (a scrape every few seconds needs no more). Never blocks a worker.
@@ -39,9 +41,37 @@ pub enum ServeError {
     Thread(std::io::Error),
 }
 
+/// Figures that print themselves in Prometheus text format, and say whether
+/// the process is healthy.
+pub trait Exposition: Send + Sync + 'static {
+    fn prometheus(&self) -> String;
+    /// Why `/healthz` answers 503, if it does.
+    fn unhealthy(&self) -> Option<String> {
+        None
+    }
+}
+
+impl Exposition for Metrics {
+    fn prometheus(&self) -> String {
+        Metrics::prometheus(self)
+    }
+
+    /// While PostgreSQL refuses the job's writes.
+    fn unhealthy(&self) -> Option<String> {
+        self.blocked().map(|blocked| {
+            format!(
+                "writes blocked for {}s: PostgreSQL refuses them ({}), the job waits and retries: {}\n",
+                blocked.since.elapsed().as_secs(),
+                blocked.sqlstate,
+                conscope::text::printable(&blocked.reason)
+            )
+        })
+    }
+}
+
 /// Binds `addr` now (so a bad address stops the job at start) and serves on a
 /// thread of its own. Returns the bound address (port 0 picks a free one).
-pub fn spawn(addr: &str, metrics: Arc<Metrics>) -> Result<SocketAddr, ServeError> {
+pub fn spawn<M: Exposition>(addr: &str, metrics: Arc<M>) -> Result<SocketAddr, ServeError> {
     let bind = |source| ServeError::Bind {
         addr: addr.to_owned(),
         source,
@@ -61,7 +91,7 @@ pub fn spawn(addr: &str, metrics: Arc<Metrics>) -> Result<SocketAddr, ServeError
                 let spawned = std::thread::Builder::new()
                     .name("metrics-conn".into())
                     .spawn(move || {
-                        serve(&stream, &metrics, deadline);
+                        serve(&stream, metrics.as_ref(), deadline);
                         done.leave(id);
                     });
                 if spawned.is_err() {
@@ -168,7 +198,7 @@ fn route(request_line: &str) -> (&'static str, &'static str) {
     }
 }
 
-fn serve(stream: &TcpStream, metrics: &Metrics, deadline: Instant) {
+fn serve<M: Exposition>(stream: &TcpStream, metrics: &M, deadline: Instant) {
     let mut timed = Timed { stream, deadline };
     let mut head = BufReader::new(Read::by_ref(&mut timed).take(MAX_HEAD_BYTES));
     // Bytes, not `read_line`: a request that is not UTF-8 still gets an answer.
@@ -196,19 +226,9 @@ fn serve(stream: &TcpStream, metrics: &Metrics, deadline: Instant) {
             "text/plain; version=0.0.4; charset=utf-8",
             &metrics.prometheus(),
         ),
-        (status, "healthz") => match metrics.blocked() {
+        (status, "healthz") => match metrics.unhealthy() {
             None => respond(out, status, "text/plain", "ok\n"),
-            Some(blocked) => respond(
-                out,
-                "503 Service Unavailable",
-                "text/plain",
-                &format!(
-                    "writes blocked for {}s: PostgreSQL refuses them ({}), the job waits and retries: {}\n",
-                    blocked.since.elapsed().as_secs(),
-                    blocked.sqlstate,
-                    conscope::text::printable(&blocked.reason)
-                ),
-            ),
+            Some(why) => respond(out, "503 Service Unavailable", "text/plain", &why),
         },
         (status, "method") => respond(out, status, "text/plain", "only GET\n"),
         (status, "bad") => respond(out, status, "text/plain", "bad request\n"),

@@ -76,8 +76,9 @@ pub fn parse_alert(payload: &[u8]) -> Result<Notice, String> {
 }
 
 /// A price from its exact JSON text: a decimal string (`"199.00"`, the contract)
-/// or a bare number (`199.00`, tolerated). Never through `f64`.
-fn price(raw: &RawValue) -> Result<Decimal, String> {
+/// or a bare number (`199.00`, tolerated). Never through `f64`. Shared with
+/// `conscope notify`.
+pub fn price(raw: &RawValue) -> Result<Decimal, String> {
     let text = raw.get();
     let digits = if text.starts_with('"') {
         serde_json::from_str::<String>(text).map_err(|e| e.to_string())?
@@ -204,8 +205,9 @@ fn listing(alert: &Alert) -> String {
 
 /// `(new - old) / old` in percent, exact then rounded to one decimal, signed:
 /// `-20.4`, `+3.0`, `0.0`. `None` when `old` is zero or the arithmetic overflows
-/// (a hostile alert can carry any decimal: checked operations only).
-fn percent_change(old: Decimal, new: Decimal) -> Option<String> {
+/// (a hostile alert can carry any decimal: checked operations only). Shared
+/// with `conscope notify`.
+pub fn percent_change(old: Decimal, new: Decimal) -> Option<String> {
     if old.is_zero() {
         return None;
     }

@@ -39,7 +39,8 @@
 //!   `conscope::alerts::format`, so that `fuzz/` reaches it).
 //! - `webhook`: the POST with retries, backoff and URL redaction. Touches the webhook.
 
-mod webhook;
+// Its retry policy (backoff, statuses, redaction) is shared with `notify`.
+pub(crate) mod webhook;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;

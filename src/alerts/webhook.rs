@@ -13,7 +13,9 @@
 //! scheme, host and port are ever logged; redirect targets and transport errors
 //! are logged without path, query or credentials.
 //!
-//! Touches: the network (the webhook URL only) and the log.
+//! Touches: the network (the webhook URL only) and the log. Its retry policy
+//! ([`backoff`], [`retryable_status`], [`transport_reason`], [`sleep_unless`])
+//! is shared with `conscope notify`.
 
 use std::time::{Duration, Instant};
 
@@ -29,7 +31,7 @@ const BACKOFF_CAP: Duration = Duration::from_secs(10);
 const RETRY_AFTER_CAP: Duration = Duration::from_secs(60);
 
 /// Exponential backoff: 100 ms, 200 ms, … capped at 10 s.
-fn backoff(retry: u32) -> Duration {
+pub(crate) fn backoff(retry: u32) -> Duration {
     BACKOFF_START
         .checked_mul(1u32.checked_shl(retry.min(31)).unwrap_or(u32::MAX))
         .unwrap_or(BACKOFF_CAP)
@@ -159,12 +161,12 @@ impl Webhook {
 }
 
 /// Statuses worth retrying: the receiver is overloaded or briefly broken.
-fn retryable_status(status: u16) -> bool {
+pub(crate) fn retryable_status(status: u16) -> bool {
     status >= 500 || status == 429 || status == 408
 }
 
 /// A transport error without its URL (which may hold a secret).
-fn transport_reason(transport: &ureq::Transport) -> String {
+pub(crate) fn transport_reason(transport: &ureq::Transport) -> String {
     let mut text = transport.kind().to_string();
     if let Some(message) = transport.message() {
         text.push_str(": ");
@@ -190,7 +192,7 @@ fn redact_location(location: &str) -> String {
 }
 
 /// Sleeps `delay`, waking early when `shutdown` is set; true if it was.
-fn sleep_unless(delay: Duration, shutdown: &Shutdown) -> bool {
+pub(crate) fn sleep_unless(delay: Duration, shutdown: &Shutdown) -> bool {
     let until = Instant::now() + delay;
     loop {
         if shutdown.is_triggered() {

@@ -1,10 +1,13 @@
 //! `conscope dashboard`: a web page over the job's database: events with their
-//! get-in prices, price-history charts, live alerts, and alert rules.
+//! get-in prices, price-history charts, live alerts, alert rules, and the
+//! notifier's channels, routes and deliveries.
 //!
 //! # Layout
 //! - `mod.rs` (this file): flags, the HTTP server, the routes and the
 //!   middleware every response passes (security headers, time limit).
 //! - `routes`: the request handlers: parse the request, query, render.
+//! - `notifications`: the Notifications pages (channels, routes, deliveries),
+//!   writes through `crate::notify::store`.
 //! - `queries`: every SQL statement (reads only; rule writes go through
 //!   `crate::rules`, the same code as `conscope rules`).
 //! - `history`: rebuilds an event's prices over time from `price_history`.
@@ -33,7 +36,8 @@
 //! inline script or style.
 //!
 //! Touches: the database at `--database-url` (applies the migrations at start;
-//! reads; writes `alert_rules` only through `crate::rules`), the socket at
+//! reads; writes `alert_rules` only through `crate::rules`, the notifier's
+//! channels and routes only through `crate::notify::store`), the socket at
 //! `--listen`, and SIGINT/SIGTERM (through `crate::shutdown`), which stop it
 //! after a grace period ([`GRACE`]).
 
@@ -46,6 +50,7 @@ mod history;
 mod html;
 mod limits;
 mod live;
+mod notifications;
 mod pages;
 mod queries;
 mod routes;
@@ -308,6 +313,18 @@ pub fn router(state: Shared) -> Router {
         .route("/alerts/stream", get(routes::alert_stream))
         .route("/rules", get(routes::rules).post(routes::create_rule))
         .route("/rules/{id}/{action}", post(routes::change_rule))
+        .route("/notifications", get(notifications::page))
+        .route("/notifications/channels", post(notifications::create_channel))
+        .route(
+            "/notifications/channels/{id}/{action}",
+            post(notifications::change_channel),
+        )
+        .route("/notifications/routes", post(notifications::create_route))
+        .route(
+            "/notifications/routes/{id}/remove",
+            post(notifications::remove_route),
+        )
+        .route("/notifications/alerts/{id}", get(notifications::alert_deliveries))
         .route("/login", get(routes::login_form).post(routes::login))
         .route("/logout", post(routes::logout))
         .route("/healthz", get(routes::healthz))

@@ -30,6 +30,7 @@ pub enum Nav {
     Events,
     Alerts,
     Rules,
+    Notifications,
     None,
 }
 
@@ -58,7 +59,7 @@ pub fn layout(title: &str, nav: Nav, viewer: &Viewer, body: &str) -> String {
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title} · conscope</title><link rel="stylesheet" href="/static/style.css"></head>
 <body><header class="top"><div class="wrap"><a class="brand" href="/"><span class="mark">◆</span> conscope</a>
-<nav>{events}{alerts}{rules}</nav><div class="account">{account}</div></div></header>
+<nav>{events}{alerts}{rules}{notifications}</nav><div class="account">{account}</div></div></header>
 <main class="wrap">{body}</main>
 <footer class="wrap">conscope · prices exactly as observed · times in UTC</footer>
 <script src="/static/live.js" defer></script></body></html>"#,
@@ -66,6 +67,7 @@ pub fn layout(title: &str, nav: Nav, viewer: &Viewer, body: &str) -> String {
         events = link(Nav::Events, "/", "Events"),
         alerts = link(Nav::Alerts, "/alerts", "Alerts"),
         rules = link(Nav::Rules, "/rules", "Rules"),
+        notifications = link(Nav::Notifications, "/notifications", "Notifications"),
     )
 }
 

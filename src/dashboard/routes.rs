@@ -42,23 +42,23 @@ const MAX_SEARCH_CHARS: usize = 200;
 const CHARTED_SECTIONS: usize = 6;
 const LISTINGS_SHOWN: i64 = 500;
 
-fn html(status: StatusCode, body: String) -> Response {
+pub(super) fn html(status: StatusCode, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
 }
 
-fn viewer(auth: &Auth, headers: &HeaderMap) -> Viewer {
+pub(super) fn viewer(auth: &Auth, headers: &HeaderMap) -> Viewer {
     Viewer {
         writable: auth.writable(),
         csrf: auth.session(headers).map(|s| s.csrf),
     }
 }
 
-fn error(viewer: &Viewer, status: StatusCode, title: &str, message: &str) -> Response {
+pub(super) fn error(viewer: &Viewer, status: StatusCode, title: &str, message: &str) -> Response {
     html(status, pages::error_page(viewer, title, message))
 }
 
 /// A database failure: logged, and a 503 page that does not leak it.
-fn unavailable(viewer: &Viewer, what: &str, error: &dyn std::fmt::Display) -> Response {
+pub(super) fn unavailable(viewer: &Viewer, what: &str, error: &dyn std::fmt::Display) -> Response {
     tracing::warn!("dashboard: {what}: {error}");
     error_page_503(viewer)
 }
@@ -72,7 +72,7 @@ fn error_page_503(viewer: &Viewer) -> Response {
     )
 }
 
-async fn client(state: &Shared, viewer: &Viewer) -> Result<deadpool_postgres::Object, Response> {
+pub(super) async fn client(state: &Shared, viewer: &Viewer) -> Result<deadpool_postgres::Object, Response> {
     state
         .pool
         .get()
@@ -348,7 +348,7 @@ async fn rules_response(
 /// The refusal page unless the request may write.
 // The error is the response itself, built only on the refusal path.
 #[allow(clippy::result_large_err)]
-fn authorize(auth: &Auth, headers: &HeaderMap, csrf: &Option<String>) -> Result<(), Response> {
+pub(super) fn authorize(auth: &Auth, headers: &HeaderMap, csrf: &Option<String>) -> Result<(), Response> {
     auth.authorize_write(headers, csrf.as_deref().unwrap_or(""))
         .map(|_| ())
         .map_err(|refusal| refused(auth, headers, refusal))

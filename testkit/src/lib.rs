@@ -16,12 +16,15 @@
 //! - `rules`: the first events of a topic, and alert rules of every kind over them.
 //! - `run`: the `conscope` binary, a job's command line, child processes, cluster ports.
 //! - `summary`: the metrics lines and the exit summary, parsed into fields.
+//! - `notify`: an HTTP receiver and an SMTP server (STARTTLS) for the notifier
+//!   (not glob-exported: `use conscope_testkit::notify::*`).
 //! - `dashboard`: a database seeded for the dashboard, a running dashboard, HTTP
 //!   requests (not glob-exported: `use conscope_testkit::dashboard::*`).
 
 pub mod compare;
 pub mod dashboard;
 pub mod kafka;
+pub mod notify;
 pub mod pg;
 pub mod rules;
 pub mod run;
