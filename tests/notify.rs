@@ -8,12 +8,12 @@
 //! database and consumer group.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use conscope_testkit::notify::*;
 use conscope_testkit::*;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 
 /// Topic and database of one test.
 struct Setup {
@@ -640,45 +640,102 @@ fn a_failing_channel_holds_up_no_other() {
     );
 }
 
-/// kill -9 at random moments during a burst, 10 times, then a clean run:
+/// kill -9 while the notifier is delivering, 10 times, then a clean run:
 /// every alert exactly once per channel in the ledger, none processed twice.
+///
+/// The burst goes out in 10 slices, one per round: each round produces its
+/// slice, starts the notifier, waits for the slice's first rows and kills it
+/// a seeded random moment later. A round whose slice was already finished at
+/// the kill fails the test: every kill must land mid-delivery. The seed is
+/// printed; `CONSCOPE_TEST_SEED` replays it.
 #[test]
 fn kill_nine_during_a_burst_loses_and_doubles_nothing() {
-    const ALERTS: usize = 5_000;
+    const ROUNDS: usize = 10;
+    const SLICE: usize = 500;
+    const ALERTS: usize = ROUNDS * SLICE;
+    const CHANNELS: i64 = 2;
     let s = setup("notify_kill", 2);
-    let a = Receiver::start();
-    let b = Receiver::start();
+    // 3 ms a message (a real webhook takes tens): a slice then takes 1.5 s
+    // or more to deliver, so a kill can land inside it. Against an instant
+    // receiver the notifier delivers a slice between two polls.
+    let slow = || {
+        Receiver::scripted(|_, _| {
+            std::thread::sleep(Duration::from_millis(3));
+            Answer::ok()
+        })
+    };
+    let a = slow();
+    let b = slow();
     let a_id = s.channel("a", "webhook", &a.url("/a"), &[]);
     let b_id = s.channel("b", "webhook", &b.url("/b"), &[]);
     s.route("a", &[]);
     s.route("b", &[]);
-    burst(&s.topic, ALERTS, 2);
-    let mut rng = rand::thread_rng();
+    let seed: u64 = std::env::var("CONSCOPE_TEST_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| rand::thread_rng().gen());
+    eprintln!("kill -9 seed {seed} (CONSCOPE_TEST_SEED={seed} replays it)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     // Static membership: a restarted notifier takes its partitions over at
     // once instead of waiting out the killed one's session.
     let instance = format!("group.instance.id={}", s.group);
-    for round in 0..10 {
-        let mut child: Child = s
-            .notifier(&["--kafka", &instance], &[])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn conscope notify");
-        // Past startup (group join) and into the burst, at a random moment.
-        std::thread::sleep(Duration::from_millis(rng.gen_range(1_500..5_000)));
-        child.kill().expect("kill -9");
-        let _ = child.wait();
+    let slice_rows = |round: usize| {
+        query_i64(
+            &s.db,
+            &format!(
+                "SELECT count(*) FROM notify_deliveries
+                 WHERE alert_id BETWEEN 'alert-{:05}' AND 'alert-{:05}'",
+                round * SLICE,
+                (round + 1) * SLICE - 1
+            ),
+        )
+    };
+    let expected = CHANNELS * SLICE as i64;
+    for round in 0..ROUNDS {
+        let messages: Vec<(i32, Option<&str>, Vec<u8>)> = (round * SLICE..(round + 1) * SLICE)
+            .map(|n| (n as i32 % 2, Some("ev"), alert(n, "listing_drop", "ev", true)))
+            .collect();
+        produce(&s.topic, &messages);
+        let mut child = KillOnDrop(
+            s.notifier(&["--kafka", &instance], &[])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn conscope notify"),
+        );
+        // Into this slice's deliveries (past startup, the group join and what
+        // the previous round left), then a random moment more.
+        let mut seen = 0;
+        wait_until(Duration::from_secs(60), "this round's first deliveries", || {
+            seen = slice_rows(round);
+            seen > 0
+        });
+        assert!(
+            seen < expected,
+            "round {round}: the slice was finished ({seen} rows) before the kill"
+        );
+        let delay = Duration::from_millis(rng.gen_range(0..800));
+        std::thread::sleep(delay);
+        child.0.kill().expect("kill -9");
+        let _ = child.0.wait();
+        let at_kill = slice_rows(round);
         eprintln!(
-            "round {round}: killed with {} rows",
+            "round {round}: {seen} rows of the slice seen, killed {delay:?} later with {at_kill}/{expected} (all rows {})",
             query_i64(&s.db, "SELECT count(*) FROM notify_deliveries")
         );
+        assert!(
+            0 < at_kill && at_kill < expected,
+            "round {round}: killed with {at_kill} of the slice's {expected} rows: not mid-slice"
+        );
     }
-    s.notify_until_idle(&["--kafka", &instance], &[], Duration::from_secs(180));
+    s.notify_until_idle(&["--kafka", &instance], &[], Duration::from_secs(120));
     let rows = query_i64(&s.db, "SELECT count(*) FROM notify_deliveries");
-    let a_rows = s.deliveries(a_id);
-    let b_rows = s.deliveries(b_id);
+    let distinct = query_i64(
+        &s.db,
+        "SELECT count(DISTINCT (alert_id, channel_id)) FROM notify_deliveries",
+    );
     eprintln!(
-        "kill -9 x10: alerts {ALERTS}, rows {rows}, a: requests {} processed {} replays {}, b: requests {} processed {} replays {}",
+        "kill -9 x{ROUNDS}: alerts {ALERTS}, rows {rows} (distinct {distinct}), a: requests {} processed {} replays {}, b: requests {} processed {} replays {}",
         a.requests().len(),
         a.processed(),
         a.replays(),
@@ -686,21 +743,30 @@ fn kill_nine_during_a_burst_loses_and_doubles_nothing() {
         b.processed(),
         b.replays()
     );
-    assert_eq!(rows, 2 * ALERTS as i64);
-    assert_eq!(a_rows.keys().cloned().collect::<BTreeSet<_>>(), ids(ALERTS));
-    assert_eq!(b_rows.keys().cloned().collect::<BTreeSet<_>>(), ids(ALERTS));
-    assert!(a_rows
-        .values()
-        .chain(b_rows.values())
-        .all(|r| r.starts_with("sent")));
-    assert_eq!(
-        a.accepted_keys().into_iter().collect::<BTreeSet<_>>(),
-        ids(ALERTS)
-    );
-    assert_eq!(
-        b.accepted_keys().into_iter().collect::<BTreeSet<_>>(),
-        ids(ALERTS)
-    );
+    assert_eq!(rows, CHANNELS * ALERTS as i64);
+    assert_eq!(distinct, rows);
+    let all = ids(ALERTS);
+    for (id, receiver) in [(a_id, &a), (b_id, &b)] {
+        let ledger = s.deliveries(id);
+        assert_eq!(
+            ledger.keys().cloned().collect::<BTreeSet<_>>(),
+            all,
+            "channel {id}"
+        );
+        assert!(ledger.values().all(|r| r.starts_with("sent")), "channel {id}");
+        // Every request carried its alert's key, so each was either processed
+        // (the first time) or recognised as a re-send: none processed twice.
+        let requests = receiver.requests();
+        assert!(
+            requests
+                .iter()
+                .all(|r| r.header("idempotency-key").is_some_and(|k| all.contains(k))),
+            "channel {id}: a request without its alert's Idempotency-Key"
+        );
+        assert_eq!(receiver.processed(), ALERTS, "channel {id}");
+        assert_eq!(requests.len(), receiver.processed() + receiver.replays());
+        assert_eq!(receiver.accepted_keys().into_iter().collect::<BTreeSet<_>>(), all);
+    }
 }
 
 /// 500 alerts to a channel capped at 60 an hour (a 20 s "hour" here): 60
