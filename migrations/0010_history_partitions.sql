@@ -56,8 +56,13 @@ INSERT INTO history_retention (id, pruned_before) VALUES (1, NULL);
 -- wait for (CREATE TABLE … PARTITION OF would take ACCESS EXCLUSIVE, stalling
 -- every dashboard read until the writer's transaction ends). Taking that lock
 -- first serialises two callers, so the existence check holds until the attach.
+-- SECURITY DEFINER: ATTACH PARTITION needs the owner of price_history (the
+-- role that ran the migrations), and a job usually runs as a role that may only
+-- read and write rows. The search_path is the migration's own (FROM CURRENT),
+-- so a caller's search_path cannot redirect the names inside, and a job in a
+-- schema of its own (`options=-csearch_path=...`) still gets its own tables.
 CREATE FUNCTION price_history_ensure_months(months TIMESTAMPTZ[]) RETURNS INTEGER
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
     parent  regclass := 'price_history'::regclass;
     schema  name := (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
