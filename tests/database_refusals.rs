@@ -266,9 +266,10 @@ fn a_check_added_mid_run_sends_only_the_refused_message_to_the_dlq() {
             offset: refused_at.to_string(),
             // price_history is partitioned by month: PostgreSQL names the
             // partition that refused the row (the poison's March 2026).
-            error: "postgres rejected: new row for relation \"price_history_p202603\" violates check constraint \
+            error:
+                "postgres rejected: new row for relation \"price_history_p202603\" violates check constraint \
                     \"refuse_one\" (23514)"
-                .to_owned(),
+                    .to_owned(),
             key: Some(b"refused-event".to_vec()),
             value: Some(poison.to_vec()),
         }]
