@@ -52,7 +52,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use self::webhook::{Delivery, Webhook};
 use crate::config::KafkaArgs;
@@ -171,21 +171,7 @@ pub fn run(args: AlertsArgs) -> anyhow::Result<()> {
     }
     let shutdown = Shutdown::on_signals("finishing the current alert")?;
 
-    // `--kafka KEY=VALUE` wins over these defaults.
-    let mut config = args.kafka.client_config_with(&[
-        ("enable.auto.commit", "false"),
-        ("enable.auto.offset.store", "false"),
-        ("enable.partition.eof", "false"),
-        (
-            "auto.offset.reset",
-            if args.from_beginning { "earliest" } else { "latest" },
-        ),
-        // A webhook that is down blocks the poll loop (we retry forever, in order);
-        // do not let that cost us group membership. Losing it would be safe (the
-        // uncommitted alert is re-delivered and deduped) but noisy.
-        ("max.poll.interval.ms", "86400000"),
-    ]);
-    config.set("group.id", &args.group);
+    let config = consumer_config(&args.kafka, &args.group, args.from_beginning);
     let consumer: BaseConsumer<AlertsContext> = config
         .create_with_context(AlertsContext)
         .context("cannot create the Kafka consumer")?;
@@ -295,6 +281,29 @@ pub fn run(args: AlertsArgs) -> anyhow::Result<()> {
 
 /// Handles one message; false when interrupted before the alert was done (its
 /// offset must not be committed).
+/// Client settings of a consumer of the alerts topic in its own group, `conscope
+/// alerts` or `conscope notify`: offsets committed by hand, past alerts that are
+/// done only; where a group with no committed offset starts. `--kafka KEY=VALUE`
+/// wins over these defaults.
+pub(crate) fn consumer_config(kafka: &KafkaArgs, group: &str, from_beginning: bool) -> ClientConfig {
+    let mut config = kafka.client_config_with(&[
+        ("enable.auto.commit", "false"),
+        ("enable.auto.offset.store", "false"),
+        ("enable.partition.eof", "false"),
+        (
+            "auto.offset.reset",
+            if from_beginning { "earliest" } else { "latest" },
+        ),
+        // A receiver that is down pauses the poll loop (a webhook retried in
+        // order, a notifier's full channel queues); do not let that cost the
+        // group membership. Losing it would be safe (uncommitted alerts are
+        // delivered again and deduplicated) but noisy.
+        ("max.poll.interval.ms", "86400000"),
+    ]);
+    config.set("group.id", group);
+    config
+}
+
 fn handle(
     message: &BorrowedMessage<'_>,
     recent: &mut RecentIds,

@@ -238,21 +238,7 @@ pub fn run(args: NotifyArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     if let Some(addr) = &args.metrics_addr {
         crate::metrics_server::spawn(addr, Arc::clone(&metrics))?;
     }
-    // `--kafka KEY=VALUE` wins over these defaults.
-    let mut config = args.kafka.client_config_with(&[
-        // Offsets are committed by hand, past final alerts only.
-        ("enable.auto.commit", "false"),
-        ("enable.auto.offset.store", "false"),
-        ("enable.partition.eof", "false"),
-        (
-            "auto.offset.reset",
-            if args.from_beginning { "earliest" } else { "latest" },
-        ),
-        // Reading pauses while channels are down (bounded memory): do not lose
-        // group membership for it.
-        ("max.poll.interval.ms", "86400000"),
-    ]);
-    config.set("group.id", &args.group);
+    let config = crate::alerts::consumer_config(&args.kafka, &args.group, args.from_beginning);
     let consumer: BaseConsumer = config.create().context("cannot create the Kafka consumer")?;
     kafka::partition_count_once(&consumer, &args.alerts_topic).with_context(|| {
         format!(
