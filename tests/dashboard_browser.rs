@@ -109,10 +109,20 @@ impl Browser {
     }
 
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        self.try_call(method, path, body)
+            .unwrap_or_else(|reply| panic!("{method} {path}: {reply}"))
+    }
+
+    /// A call whose WebDriver error is the caller's to judge: while a page
+    /// loads or its script redraws, an element found a moment ago goes stale.
+    fn try_call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, Value> {
         let url = format!("{}/session/{}{path}", self.base, self.session);
         let reply = webdriver(method, &url, body);
-        assert!(reply["value"]["error"].is_null(), "{method} {path}: {reply}");
-        reply["value"].clone()
+        if reply["value"]["error"].is_null() {
+            Ok(reply["value"].clone())
+        } else {
+            Err(reply)
+        }
     }
 
     fn go(&self, url: &str) {
@@ -147,6 +157,14 @@ impl Browser {
             .as_str()
             .unwrap_or_default()
             .to_owned()
+    }
+
+    /// The element's text, or `None` once it has left the page: for checks
+    /// polled while the page changes under them.
+    fn text_if_there(&self, element: &str) -> Option<String> {
+        self.try_call("GET", &format!("/element/{element}/text"), None)
+            .ok()
+            .map(|text| text.as_str().unwrap_or_default().to_owned())
     }
 
     fn attribute(&self, element: &str, name: &str) -> Option<String> {
@@ -339,9 +357,10 @@ fn the_dashboard_in_headless_chromium() {
     browser.clear_and_type(&browser.find("input[name=cooldown]"), "2h");
     browser.click(&browser.find("#rule-form button"));
     browser.wait_for("the deal rule", Duration::from_secs(30), |b| {
-        b.find_all("#rules-body tr")
-            .iter()
-            .any(|row| b.text(row).contains("below section median"))
+        b.find_all("#rules-body tr").iter().any(|row| {
+            b.text_if_there(row)
+                .is_some_and(|t| t.contains("below section median"))
+        })
     });
     let stored = query_strings(
         &database,
@@ -354,7 +373,10 @@ fn the_dashboard_in_headless_chromium() {
     // Live alerts: the page's script connects and shows a new alert on top.
     browser.go(&dashboard.url("/alerts"));
     browser.wait_for("the live stream", Duration::from_secs(30), |b| {
-        b.text(&b.find("#live-status")) == "live"
+        b.find_all("#live-status")
+            .first()
+            .and_then(|status| b.text_if_there(status))
+            .is_some_and(|status| status == "live")
     });
     // Let the poller see the table as it is before the new alert.
     std::thread::sleep(Duration::from_secs(3));
@@ -365,12 +387,19 @@ fn the_dashboard_in_headless_chromium() {
              VALUES ('browser-live', 'event_low', '{AURORA_ID}', 'Floor', '1', '1', 'stubhub', 180.00, 123.45, 'USD', '2099-01-01T00:00:00Z')"
         ),
     );
+    let mut top = String::new();
     browser.wait_for("the live alert", Duration::from_secs(30), |b| {
-        b.find_all("#alerts-body tr.fresh")
+        let fresh = b
+            .find_all("#alerts-body tr.fresh")
             .first()
-            .is_some_and(|row| b.text(row).contains("$123.45"))
+            .and_then(|row| b.text_if_there(row));
+        let first = b
+            .find_all("#alerts-body tr")
+            .first()
+            .and_then(|row| b.text_if_there(row));
+        top = first.unwrap_or_default();
+        fresh.is_some_and(|row| row.contains("$123.45"))
     });
-    let top = browser.text(&browser.find("#alerts-body tr"));
     assert!(
         top.contains(AURORA_NAME) && top.contains("new get-in low"),
         "{top}"
