@@ -67,6 +67,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../migrations/0014_commit_writer.sql"),
     ),
     ("0012_notify", include_str!("../migrations/0012_notify.sql")),
+    (
+        "0015_bytewise_keys",
+        include_str!("../migrations/0015_bytewise_keys.sql"),
+    ),
 ];
 
 /// Connects once; the connection task runs on the current tokio runtime.

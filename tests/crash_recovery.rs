@@ -102,8 +102,8 @@ fn crashes_at_any_moment_end_with_the_tables_of_an_uninterrupted_run() {
     let diff = compare::compare(&expected, &compare::Outputs::collect(&crashed, &brokers()));
     assert!(diff.is_exact(), "after crashes: {diff}");
     assert_summaries_match_listings(&crashed.database_url);
-    assert_history_has_its_events(&crashed.database_url);
+    assert_rows_have_their_events(&crashed.database_url);
     assert_summaries_match_listings(&reference.database_url);
-    assert_history_has_its_events(&reference.database_url);
+    assert_rows_have_their_events(&reference.database_url);
     assert_eq!(query_i64(&crashed.database_url, "SELECT count(*) FROM outbox"), 0);
 }

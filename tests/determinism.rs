@@ -20,7 +20,7 @@ fn same_tables_and_alerts_for_any_workers_batches_and_processes() {
     one.run_to_end(&["-w", "1"]);
     let reference = dump(&one.database_url);
     assert_summaries_match_listings(&one.database_url);
-    assert_history_has_its_events(&one.database_url);
+    assert_rows_have_their_events(&one.database_url);
     assert!(!reference["section_summary"].is_empty());
     assert!(
         reference["price_history"].len() > 15_000,
@@ -47,7 +47,7 @@ fn same_tables_and_alerts_for_any_workers_batches_and_processes() {
     add_rules_of_every_kind(&four, &events);
     four.run_to_end(&["-w", "4", "--epoch-ms", "7", "--max-batch", "97"]);
     assert_summaries_match_listings(&four.database_url);
-    assert_history_has_its_events(&four.database_url);
+    assert_rows_have_their_events(&four.database_url);
     assert!(dump(&four.database_url) == reference, "-w 4 differs from -w 1");
 
     let cluster = Job::new("det_p2", &input);
@@ -85,7 +85,7 @@ fn same_tables_and_alerts_for_any_workers_batches_and_processes() {
         );
     }
     assert_summaries_match_listings(&cluster.database_url);
-    assert_history_has_its_events(&cluster.database_url);
+    assert_rows_have_their_events(&cluster.database_url);
     assert!(
         dump(&cluster.database_url) == reference,
         "2 processes x 2 workers differ from -w 1"

@@ -310,7 +310,7 @@ fn prune_drops_whole_months_before_the_date_and_later_observations_for_them_are_
         partitions.last().map(String::as_str),
         Some("price_history_p202507")
     );
-    assert_history_has_its_events(url);
+    assert_rows_have_their_events(url);
 }
 
 #[test]
@@ -393,5 +393,5 @@ fn a_running_job_rides_through_a_prune() {
         5 + 20 + 5 + 5 + 20
     );
     assert_eq!(count("SELECT count(*) FROM listings"), 25);
-    assert_history_has_its_events(&url);
+    assert_rows_have_their_events(&url);
 }

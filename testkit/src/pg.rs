@@ -171,15 +171,26 @@ const SUMMARIES: [(&str, [&str; 2]); 2] = [
     ),
 ];
 
-/// Every history row's event is in `events` (no foreign key checks it row by
-/// row: migration 0006).
-pub fn assert_history_has_its_events(url: &str) {
-    let orphans = query_i64(
-        url,
-        "SELECT count(*) FROM price_history h WHERE NOT EXISTS
-             (SELECT 1 FROM events e WHERE e.event_id = h.event_id)",
-    );
-    assert_eq!(orphans, 0, "history rows without their event in {url}");
+/// Every row that names an event names one in `events`: history, listings,
+/// alerts and summaries (no foreign key checks them row by row: migrations
+/// 0006 and 0015).
+pub fn assert_rows_have_their_events(url: &str) {
+    for table in [
+        "price_history",
+        "listings",
+        "price_alerts",
+        "event_summary",
+        "section_summary",
+    ] {
+        let orphans = query_i64(
+            url,
+            &format!(
+                "SELECT count(*) FROM {table} t WHERE NOT EXISTS
+                     (SELECT 1 FROM events e WHERE e.event_id = t.event_id)"
+            ),
+        );
+        assert_eq!(orphans, 0, "{table} rows without their event in {url}");
+    }
 }
 
 /// Checks that `event_summary` and `section_summary` equal the aggregates over
