@@ -20,8 +20,10 @@
 //! restored state (events and listings) and the rules into the dataflow; each
 //! worker steps until the probe says everything is committed
 //! (`--exit-at-end`), the shutdown handle is triggered, or the writer stops the
-//! run. A writer that quarantined messages PostgreSQL refuses asks for another
-//! run, which replays from the last commit without them. A source that failed
+//! run, which stops every worker of every process ([`crate::cluster_stop`]). A
+//! writer that quarantined messages PostgreSQL refuses asks for another run,
+//! which replays from the last commit without them: in a cluster, every
+//! process starts it, and timely connects them again. A source that failed
 //! (an unreadable `--input-file`) fails the job once what it read before is
 //! committed.
 //! Each step hands the probe's frontier to the metrics, which is how every
@@ -29,7 +31,7 @@
 //! process prints its own summary on exit.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,6 +44,7 @@ use timely::dataflow::operators::{Concat, Probe};
 use timely::dataflow::ProbeHandle;
 use timely::{CommunicationConfig, WorkerConfig};
 
+use crate::cluster_stop::{cluster_stop, StopFlag, StopReason};
 use crate::config::{DbArgs, KafkaArgs, TopicArgs};
 use crate::lease::Lease;
 use crate::metrics::Metrics;
@@ -345,11 +348,8 @@ pub fn run(mut args: RunArgs, shutdown: Shutdown) -> anyhow::Result<()> {
 
     let outcome = loop {
         match run_dataflow(&setup, &shutdown) {
-            Ok(WriterExit::Restart) if setup.args.processes > 1 => {
-                break Err(anyhow::anyhow!(
-                    "messages PostgreSQL refuses were quarantined; restart the cluster to replay without them"
-                ))
-            }
+            // Every process of a cluster gets here together (`cluster_stop`)
+            // and builds the next run; timely connects them again.
             Ok(WriterExit::Restart) if !shutdown.is_triggered() => {
                 tracing::info!("replaying from the last commit without the quarantined messages");
             }
@@ -494,15 +494,17 @@ fn prepare_workers(
 fn run_dataflow(setup: &Setup, shutdown: &Shutdown) -> anyhow::Result<WriterExit> {
     let args = &setup.args;
     let config = timely_config(args)?;
-    // Set by the writer when it ends for another reason than its input closing.
-    let stop = Arc::new(AtomicBool::new(false));
+    // Set by the writer when it ends for another reason than its input
+    // closing; `stopped` once every worker must leave the run (`cluster_stop`).
+    let writer_stop = Arc::new(StopFlag::default());
+    let stopped = Arc::new(StopFlag::default());
     let (starter, writer) = match &setup.leader {
         Some((config, control)) => {
             let (starter, thread) = WriterThread::prepare(
                 config.clone(),
                 Arc::clone(&setup.metrics),
                 Arc::clone(control),
-                Arc::clone(&stop),
+                Arc::clone(&writer_stop),
             );
             (Some(starter), Some(thread))
         }
@@ -520,8 +522,8 @@ fn run_dataflow(setup: &Setup, shutdown: &Shutdown) -> anyhow::Result<WriterExit
         min_drop_basis_points: setup.min_drop_basis_points,
     };
     let failure = SourceFailure::default();
-    let (worker_failure, worker_stop, worker_shutdown) =
-        (failure.clone(), Arc::clone(&stop), shutdown.clone());
+    let (worker_failure, worker_stopped, worker_shutdown) =
+        (failure.clone(), Arc::clone(&stopped), shutdown.clone());
     let metrics = Arc::clone(&setup.metrics);
     let guards = timely::execute(config, move |worker| {
         let Some(parts) = prepared.take(worker.index()) else {
@@ -531,7 +533,9 @@ fn run_dataflow(setup: &Setup, shutdown: &Shutdown) -> anyhow::Result<WriterExit
             ));
         };
         let committed = ProbeHandle::new();
+        let writer_flag = parts.writer.as_ref().map(|_| Arc::clone(&writer_stop));
         worker.dataflow::<u64, _, _>(|scope| {
+            cluster_stop(scope, writer_flag, committed.clone(), Arc::clone(&worker_stopped));
             let events = match parts.input {
                 WorkerInput::Kafka(owned) => kafka_source(scope, owned, settings, committed.clone()),
                 WorkerInput::File(file) => {
@@ -545,16 +549,20 @@ fn run_dataflow(setup: &Setup, shutdown: &Shutdown) -> anyhow::Result<WriterExit
             let records = processed.records.concat(source_records).concat(summaries);
             postgres_sink(records, parts.writer).probe_with(&committed);
         });
-        let stop = || worker_stop.load(Ordering::SeqCst) || worker_shutdown.is_triggered();
+        let stop = || worker_stopped.get().is_some() || worker_shutdown.is_triggered();
         drive(worker, &committed, stop, &metrics);
     })
     .map_err(|error| anyhow::anyhow!("cannot start timely workers: {error}"))?;
     for result in guards.join() {
         result.map_err(|error| anyhow::anyhow!("a worker failed: {error}"))?;
     }
-    let exit = match writer {
-        Some(writer) => writer.join()?,
-        None => WriterExit::Finished,
+    let exit = match (writer, stopped.get()) {
+        (Some(writer), _) => writer.join()?,
+        (None, Some(StopReason::Replay)) => WriterExit::Restart,
+        (None, Some(StopReason::Failed)) => {
+            bail!("the writer of process 0 failed (its log says why); this process stops with it")
+        }
+        (None, None) => WriterExit::Finished,
     };
     // After the writer: what was read before the failure is committed.
     match failure.take() {

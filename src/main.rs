@@ -39,6 +39,7 @@
 //! - `progress`: progress bars on a terminal, and the log writer around them.
 
 mod alerts;
+mod cluster_stop;
 mod config;
 mod dashboard;
 mod db;

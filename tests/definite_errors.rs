@@ -74,23 +74,22 @@ fn add_rule(job: &Job) {
     );
 }
 
-#[test]
-fn a_message_postgres_refuses_goes_to_the_dlq_and_the_rest_lands_as_without_it() {
-    require_broker();
+/// A reference job on the good messages and a job on them with the poisoned
+/// ones, whose database refuses those (CHECK constraints); both migrated, with
+/// the same rule. `name` prefixes their topics and databases.
+fn reference_and_poisoned(name: &str) -> (Job, Job) {
     let good = good_messages();
-    let clean_input = unique("definite_clean");
+    let clean_input = unique(&format!("{name}_clean"));
     create_topic(&clean_input, 2);
     produce(&clean_input, &good);
-    let poisoned_input = unique("definite_poisoned");
+    let poisoned_input = unique(&format!("{name}_poisoned"));
     create_topic(&poisoned_input, 2);
     produce(&poisoned_input, &with_poison(&good));
 
-    let reference = Job::new("definite_ref", &clean_input);
+    let reference = Job::new(&format!("{name}_ref"), &clean_input);
     reference.migrate();
     add_rule(&reference);
-    let reference_out = reference.run_to_end_within(Duration::from_secs(120), &[]);
-
-    let poisoned = Job::new("definite_poisoned", &poisoned_input);
+    let poisoned = Job::new(&format!("{name}_poisoned"), &poisoned_input);
     poisoned.migrate();
     add_rule(&poisoned);
     execute(
@@ -98,6 +97,16 @@ fn a_message_postgres_refuses_goes_to_the_dlq_and_the_rest_lands_as_without_it()
         "ALTER TABLE price_history ADD CONSTRAINT poison CHECK (section <> 'poison');
          ALTER TABLE events ADD CONSTRAINT poison_name CHECK (event_name <> 'Poison Name')",
     );
+    (reference, poisoned)
+}
+
+#[test]
+fn a_message_postgres_refuses_goes_to_the_dlq_and_the_rest_lands_as_without_it() {
+    require_broker();
+    let good = good_messages();
+    let (reference, poisoned) = reference_and_poisoned("definite");
+    let poisoned_input = poisoned.input.clone();
+    let reference_out = reference.run_to_end_within(Duration::from_secs(120), &[]);
     // Bounded: a crash loop or a retry loop fails here.
     let poisoned_out = poisoned.run_to_end_within(Duration::from_secs(120), &["-w", "2"]);
 
@@ -269,4 +278,52 @@ fn only_the_message_that_carried_a_refused_field_is_rejected() {
         .map(|letter| String::from_utf8_lossy(letter.value.as_deref().unwrap_or_default()).into_owned())
         .collect();
     assert_eq!(letters, [String::from_utf8_lossy(&seat_1.2).into_owned()]);
+}
+
+/// The same refusals in a cluster of two processes: process 0's writer
+/// quarantines the refused messages and both processes replay in step without
+/// them (neither stops), so the result is the one of a single process run on
+/// the input without them.
+#[test]
+fn a_cluster_quarantines_and_both_processes_replay_in_step() {
+    require_broker();
+    let (reference, cluster) = reference_and_poisoned("definite_cluster");
+    reference.run_to_end_within(Duration::from_secs(120), &[]);
+    let hosts = hosts_file(2);
+    let hosts = hosts.path().to_str().expect("hosts path").to_owned();
+    std::thread::scope(|threads| {
+        for process in ["0", "1"] {
+            let (cluster, hosts) = (&cluster, &hosts);
+            threads.spawn(move || {
+                let args = [
+                    "-w",
+                    "1",
+                    "--processes",
+                    "2",
+                    "--process",
+                    process,
+                    "--hosts",
+                    hosts,
+                ];
+                // Bounded: a process that stops or waits for the other fails here.
+                cluster.run_to_end_within(Duration::from_secs(180), &args);
+            });
+        }
+    });
+
+    assert_eq!(dump(&cluster.database_url), dump(&reference.database_url));
+    assert_summaries_match_listings(&cluster.database_url);
+    assert_eq!(
+        query_i64(&cluster.database_url, "SELECT count(*) FROM quarantine"),
+        3
+    );
+    assert_eq!(read_all(&cluster.dlq).len(), 3);
+    let published = alert_ids_on_topic(&cluster.alerts);
+    assert!(published.values().all(|count| *count == 1), "{published:?}");
+    assert_eq!(
+        published.into_keys().collect::<Vec<_>>(),
+        alert_ids_on_topic(&reference.alerts)
+            .into_keys()
+            .collect::<Vec<_>>()
+    );
 }

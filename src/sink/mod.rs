@@ -38,7 +38,6 @@ pub mod write_error;
 pub mod writer;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -49,6 +48,7 @@ use timely::dataflow::operators::{Capability, Operator};
 use timely::dataflow::Stream;
 use timely::scheduling::SyncActivator;
 
+use crate::cluster_stop::{StopFlag, StopReason};
 use crate::metrics::Metrics;
 use config::WriterConfig;
 use merge::EpochBatch;
@@ -70,13 +70,14 @@ pub struct WriterThread {
 impl WriterThread {
     /// The starter to hand to [`postgres_sink`] on worker 0, and the thread to
     /// join once the workers are done. When the writer ends for any reason but
-    /// its input closing, it sets `stop`: the workers must stop too (after an
-    /// error, or to replay without quarantined messages).
+    /// its input closing, it sets `stop`: the workers of every process must
+    /// stop too (after an error, or to replay without quarantined messages;
+    /// `crate::cluster_stop` carries it to them).
     pub fn prepare(
         config: WriterConfig,
         metrics: Arc<Metrics>,
         control: Arc<PublisherControl>,
-        stop: Arc<AtomicBool>,
+        stop: Arc<StopFlag>,
     ) -> (WriterStarter, WriterThread) {
         let handle = Arc::new(Mutex::new(None));
         let slot = Arc::clone(&handle);
@@ -93,9 +94,10 @@ impl WriterThread {
                         }
                     };
                     let result = run_writer(config, batches_in, committed_out, wake, metrics, control);
-                    if !matches!(result, Ok(WriterExit::Finished)) {
-                        stop.store(true, Ordering::SeqCst);
-                        let _ = activator.activate();
+                    match result {
+                        Ok(WriterExit::Finished) => {}
+                        Ok(WriterExit::Restart) => stop.set(StopReason::Replay),
+                        Err(_) => stop.set(StopReason::Failed),
                     }
                     result
                 });
