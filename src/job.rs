@@ -333,6 +333,7 @@ pub fn run(mut args: RunArgs, shutdown: Shutdown) -> anyhow::Result<()> {
                 None => Some((args.kafka.clone(), args.group_id.clone())),
             },
             lease: lease.clone(),
+            shutdown: shutdown.clone(),
         };
         leader_parts = Some((writer_config, control));
     }
@@ -359,7 +360,9 @@ pub fn run(mut args: RunArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let args = &setup.args;
 
     if let (Some(publisher), Some((_, control))) = (publisher, &setup.leader) {
-        if outcome.is_ok() {
+        // A writer that gave up waiting for PostgreSQL leaves the outbox to
+        // the next start: draining it would wait for the same database.
+        if matches!(outcome, Ok(WriterExit::Finished | WriterExit::Restart)) {
             control.finishing.store(true, Ordering::SeqCst);
             control.wake.notify_one();
             match publisher.join() {

@@ -64,19 +64,28 @@ impl Live {
         let job = Job::new(name, input);
         job.migrate();
         let role = JobRole::create(&job.database_url);
-        let mut as_role = job.clone();
-        as_role.database_url = role.url.clone();
         let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let mut args = vec!["-w", "2", "--metrics-addr", &addr];
-        args.extend_from_slice(&SMALL_TRANSACTIONS);
-        let child = KillOnDrop(as_role.spawn(&args));
+        let child = Live::spawn(&job, &role, port);
         Live {
             job,
             role,
             port,
             child,
         }
+    }
+
+    fn spawn(job: &Job, role: &JobRole, port: u16) -> KillOnDrop {
+        let mut as_role = job.clone();
+        as_role.database_url = role.url.clone();
+        let addr = format!("127.0.0.1:{port}");
+        let mut args = vec!["-w", "2", "--metrics-addr", &addr];
+        args.extend_from_slice(&SMALL_TRANSACTIONS);
+        KillOnDrop(as_role.spawn(&args))
+    }
+
+    /// Starts the job again, as before, once the last one has exited.
+    fn start_again(&mut self) {
+        self.child = Live::spawn(&self.job, &self.role, self.port);
     }
 
     fn get(&self, path: &str) -> (u16, String) {
@@ -275,5 +284,51 @@ fn a_check_added_mid_run_sends_only_the_refused_message_to_the_dlq() {
         }]
     );
     let diff = compare(&reference(&input, Some(check)), &got);
+    assert!(diff.is_exact(), "{diff}");
+}
+
+/// SIGTERM (what systemd and Kubernetes send) stops a job that waits out a
+/// refusal of the database at once, with status 0 and nothing more committed;
+/// started again once the grant is back, it goes on from its last commit and
+/// ends as an uninterrupted run would.
+#[test]
+fn a_job_waiting_for_the_database_stops_on_sigterm_and_goes_on_when_started_again() {
+    require_broker();
+    let input = unique("refusal_stop");
+    produce_half(&input, 1);
+    let mut live = Live::start("refusal_stop", &input);
+    live.wait_caught_up(Duration::from_secs(120));
+    let role = live.role.name.clone();
+    execute(
+        &live.job.database_url,
+        &format!("REVOKE INSERT ON price_history FROM {role}"),
+    );
+    produce_half(&input, 2);
+    live.wait_blocked("42501", Duration::from_secs(2));
+    let commits = commit_no(&live.job.database_url);
+    let status = terminate(&mut live.child.0, Duration::from_secs(15));
+    if status.is_none() {
+        // Its stderr ends only with it.
+        let _ = live.child.0.kill();
+    }
+    let mut stderr = String::new();
+    if let Some(mut pipe) = live.child.0.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+    }
+    let status = status.unwrap_or_else(|| panic!("still waiting 15 s after SIGTERM:\n{stderr}"));
+    assert!(status.success(), "exit after SIGTERM: {status}\n{stderr}");
+    assert!(
+        stderr.contains("stopped on request while waiting for PostgreSQL"),
+        "{stderr}"
+    );
+    assert_eq!(commit_no(&live.job.database_url), commits);
+
+    execute(
+        &live.job.database_url,
+        &format!("GRANT INSERT ON price_history TO {role}"),
+    );
+    live.start_again();
+    let got = live.finish(false);
+    let diff = compare(&reference(&input, None), &got);
     assert!(diff.is_exact(), "{diff}");
 }

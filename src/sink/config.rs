@@ -7,6 +7,7 @@
 use super::encode::OutboxTarget;
 use crate::config::KafkaArgs;
 use crate::lease::Lease;
+use crate::shutdown::Shutdown;
 
 /// Where the writer writes and what it needs to address outbox messages.
 #[derive(Clone)]
@@ -23,4 +24,7 @@ pub struct WriterConfig {
     pub monitor: Option<(KafkaArgs, String)>,
     /// This process's job lease: no commit lands without it.
     pub lease: Lease,
+    /// The job's stop request: a writer waiting out PostgreSQL gives up on
+    /// what it holds (the next start reads it again) instead of waiting on.
+    pub shutdown: Shutdown,
 }

@@ -95,7 +95,8 @@ impl WriterThread {
                     };
                     let result = run_writer(config, batches_in, committed_out, wake, metrics, control);
                     match result {
-                        Ok(WriterExit::Finished) => {}
+                        // Abandoned: asked to stop, which stops the workers too.
+                        Ok(WriterExit::Finished | WriterExit::Abandoned) => {}
                         Ok(WriterExit::Restart) => stop.set(StopReason::Replay),
                         Err(_) => stop.set(StopReason::Failed),
                     }

@@ -41,6 +41,10 @@ pub enum WriteError {
     },
     #[error("fenced: {0}")]
     Fenced(String),
+    /// The job was asked to stop while the writer waited out a failure: what
+    /// it held is not committed, and is read again at the next start.
+    #[error("stopped on request while waiting for PostgreSQL")]
+    Stopping,
 }
 
 impl WriteError {

@@ -72,6 +72,9 @@ pub enum WriterExit {
     /// Messages PostgreSQL refused were quarantined: the job must replay from
     /// the last commit without them.
     Restart,
+    /// The job was asked to stop while the writer waited out PostgreSQL:
+    /// what was not committed is read again at the next start.
+    Abandoned,
 }
 
 /// Runs the writer on the calling thread until `batches` closes or messages
@@ -91,7 +94,7 @@ pub fn run_writer(
     };
     let mut rejected_log = crate::metrics::RateLimited::new(Duration::from_secs(5));
     let runtime = crate::runtime::current_thread()?;
-    runtime.block_on(async move {
+    let result: anyhow::Result<WriterExit> = runtime.block_on(async move {
         let mut writer = Writer::connect(config, Arc::clone(&metrics)).await?;
         while let Ok(first) = batches.recv() {
             let mut merged = Merged::default();
@@ -121,7 +124,7 @@ pub fn run_writer(
                             reason: format!("{context}: {reason}"),
                             sqlstate,
                         };
-                        writer.wait(&error, &mut delay).await;
+                        writer.wait(&error, &mut delay).await?;
                         writer.reconnect(&mut delay).await?;
                     }
                     Err(error) => return Err(error.into()),
@@ -153,7 +156,16 @@ pub fn run_writer(
             }
         }
         Ok(WriterExit::Finished)
-    })
+    });
+    match result {
+        Err(error) if matches!(error.downcast_ref(), Some(WriteError::Stopping)) => {
+            tracing::warn!(
+                "stopped on request while waiting for PostgreSQL: what was not committed is read again at the next start"
+            );
+            Ok(WriterExit::Abandoned)
+        }
+        other => other,
+    }
 }
 
 struct Writer {
@@ -181,7 +193,7 @@ impl Writer {
             if !error.is_retried() {
                 return Err(error.into());
             }
-            writer.wait(&error, &mut delay).await;
+            writer.wait(&error, &mut delay).await?;
             writer.reconnect(&mut delay).await?;
         }
         loop {
@@ -191,7 +203,7 @@ impl Writer {
                     return Ok(writer);
                 }
                 Err(error) if error.is_retried() => {
-                    writer.wait(&error, &mut delay).await;
+                    writer.wait(&error, &mut delay).await?;
                     writer.reconnect(&mut delay).await?;
                 }
                 Err(error) => return Err(error.into()),
@@ -201,8 +213,9 @@ impl Writer {
 
     /// After a failure worth retrying: logs it (rate-limited), reports a
     /// blocked writer (`/healthz`, `conscope_writer_blocked`), and waits with
-    /// capped backoff.
-    async fn wait(&mut self, error: &WriteError, delay: &mut Duration) {
+    /// capped backoff; `Stopping` once the job is asked to stop (a wait may
+    /// last as long as an operator takes to fix the database).
+    async fn wait(&mut self, error: &WriteError, delay: &mut Duration) -> Result<(), WriteError> {
         if let WriteError::Blocked { reason, sqlstate, .. } = error {
             self.metrics.writer_blocked(sqlstate, reason);
         }
@@ -220,8 +233,15 @@ impl Writer {
                 ),
             }
         }
-        tokio::time::sleep(*delay).await;
+        tokio::select! {
+            () = tokio::time::sleep(*delay) => {}
+            () = self.config.shutdown.triggered() => {}
+        }
+        if self.config.shutdown.is_triggered() {
+            return Err(WriteError::Stopping);
+        }
         *delay = (*delay * 2).min(MAX_RETRY_DELAY);
+        Ok(())
     }
 
     /// A new, prepared connection, whatever state the old one is in: after a
@@ -242,7 +262,7 @@ impl Writer {
             };
             match attempt {
                 Ok(()) => return Ok(()),
-                Err(error) if error.is_retried() => self.wait(&error, delay).await,
+                Err(error) if error.is_retried() => self.wait(&error, delay).await?,
                 Err(error) => return Err(error),
             }
         }
@@ -288,7 +308,7 @@ impl Writer {
                 Err(WriteError::Refused { .. }) if self.months.forget() => continue,
                 Err(error) => return Err(error),
             };
-            self.wait(&error, &mut delay).await;
+            self.wait(&error, &mut delay).await?;
             self.reconnect(&mut delay).await?;
             // Did the lost commit land? commit_no and committed_by tell;
             // another run's commit means this one is fenced.
@@ -339,7 +359,7 @@ impl Writer {
                 // Storing the quarantine refused for its data would be a
                 // refusal of the database (the rows are the job's own).
                 Err(error) => {
-                    self.wait(&error.before_any_row(), &mut delay).await;
+                    self.wait(&error.before_any_row(), &mut delay).await?;
                     self.reconnect(&mut delay).await?;
                 }
             }

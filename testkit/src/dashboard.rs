@@ -230,20 +230,7 @@ impl Dashboard {
     /// Sends SIGTERM and waits up to `limit` for the exit: its status, or
     /// `None` if it is still running (it is then killed on drop).
     pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let child = &mut self._child.0;
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(sent.success(), "kill -TERM failed");
-        let deadline = std::time::Instant::now() + limit;
-        while std::time::Instant::now() < deadline {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
+        crate::terminate(&mut self._child.0, limit)
     }
 
     /// host:port, as browsers send it in `Host`.

@@ -146,6 +146,24 @@ fn succeeded(output: Output) -> Output {
     output
 }
 
+/// Sends SIGTERM (what systemd and Kubernetes send) and waits up to `limit`
+/// for the exit: its status, or `None` if it is still running.
+pub fn terminate(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill -TERM failed");
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
 /// Waits for `child` to exit; kills it and returns `None` when it has not
 /// within `limit`.
 pub fn exit_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
