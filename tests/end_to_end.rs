@@ -1,6 +1,7 @@
 //! The job end to end on the real broker and PostgreSQL: a known mix of input
-//! lands exactly as SPEC §2 says; rejects reach the dead-letter topic with their
-//! headers; and the tables are the same for any number of workers or processes.
+//! lands exactly as SPEC §2 says, ties of event fields with stale carriers
+//! included; rejects reach the dead-letter topic with their headers; and the
+//! tables are the same for any number of workers or processes.
 
 use std::collections::BTreeMap;
 
