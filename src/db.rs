@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use conscope_dataflows::model::{
-    Cents, Currency, EventRow, ListingKey, ListingRow, Micros, Restore, Seat, Stamped,
+    Cents, Currency, EventRow, ListingKey, ListingRow, Micros, Position, Restore, Seat, Stamped,
 };
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
@@ -70,6 +70,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0015_bytewise_keys",
         include_str!("../migrations/0015_bytewise_keys.sql"),
+    ),
+    (
+        "0016_event_field_positions",
+        include_str!("../migrations/0016_event_field_positions.sql"),
     ),
 ];
 
@@ -209,14 +213,23 @@ pub fn currency(text: &str) -> anyhow::Result<Currency> {
     Currency::parse(text.trim()).with_context(|| format!("bad currency {text:?} in the database"))
 }
 
-fn stamped<V>(value: Option<V>, at: Option<DateTime<Utc>>) -> Option<Stamped<V>> {
-    match (value, at) {
+/// The event field `field` of an `events` row with its carrier (`field` and
+/// its `_observed_at`, `_partition`, `_offset` columns). A field stored before
+/// positions were has none: it counts as the lowest at its time.
+fn stamped<V>(row: &Row, value: Option<V>, field: &str) -> anyhow::Result<Option<Stamped<V>>> {
+    let at: Option<DateTime<Utc>> = row.try_get(format!("{field}_observed_at").as_str())?;
+    let partition: Option<i32> = row.try_get(format!("{field}_partition").as_str())?;
+    let offset: Option<i64> = row.try_get(format!("{field}_offset").as_str())?;
+    Ok(match (value, at) {
         (Some(value), Some(at)) => Some(Stamped {
             value,
             observed_at: micros(at),
+            position: partition
+                .zip(offset)
+                .map(|(partition, offset)| Position { partition, offset }),
         }),
         _ => None,
-    }
+    })
 }
 
 /// An `events` row as restored state.
@@ -224,9 +237,9 @@ pub fn event_row(row: &Row) -> anyhow::Result<Restore> {
     let date: Option<DateTime<Utc>> = row.try_get("event_date")?;
     Ok(Restore::Event(EventRow {
         event_id: row.try_get("event_id")?,
-        event_name: stamped(row.try_get("event_name")?, row.try_get("event_name_observed_at")?),
-        venue: stamped(row.try_get("venue")?, row.try_get("venue_observed_at")?),
-        event_date: stamped(date.map(micros), row.try_get("event_date_observed_at")?),
+        event_name: stamped(row, row.try_get("event_name")?, "event_name")?,
+        venue: stamped(row, row.try_get("venue")?, "venue")?,
+        event_date: stamped(row, date.map(micros), "event_date")?,
         first_seen: micros(row.try_get("first_seen")?),
         last_seen: micros(row.try_get("last_seen")?),
     }))

@@ -1,6 +1,7 @@
 //! The job end to end on the real broker and PostgreSQL: a known mix of input
-//! lands exactly as SPEC §2 says; rejects reach the dead-letter topic with their
-//! headers; and the tables are the same for any number of workers or processes.
+//! lands exactly as SPEC §2 says, ties of event fields with stale carriers
+//! included; rejects reach the dead-letter topic with their headers; and the
+//! tables are the same for any number of workers or processes.
 
 use std::collections::BTreeMap;
 
@@ -464,4 +465,110 @@ fn older_observations_first_of_an_identity_wins_and_duplicates_change_nothing() 
         ),
         ["1|90.00|2026-01-01 00:20:00+00", "2|80.00|2026-01-01 00:03:00+00"]
     );
+}
+
+/// Lines of one partition (an input file) where, per event, a stale carrier
+/// (older than its listing's current state, so applied by the writer) and
+/// another carrier of other values share an `observed_at`: each event's
+/// fields must be the later message's (SPEC §2), whichever merge writes them
+/// first. e1: a current carrier, then the stale one; e2: the stale carrier,
+/// then a current one; e3: two stale carriers. After the pair, a message of
+/// each event without fields makes the job write its event row again.
+fn ties_with_stale_carriers() -> Vec<Vec<u8>> {
+    let at = |seconds: u32| format!("2026-01-01T00:00:{seconds:02}Z");
+    let fields = |name: &str, date: &str| {
+        format!(r#","event_name":"{name}","venue":"{name} hall","event_date":"2026-06-0{date}T20:00:00Z""#)
+    };
+    let line = |event: &str, seat: &str, seconds: u32, extra: &str| {
+        obs(event, "A", seat, "100", &at(seconds), extra)
+    };
+    vec![
+        line("e1", "1", 20, ""),
+        line("e1", "2", 10, &fields("e1 current first", "1")),
+        line("e1", "1", 10, &fields("e1 stale later", "2")),
+        line("e1", "2", 30, ""),
+        line("e2", "1", 20, ""),
+        line("e2", "1", 10, &fields("e2 stale first", "1")),
+        line("e2", "2", 10, &fields("e2 current later", "2")),
+        line("e2", "2", 30, ""),
+        line("e3", "1", 20, ""),
+        line("e3", "2", 20, ""),
+        line("e3", "1", 10, &fields("e3 stale first", "1")),
+        line("e3", "2", 10, &fields("e3 stale later", "2")),
+        line("e3", "3", 30, ""),
+    ]
+}
+
+fn write_lines(path: &std::path::Path, lines: &[Vec<u8>]) {
+    let mut text = Vec::new();
+    for line in lines {
+        text.extend_from_slice(line);
+        text.push(b'\n');
+    }
+    std::fs::write(path, text).expect("write input file");
+}
+
+/// SPEC §2's "ties go to the later message in partition order" when one of
+/// the carriers is stale: the same fields (and their carriers' positions)
+/// whether the input is one commit, a commit per message over two workers, or
+/// a restart after every message.
+#[test]
+fn equal_times_go_to_the_later_message_with_stale_carriers() {
+    require_broker();
+    let lines = ties_with_stale_carriers();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("ties.jsonl");
+    write_lines(&path, &lines);
+    let file = path.to_str().expect("path");
+    let fields = |url: &str| {
+        query_strings(
+            url,
+            "SELECT concat_ws('|', event_id, event_name, venue, event_date::date, event_name_observed_at,
+                              event_name_partition, event_name_offset, venue_offset, event_date_offset)
+             FROM events ORDER BY event_id",
+        )
+    };
+    let expected = [
+        "e1|e1 stale later|e1 stale later hall|2026-06-02|2026-01-01 00:00:10+00|0|2|2|2",
+        "e2|e2 current later|e2 current later hall|2026-06-02|2026-01-01 00:00:10+00|0|6|6|6",
+        "e3|e3 stale later|e3 stale later hall|2026-06-02|2026-01-01 00:00:10+00|0|11|11|11",
+    ];
+
+    let whole = Job::new("e2e_ties_whole", "unused");
+    let output = whole.run_to_end(&["--input-file", file]);
+    assert_summary(
+        &String::from_utf8_lossy(&output.stdout),
+        &[("processed", 13), ("stale", 4), ("duplicates", 0)],
+    );
+    assert_eq!(fields(&whole.database_url), expected, "one run");
+    let reference = dump(&whole.database_url);
+
+    let small = Job::new("e2e_ties_small", "unused");
+    small.run_to_end(&[
+        "--input-file",
+        file,
+        "-w",
+        "2",
+        "--max-batch",
+        "1",
+        "--epoch-ms",
+        "1",
+        "--max-commit-records",
+        "1",
+    ]);
+    assert_eq!(fields(&small.database_url), expected, "small commits");
+    assert!(dump(&small.database_url) == reference, "small commits differ");
+
+    let restarted = Job::new("e2e_ties_restarted", "unused");
+    for end in 1..=lines.len() {
+        write_lines(&path, &lines[..end]);
+        let output = restarted.run_to_end(&["--input-file", file]);
+        assert_summary(&String::from_utf8_lossy(&output.stdout), &[("processed", 1)]);
+    }
+    assert_eq!(
+        fields(&restarted.database_url),
+        expected,
+        "a restart after every message"
+    );
+    assert!(dump(&restarted.database_url) == reference, "restarts differ");
 }

@@ -209,12 +209,28 @@ pub struct ListingRow {
     pub observed_at: Micros,
 }
 
-/// A value of an event field together with the observation time that set it, so
-/// "taken from the most recent observation that carried it" survives restarts.
+/// A value of an event field together with the observation time and the
+/// position of the message that set it, so "taken from the most recent
+/// observation that carried it, ties going to the later message" survives
+/// restarts and holds whichever of two carriers is applied first.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stamped<V> {
     pub value: V,
     pub observed_at: Micros,
+    /// The carrier's position; `None` for a value stored before positions
+    /// were (a restored row): any carrier at the same time wins over it.
+    pub position: Option<Position>,
+}
+
+impl<V> Stamped<V> {
+    /// What decides between two carriers of a field: the greater wins. Within a
+    /// partition, at equal times, the later message (SPEC §2). Carriers in two
+    /// partitions at one time (producers key by event, so an event's messages
+    /// normally share one) have no order in the input: `(partition, offset)`
+    /// is an arbitrary tie-break, but a deterministic one.
+    pub fn order(&self) -> (Micros, Option<Position>) {
+        (self.observed_at, self.position)
+    }
 }
 
 /// What the summaries need of a listing's current state: the value of the

@@ -398,9 +398,9 @@ impl Processor {
         });
 
         let event_changed = match &mut state.row {
-            Some(row) => event_state::apply(row, &observation),
+            Some(row) => event_state::apply(row, &observation, position),
             None => {
-                state.row = Some(event_state::new_row(&observation));
+                state.row = Some(event_state::new_row(&observation, position));
                 epoch.counters.events_created += 1;
                 true
             }

@@ -357,7 +357,11 @@ fn first_observation_creates_event_and_listing_exactly() {
                 event_id: "ev".into(),
                 event_name: Some(Stamped {
                     value: "Show".into(),
-                    observed_at: 10
+                    observed_at: 10,
+                    position: Some(Position {
+                        partition: 0,
+                        offset: 1
+                    }),
                 }),
                 venue: None,
                 event_date: None,
@@ -723,6 +727,7 @@ fn restored_event_is_not_created_again() {
         event_name: Some(Stamped {
             value: "Show".into(),
             observed_at: 1,
+            position: None,
         }),
         venue: None,
         event_date: None,

@@ -439,10 +439,12 @@ mod tests {
             event_name: Some(Stamped {
                 value: "Name".to_owned(),
                 observed_at: 20,
+                position: None,
             }),
             venue: venue_at.map(|observed_at| Stamped {
                 value: "Hall".to_owned(),
                 observed_at,
+                position: None,
             }),
             event_date: None,
             first_seen: 10,

@@ -43,7 +43,9 @@ const BATCH: usize = 1024;
 const BATCHES_AHEAD: usize = 8;
 
 const EVENTS: &str = "SELECT event_id, event_name, venue, event_date, first_seen, last_seen,
-                             event_name_observed_at, venue_observed_at, event_date_observed_at
+                             event_name_observed_at, venue_observed_at, event_date_observed_at,
+                             event_name_partition, event_name_offset, venue_partition,
+                             venue_offset, event_date_partition, event_date_offset
                       FROM events";
 const LISTINGS: &str =
     "SELECT event_id, section, \"row\", seat, source, price, currency, available, observed_at FROM listings";

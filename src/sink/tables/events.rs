@@ -1,14 +1,63 @@
 //! The `events` table: each event's row of the batch merged with one
-//! `INSERT … ON CONFLICT`, per field the most recent value. (The fields stale
-//! rows bring are applied by `history`.)
+//! `INSERT … ON CONFLICT`, per field the value of the greater carrier in
+//! `(observed_at, partition, offset)` (`event_field_wins`, migration 0016).
+//! (The fields stale rows bring are applied by `history`, by the same rule.)
 
-use conscope_dataflows::model::EventRow;
+use std::sync::LazyLock;
+
+use conscope_dataflows::model::{EventRow, Position, Stamped};
 use tokio_postgres::types::Type;
 use tokio_postgres::Transaction;
 
 use super::copy::{copy_in, timestamp, Values};
 use crate::sink::merge::Merged;
 use crate::sink::write_error::WriteError;
+
+/// The merge of `incoming_events` into `events`.
+static EVENTS_MERGE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO events (event_id, event_name, venue, event_date, first_seen, last_seen,
+                             event_name_observed_at, venue_observed_at, event_date_observed_at,
+                             event_name_partition, event_name_offset, venue_partition,
+                             venue_offset, event_date_partition, event_date_offset)
+         SELECT * FROM incoming_events
+         ON CONFLICT (event_id) DO UPDATE SET
+             {},
+             first_seen = EXCLUDED.first_seen, last_seen = EXCLUDED.last_seen,
+             updated_at = now()",
+        field_merge("EXCLUDED", "events")
+    )
+});
+
+/// The `SET` items that take each event field (value, time and carrier's
+/// position) from the row named `new` where its carrier wins over the stored
+/// one, `old` (`event_field_wins`), and keep `old`'s otherwise: so a stale
+/// row's value (applied by `history`) stays until a greater carrier comes,
+/// whichever merge runs first. Column names only, never data. For the name:
+/// `event_name = CASE WHEN event_field_wins(new.event_name_observed_at,
+/// new.event_name_partition, new.event_name_offset, old.event_name_observed_at,
+/// …) THEN new.event_name ELSE old.event_name END`, and the same for
+/// `event_name_observed_at`, `event_name_partition`, `event_name_offset`.
+pub(super) fn field_merge(new: &str, old: &str) -> String {
+    let mut items = Vec::new();
+    for field in ["event_name", "venue", "event_date"] {
+        let wins = format!(
+            "event_field_wins({new}.{field}_observed_at, {new}.{field}_partition, {new}.{field}_offset,
+                              {old}.{field}_observed_at, {old}.{field}_partition, {old}.{field}_offset)"
+        );
+        for column in [
+            field.to_owned(),
+            format!("{field}_observed_at"),
+            format!("{field}_partition"),
+            format!("{field}_offset"),
+        ] {
+            items.push(format!(
+                "{column} = CASE WHEN {wins} THEN {new}.{column} ELSE {old}.{column} END"
+            ));
+        }
+    }
+    items.join(",\n             ")
+}
 
 /// Merges the batch's event rows into `events`.
 pub(super) async fn write_events(transaction: &Transaction<'_>, merged: &Merged) -> Result<(), WriteError> {
@@ -30,6 +79,12 @@ pub(super) async fn write_events(transaction: &Transaction<'_>, merged: &Merged)
                 Type::TIMESTAMPTZ,
                 Type::TIMESTAMPTZ,
                 Type::TIMESTAMPTZ,
+                Type::INT4,
+                Type::INT8,
+                Type::INT4,
+                Type::INT8,
+                Type::INT4,
+                Type::INT8,
             ],
             events.iter().map(|event| -> Values<'_> {
                 vec![
@@ -42,35 +97,25 @@ pub(super) async fn write_events(transaction: &Transaction<'_>, merged: &Merged)
                     Box::new(event.event_name.as_ref().map(|name| timestamp(name.observed_at))),
                     Box::new(event.venue.as_ref().map(|venue| timestamp(venue.observed_at))),
                     Box::new(event.event_date.as_ref().map(|date| timestamp(date.observed_at))),
+                    Box::new(carrier(&event.event_name).map(|at| at.partition)),
+                    Box::new(carrier(&event.event_name).map(|at| at.offset)),
+                    Box::new(carrier(&event.venue).map(|at| at.partition)),
+                    Box::new(carrier(&event.venue).map(|at| at.offset)),
+                    Box::new(carrier(&event.event_date).map(|at| at.partition)),
+                    Box::new(carrier(&event.event_date).map(|at| at.offset)),
                 ]
             }),
         )
         .await?;
         transaction
-            .batch_execute(
-                "INSERT INTO events (event_id, event_name, venue, event_date, first_seen, last_seen,
-                                     event_name_observed_at, venue_observed_at, event_date_observed_at)
-                 SELECT * FROM incoming_events
-                 ON CONFLICT (event_id) DO UPDATE SET
-                     -- Per field the most recent value: a stale row's (applied
-                     -- by the writer) stays until something newer comes.
-                     event_name = CASE WHEN events.event_name_observed_at IS NULL OR EXCLUDED.event_name_observed_at >= events.event_name_observed_at
-                         THEN EXCLUDED.event_name ELSE events.event_name END,
-                     event_name_observed_at = CASE WHEN events.event_name_observed_at IS NULL OR EXCLUDED.event_name_observed_at >= events.event_name_observed_at
-                         THEN EXCLUDED.event_name_observed_at ELSE events.event_name_observed_at END,
-                     venue = CASE WHEN events.venue_observed_at IS NULL OR EXCLUDED.venue_observed_at >= events.venue_observed_at
-                         THEN EXCLUDED.venue ELSE events.venue END,
-                     venue_observed_at = CASE WHEN events.venue_observed_at IS NULL OR EXCLUDED.venue_observed_at >= events.venue_observed_at
-                         THEN EXCLUDED.venue_observed_at ELSE events.venue_observed_at END,
-                     event_date = CASE WHEN events.event_date_observed_at IS NULL OR EXCLUDED.event_date_observed_at >= events.event_date_observed_at
-                         THEN EXCLUDED.event_date ELSE events.event_date END,
-                     event_date_observed_at = CASE WHEN events.event_date_observed_at IS NULL OR EXCLUDED.event_date_observed_at >= events.event_date_observed_at
-                         THEN EXCLUDED.event_date_observed_at ELSE events.event_date_observed_at END,
-                     first_seen = EXCLUDED.first_seen, last_seen = EXCLUDED.last_seen,
-                     updated_at = now()",
-            )
+            .batch_execute(&EVENTS_MERGE)
             .await
             .map_err(WriteError::at("cannot merge events"))?;
     }
     Ok(())
+}
+
+/// The position of the message that carried `field`, if known.
+fn carrier<V>(field: &Option<Stamped<V>>) -> Option<Position> {
+    field.as_ref().and_then(|stamped| stamped.position)
 }

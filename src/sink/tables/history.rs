@@ -1,18 +1,21 @@
 //! `price_history`: the batch's new rows by binary `COPY`, and the rows of
 //! observations older than their listing's current state, inserted in
 //! partition order with the first of an identity winning; the event fields
-//! the inserted stale rows bring, applied to `events` where they are the most
-//! recent. Rows observed before the pruned boundary are left out, and the
-//! month partitions of the others made first (`retention`).
+//! the inserted stale rows bring, applied to `events` where their carrier is
+//! the greater in `(observed_at, partition, offset)`: the most recent, and at
+//! one time the later message. Rows observed before the pruned boundary are
+//! left out, and the month partitions of the others made first (`retention`).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
-use conscope_dataflows::model::{ListingKey, ListingRow, Micros, Seat};
+use conscope_dataflows::model::{ListingKey, ListingRow, Micros, Position, Seat, Stamped};
 use tokio_postgres::Transaction;
 
 use super::copy::{copy_listing_rows, timestamp};
+use super::events::field_merge;
 use super::retention::{ensure_months, pruned_before, KnownMonths};
 use super::Written;
 use crate::fail::fail_point;
@@ -138,34 +141,45 @@ async fn insert_maybe_stale(transaction: &Transaction<'_>, rows: &[OlderRow]) ->
     Ok(count)
 }
 
-/// One event's fields as the stale rows of a commit bring them, each with the
-/// `observed_at` of its carrier.
+/// One event's fields as the stale rows of a commit bring them, each with its
+/// carrier's time and position.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct StaleFields {
-    event_name: Option<(String, Micros)>,
-    venue: Option<(String, Micros)>,
-    event_date: Option<(Micros, Micros)>,
+    event_name: Option<Stamped<String>>,
+    venue: Option<Stamped<String>>,
+    event_date: Option<Stamped<Micros>>,
 }
 
-/// Per event, the most recent carrier of each field among the rows `inserted`
-/// (the first row of each inserted identity; later copies were duplicates).
-/// Of carriers at one `observed_at` the first in input order is kept, and the
-/// update only takes a strictly more recent value: so the result is the same
-/// however the input is cut into commits (see `apply_stale_event_fields`).
+/// Per event, the greatest carrier of each field in `(observed_at, position)`
+/// ([`Stamped::order`]) among the rows `inserted` (the first row of each
+/// inserted identity; later copies were duplicates): the most recent, and of
+/// carriers at one time the later message. The update takes it only where it
+/// is greater than the stored carrier too, so the result is the same however
+/// the input is cut into commits (see `apply_stale_event_fields`).
 fn stale_event_fields(
     rows: &[OlderRow],
     inserted: &HashSet<(ListingKey, Micros)>,
 ) -> BTreeMap<String, StaleFields> {
-    fn newer<V: Clone>(slot: &mut Option<(V, Micros)>, value: Option<&V>, at: Micros) {
+    fn greater<V: Clone>(slot: &mut Option<Stamped<V>>, value: Option<&V>, at: Micros, position: Position) {
         if let Some(value) = value {
-            if slot.as_ref().is_none_or(|(_, stored)| at > *stored) {
-                *slot = Some((value.clone(), at));
+            let order = (at, Some(position));
+            if slot.as_ref().is_none_or(|stored| order > stored.order()) {
+                *slot = Some(Stamped {
+                    value: value.clone(),
+                    observed_at: at,
+                    position: Some(position),
+                });
             }
         }
     }
     let mut seen: HashSet<(&ListingKey, Micros)> = HashSet::new();
     let mut updates: BTreeMap<String, StaleFields> = BTreeMap::new();
-    for OlderRow { row, fields, .. } in rows {
+    for OlderRow {
+        row,
+        position,
+        fields,
+    } in rows
+    {
         let identity = (&row.listing, row.observed_at);
         if !seen.insert(identity) {
             continue;
@@ -176,17 +190,18 @@ fn stale_event_fields(
         }
         let at = row.observed_at;
         let update = updates.entry(row.listing.event_id.clone()).or_default();
-        newer(&mut update.event_name, fields.event_name.as_ref(), at);
-        newer(&mut update.venue, fields.venue.as_ref(), at);
-        newer(&mut update.event_date, fields.event_date.as_ref(), at);
+        greater(&mut update.event_name, fields.event_name.as_ref(), at, *position);
+        greater(&mut update.venue, fields.venue.as_ref(), at, *position);
+        greater(&mut update.event_date, fields.event_date.as_ref(), at, *position);
     }
     updates
 }
 
-/// Sets each field a stale row brought where it is more recent than the
-/// stored one. Strictly: at one `observed_at` the value already stored stays,
-/// whether the job's own event row (merged before, in this commit or an
-/// earlier one) or an earlier stale row put it there.
+/// Sets each field a stale row brought where its carrier is greater in
+/// `(observed_at, partition, offset)` than the stored one (`field_merge`, the
+/// rule of the events merge): at one time the later message wins, whether the
+/// job's own event row (merged before, in this commit or an earlier one) or a
+/// stale row of an earlier commit put the stored value there.
 async fn apply_stale_event_fields(
     transaction: &Transaction<'_>,
     updates: &BTreeMap<String, StaleFields>,
@@ -194,55 +209,80 @@ async fn apply_stale_event_fields(
     if updates.is_empty() {
         return Ok(());
     }
-    let n = updates.len();
-    let mut events: Vec<&str> = Vec::with_capacity(n);
-    let (mut names, mut name_ats) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    let (mut venues, mut venue_ats) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    let (mut dates, mut date_ats) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut events: Vec<&str> = Vec::with_capacity(updates.len());
+    let (mut names, mut name_carriers) = (Vec::new(), Carriers::default());
+    let (mut venues, mut venue_carriers) = (Vec::new(), Carriers::default());
+    let (mut dates, mut date_carriers) = (Vec::new(), Carriers::default());
     for (event, fields) in updates {
         events.push(event.as_str());
-        let (name, at) = split(fields.event_name.as_ref().map(|(name, at)| (name.as_str(), *at)));
-        names.push(name);
-        name_ats.push(at);
-        let (venue, at) = split(fields.venue.as_ref().map(|(venue, at)| (venue.as_str(), *at)));
-        venues.push(venue);
-        venue_ats.push(at);
-        let (date, at) = split(fields.event_date.map(|(date, at)| (timestamp(date), at)));
-        dates.push(date);
-        date_ats.push(at);
+        names.push(name_carriers.push(fields.event_name.as_ref()).map(String::as_str));
+        venues.push(venue_carriers.push(fields.venue.as_ref()).map(String::as_str));
+        dates.push(
+            date_carriers
+                .push(fields.event_date.as_ref())
+                .map(|date| timestamp(*date)),
+        );
     }
     transaction
         .execute(
-            "UPDATE events e SET
-                 event_name = CASE WHEN u.name_at > e.event_name_observed_at OR e.event_name_observed_at IS NULL
-                     THEN coalesce(u.name, e.event_name) ELSE e.event_name END,
-                 event_name_observed_at = CASE WHEN u.name_at > e.event_name_observed_at OR e.event_name_observed_at IS NULL
-                     THEN coalesce(u.name_at, e.event_name_observed_at) ELSE e.event_name_observed_at END,
-                 venue = CASE WHEN u.venue_at > e.venue_observed_at OR e.venue_observed_at IS NULL
-                     THEN coalesce(u.venue, e.venue) ELSE e.venue END,
-                 venue_observed_at = CASE WHEN u.venue_at > e.venue_observed_at OR e.venue_observed_at IS NULL
-                     THEN coalesce(u.venue_at, e.venue_observed_at) ELSE e.venue_observed_at END,
-                 event_date = CASE WHEN u.date_at > e.event_date_observed_at OR e.event_date_observed_at IS NULL
-                     THEN coalesce(u.event_date, e.event_date) ELSE e.event_date END,
-                 event_date_observed_at = CASE WHEN u.date_at > e.event_date_observed_at OR e.event_date_observed_at IS NULL
-                     THEN coalesce(u.date_at, e.event_date_observed_at) ELSE e.event_date_observed_at END,
-                 updated_at = now()
-             FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::timestamptz[],
-                         $6::timestamptz[], $7::timestamptz[])
-                  AS u(event_id, name, name_at, venue, venue_at, event_date, date_at)
-             WHERE e.event_id = u.event_id",
-            &[&events, &names, &name_ats, &venues, &venue_ats, &dates, &date_ats],
+            &*STALE_FIELDS_MERGE,
+            &[
+                &events,
+                &names,
+                &name_carriers.at,
+                &name_carriers.partition,
+                &name_carriers.offset,
+                &venues,
+                &venue_carriers.at,
+                &venue_carriers.partition,
+                &venue_carriers.offset,
+                &dates,
+                &date_carriers.at,
+                &date_carriers.partition,
+                &date_carriers.offset,
+            ],
         )
         .await
         .map_err(WriteError::at("cannot apply the event fields of stale rows"))?;
     Ok(())
 }
 
-/// A value and its time, as two nullable SQL parameters.
-fn split<V>(field: Option<(V, Micros)>) -> (Option<V>, Option<DateTime<Utc>>) {
-    match field {
-        Some((value, at)) => (Some(value), Some(timestamp(at))),
-        None => (None, None),
+/// The update of `apply_stale_event_fields`: `u` has the columns of `events`
+/// the merge reads.
+static STALE_FIELDS_MERGE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE events e SET
+             {},
+             updated_at = now()
+         FROM unnest($1::text[],
+                     $2::text[], $3::timestamptz[], $4::int[], $5::bigint[],
+                     $6::text[], $7::timestamptz[], $8::int[], $9::bigint[],
+                     $10::timestamptz[], $11::timestamptz[], $12::int[], $13::bigint[])
+              AS u(event_id,
+                   event_name, event_name_observed_at, event_name_partition, event_name_offset,
+                   venue, venue_observed_at, venue_partition, venue_offset,
+                   event_date, event_date_observed_at, event_date_partition, event_date_offset)
+         WHERE e.event_id = u.event_id",
+        field_merge("u", "e")
+    )
+});
+
+/// The carriers of one field, one per event, as nullable SQL parameters.
+#[derive(Default)]
+struct Carriers {
+    at: Vec<Option<DateTime<Utc>>>,
+    partition: Vec<Option<i32>>,
+    offset: Vec<Option<i64>>,
+}
+
+impl Carriers {
+    /// Adds the carrier of `field` (or none); returns its value.
+    fn push<'a, V>(&mut self, field: Option<&'a Stamped<V>>) -> Option<&'a V> {
+        let position = field.and_then(|stamped| stamped.position);
+        self.at.push(field.map(|stamped| timestamp(stamped.observed_at)));
+        self.partition.push(position.map(|position| position.partition));
+        self.offset.push(position.map(|position| position.offset));
+        field.map(|stamped| &stamped.value)
     }
 }
 
@@ -253,43 +293,61 @@ mod tests {
     use super::*;
     use crate::sink::merge::tests::{at, listing_row};
 
+    fn carried(value: &'static str, at: Micros, position: Position) -> Option<Stamped<String>> {
+        Some(Stamped {
+            value: value.to_owned(),
+            observed_at: at,
+            position: Some(position),
+        })
+    }
+
     /// Of the stale rows' event fields only inserted rows count (a later copy
     /// of an identity, or one the table held, is a duplicate), the most recent
-    /// carrier wins, and of carriers at one time the first in input order.
+    /// carrier wins, and of carriers at one time the later message: the later
+    /// in a partition, and across partitions the greater position, whatever
+    /// the order of the rows.
     #[test]
-    fn stale_rows_bring_the_fields_of_their_most_recent_inserted_carrier() {
-        let venue = |venue: &str| {
+    fn stale_rows_bring_the_fields_of_their_greatest_inserted_carrier() {
+        let fields = |name: Option<&str>, venue: Option<&str>| {
             Some(Box::new(EventFields {
-                venue: Some(venue.to_owned()),
-                ..EventFields::default()
-            }))
-        };
-        let named = |name: &str| {
-            Some(Box::new(EventFields {
-                event_name: Some(name.to_owned()),
+                event_name: name.map(str::to_owned),
+                venue: venue.map(str::to_owned),
                 ..EventFields::default()
             }))
         };
         let rows: Vec<OlderRow> = [
-            (listing_row("a", 100, 5), venue("V5")),
-            (listing_row("a", 101, 5), venue("copy of a@5, a duplicate")),
+            (listing_row("a", 100, 5), at(0, 0), fields(None, Some("V5"))),
+            (
+                listing_row("a", 101, 5),
+                at(0, 1),
+                fields(None, Some("copy of a@5, a duplicate")),
+            ),
             (
                 listing_row("b", 100, 9),
-                named("b@9 was stored before, a duplicate"),
+                at(0, 2),
+                fields(Some("b@9 was stored before, a duplicate"), None),
             ),
-            (listing_row("c", 100, 7), venue("V7")),
-            (listing_row("d", 100, 7), venue("V7 later")),
-            (listing_row("e", 100, 3), named("N3")),
+            (listing_row("c", 100, 7), at(0, 3), fields(None, Some("V7"))),
+            (listing_row("d", 100, 7), at(0, 4), fields(None, Some("V7 later"))),
+            (
+                listing_row("e", 100, 3),
+                at(1, 7),
+                fields(Some("N3 partition 1"), None),
+            ),
+            (
+                listing_row("f", 100, 3),
+                at(0, 9),
+                fields(Some("N3 partition 0"), None),
+            ),
         ]
         .into_iter()
-        .enumerate()
-        .map(|(offset, (row, fields))| OlderRow {
+        .map(|(row, position, fields)| OlderRow {
             row,
-            position: at(0, offset as i64),
+            position,
             fields,
         })
         .collect();
-        let inserted: HashSet<(ListingKey, Micros)> = [("a", 5), ("c", 7), ("d", 7), ("e", 3)]
+        let inserted: HashSet<(ListingKey, Micros)> = [("a", 5), ("c", 7), ("d", 7), ("e", 3), ("f", 3)]
             .into_iter()
             .map(|(seat, at)| (listing_row(seat, 0, at).listing, at))
             .collect();
@@ -299,11 +357,19 @@ mod tests {
             BTreeMap::from([(
                 "e1".to_owned(),
                 StaleFields {
-                    event_name: Some(("N3".to_owned(), 3)),
-                    venue: Some(("V7".to_owned(), 7)),
+                    event_name: carried("N3 partition 1", 3, at(1, 7)),
+                    venue: carried("V7 later", 7, at(0, 4)),
                     event_date: None,
                 }
             )])
         );
+
+        // The same rows in another order (as two partitions may interleave)
+        // bring the same fields.
+        let mut reversed: Vec<OlderRow> = rows[3..].to_vec();
+        reversed.reverse();
+        let updates = stale_event_fields(&reversed, &inserted);
+        assert_eq!(updates["e1"].event_name, carried("N3 partition 1", 3, at(1, 7)));
+        assert_eq!(updates["e1"].venue, carried("V7 later", 7, at(0, 4)));
     }
 }

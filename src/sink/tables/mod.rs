@@ -7,8 +7,10 @@
 //! identity, which only the table knows) are `COPY`'d into a temporary table and
 //! inserted in partition order with `ON CONFLICT DO NOTHING`: the first of an
 //! identity wins, the rows inserted split them into the stale and duplicate
-//! counters, and the stale ones' event fields are applied where they are the
-//! most recent (the events merge keeps, per field, the most recent value). Listings, events and alerts are `COPY`'d
+//! counters, and the stale ones' event fields are applied where their carrier
+//! is the greater in `(observed_at, partition, offset)`, the order the events
+//! merge keeps per field too (`event_field_wins`, migration 0016). Listings,
+//! events and alerts are `COPY`'d
 //! into temporary tables and merged with one `INSERT … ON CONFLICT` each; rejects
 //! and alerts become `outbox` rows. Summary changes (differential updates) are
 //! folded into the new row of each changed key, or its absence, and merged the
@@ -63,7 +65,10 @@ pub(super) async fn prepare(client: &Client) -> Result<(), WriteError> {
             "CREATE TEMP TABLE IF NOT EXISTS incoming_events (
                  event_id TEXT, event_name TEXT, venue TEXT, event_date TIMESTAMPTZ,
                  first_seen TIMESTAMPTZ, last_seen TIMESTAMPTZ, event_name_observed_at TIMESTAMPTZ,
-                 venue_observed_at TIMESTAMPTZ, event_date_observed_at TIMESTAMPTZ) ON COMMIT DELETE ROWS;
+                 venue_observed_at TIMESTAMPTZ, event_date_observed_at TIMESTAMPTZ,
+                 event_name_partition INTEGER, event_name_offset BIGINT, venue_partition INTEGER,
+                 venue_offset BIGINT, event_date_partition INTEGER, event_date_offset BIGINT)
+                 ON COMMIT DELETE ROWS;
              CREATE TEMP TABLE IF NOT EXISTS incoming_history (
                  ord BIGINT, event_id TEXT, section TEXT, \"row\" TEXT, seat TEXT, source TEXT,
                  price NUMERIC(12,2), currency CHAR(3), available BOOLEAN, observed_at TIMESTAMPTZ)
