@@ -131,3 +131,63 @@ fn a_second_instance_is_refused_before_it_restores_and_a_crash_frees_the_job() {
         query_i64(&job.database_url, "SELECT count(*) FROM price_alerts")
     );
 }
+
+/// The first key of the publish lock (`lease::PUBLISH_LOCK_CLASS`, "conp").
+const PUBLISH_LOCK_CLASS: i32 = 0x636f_6e70;
+
+/// An instance's publisher starts only once the previous instance's has
+/// stopped: the publish lock. The test holds process 0's publish lock, as a
+/// fenced instance's publisher that has not yet noticed would: the job
+/// commits (its alerts wait in the outbox) but publishes nothing; once the
+/// lock is free, every alert is published, once.
+#[test]
+fn a_publisher_waits_while_another_holds_the_publish_lock() {
+    require_broker();
+    let input = unique("fencing_publish");
+    create_topic(&input, 2);
+    produce(&input, &batch(0));
+    let job = Job::new("fencing_publish", &input);
+    job.migrate();
+
+    let runtime = runtime();
+    let (holder, connection) = runtime
+        .block_on(tokio_postgres::connect(&job.database_url, tokio_postgres::NoTls))
+        .expect("postgres");
+    let connection = runtime.spawn(connection);
+    runtime
+        .block_on(holder.execute("SELECT pg_advisory_lock($1, $2)", &[&PUBLISH_LOCK_CLASS, &0i32]))
+        .expect("take the publish lock");
+
+    let mut running = KillOnDrop(job.spawn(&[]));
+    wait_until(Duration::from_secs(60), "the job to commit the batch", || {
+        stored_offsets(&job.database_url, &job.input) == high_watermarks(&job.input)
+    });
+    // Time for a publisher that ignored the lock to publish.
+    std::thread::sleep(Duration::from_secs(3));
+    let waiting = query_i64(&job.database_url, "SELECT count(*) FROM outbox");
+    assert!(waiting > 0, "the batch raised no alert");
+    assert_eq!(
+        read_all(&job.alerts).len(),
+        0,
+        "published while another publisher held the lock"
+    );
+    assert_eq!(
+        query_i64(&job.database_url, "SELECT count(*) FROM outbox"),
+        waiting
+    );
+    assert!(
+        running.0.try_wait().expect("wait").is_none(),
+        "the job stopped while its publisher waited"
+    );
+
+    // The other publisher stops: its session ends, the lock goes with it.
+    drop(holder);
+    let _ = runtime.block_on(connection);
+    wait_committed(&job, "the publisher to publish once the lock was free");
+    let ids = alert_ids_on_topic(&job.alerts);
+    assert!(ids.values().all(|count| *count == 1), "{ids:?}");
+    assert_eq!(
+        ids.len() as i64,
+        query_i64(&job.database_url, "SELECT count(*) FROM price_alerts")
+    );
+}
