@@ -17,36 +17,42 @@ use serde_json::value::RawValue;
 
 use crate::text::{money, printable};
 
-/// An alert as published on the alerts topic (SPEC §3). Only what the printed
-/// line needs; the webhook gets the message value unchanged.
+/// An alert as published on the alerts topic (SPEC §3), its prices still as
+/// their JSON text. Read by the printed line here and by `conscope notify`
+/// (which keeps the message value itself for the webhook).
 #[derive(Debug, Deserialize)]
-struct Alert {
-    alert_id: String,
-    kind: String,
-    event_id: String,
+pub struct WireAlert {
+    pub alert_id: String,
+    pub kind: String,
+    pub event_id: String,
     #[serde(default)]
-    event_name: Option<String>,
+    pub event_name: Option<String>,
     #[serde(default)]
-    section: Option<String>,
+    pub venue: Option<String>,
+    /// RFC 3339, as stored.
     #[serde(default)]
-    row: Option<String>,
+    pub event_date: Option<String>,
     #[serde(default)]
-    seat: Option<String>,
+    pub section: Option<String>,
     #[serde(default)]
-    source: Option<String>,
+    pub row: Option<String>,
     #[serde(default)]
-    rule_id: Option<i64>,
+    pub seat: Option<String>,
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub rule_id: Option<i64>,
     /// The rule's threshold, when the publisher adds it (not in SPEC §3's minimum).
     #[serde(default)]
-    max_price: Option<Box<RawValue>>,
+    pub max_price: Option<Box<RawValue>>,
     #[serde(default)]
-    old_price: Option<Box<RawValue>>,
-    new_price: Box<RawValue>,
-    currency: String,
-    observed_at: String,
+    pub old_price: Option<Box<RawValue>>,
+    pub new_price: Box<RawValue>,
+    pub currency: String,
+    pub observed_at: String,
 }
 
-/// The fields of an [`Alert`] the printed line uses, prices parsed exactly.
+/// The fields of a [`WireAlert`] the printed line uses, prices parsed exactly.
 #[derive(Debug)]
 pub struct Notice {
     pub alert_id: String,
@@ -55,7 +61,7 @@ pub struct Notice {
 
 /// Parses and validates one message value; the error says what is wrong.
 pub fn parse_alert(payload: &[u8]) -> Result<Notice, String> {
-    let alert: Alert = serde_json::from_slice(payload).map_err(|e| format!("not an alert: {e}"))?;
+    let alert: WireAlert = serde_json::from_slice(payload).map_err(|e| format!("not an alert: {e}"))?;
     if alert.alert_id.is_empty() {
         return Err("empty alert_id".to_owned());
     }
@@ -101,7 +107,7 @@ pub fn price(raw: &RawValue) -> Result<Decimal, String> {
 /// The readable line of an alert, e.g.
 /// `[listing_drop] Taylor Swift — The Eras Tour · Floor A row 3 seat 12 (stubhub): 250.00 → 199.00 USD (-20.4%) at 2026-01-01T00:05:00Z`
 fn format_line(
-    alert: &Alert,
+    alert: &WireAlert,
     old_price: Option<Decimal>,
     new_price: Decimal,
     max_price: Option<Decimal>,
@@ -185,7 +191,7 @@ fn rule_name(rule_id: Option<i64>) -> String {
 }
 
 /// `Floor A row 3 seat 12 (stubhub)`; empty row and seat are left out.
-fn listing(alert: &Alert) -> String {
+fn listing(alert: &WireAlert) -> String {
     let mut text = printable(alert.section.as_deref().unwrap_or("?"));
     if let Some(row) = alert.row.as_deref().filter(|r| !r.is_empty()) {
         text.push_str(" row ");

@@ -10,11 +10,10 @@
 use std::collections::HashMap;
 
 use rust_decimal::Decimal;
-use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use conscope::alerts::format::price;
+use conscope::alerts::format::{price, WireAlert};
 
 /// An alert, validated.
 #[derive(Debug, Clone)]
@@ -39,38 +38,6 @@ pub struct Alert {
     pub json: Map<String, Value>,
 }
 
-#[derive(Deserialize)]
-struct Wire {
-    alert_id: String,
-    kind: String,
-    event_id: String,
-    #[serde(default)]
-    event_name: Option<String>,
-    #[serde(default)]
-    venue: Option<String>,
-    #[serde(default)]
-    event_date: Option<String>,
-    #[serde(default)]
-    section: Option<String>,
-    #[serde(default)]
-    row: Option<String>,
-    #[serde(default)]
-    seat: Option<String>,
-    #[serde(default)]
-    source: Option<String>,
-    #[serde(default)]
-    rule_id: Option<i64>,
-    #[serde(default)]
-    max_price: Option<Box<RawValue>>,
-    #[serde(default)]
-    old_price: Option<Box<RawValue>>,
-    new_price: Box<RawValue>,
-    currency: String,
-    // Required, as SPEC §3 has it; the message itself shows no time.
-    #[allow(dead_code)]
-    observed_at: String,
-}
-
 /// Longest alert id we accept: ids are digests, and one goes into every
 /// request's `Idempotency-Key` header.
 const MAX_ALERT_ID: usize = 200;
@@ -79,7 +46,7 @@ const MAX_ALERT_ID: usize = 200;
 pub fn decode(payload: &[u8]) -> Result<Alert, String> {
     let json: Map<String, Value> =
         serde_json::from_slice(payload).map_err(|e| format!("not a JSON object: {e}"))?;
-    let wire: Wire =
+    let wire: WireAlert =
         serde_json::from_value(Value::Object(json.clone())).map_err(|e| format!("not an alert: {e}"))?;
     let id_ok = !wire.alert_id.is_empty()
         && wire.alert_id.len() <= MAX_ALERT_ID
