@@ -277,6 +277,20 @@ pub struct SectionSummary {
     pub low_price: Option<Cents>,
 }
 
+/// What the summaries need of one section's current listings in one currency
+/// (a key with at least one listing): the value of a [`SectionCurrency`] in the
+/// differential collection the processor emits, from which both summaries
+/// follow (SPEC §3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SectionState {
+    /// The section's listings in this currency, available or not.
+    pub listings: i64,
+    /// How many of them are available.
+    pub available: i64,
+    /// The lowest price among the available ones.
+    pub low: Option<Cents>,
+}
+
 /// One update of a differential collection, as the sink receives it: `diff` > 0
 /// inserts `value` at `key`, < 0 retracts it. Within one epoch a key's old value
 /// is retracted and its new one inserted; a key with only a retraction is gone.
