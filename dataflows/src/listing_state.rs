@@ -21,9 +21,7 @@ use std::collections::BTreeSet;
 
 use foldhash::HashMap;
 
-use crate::model::{
-    Cents, Currency, ListingKey, ListingPrice, ListingRow, Micros, Observation, Seat, SectionState,
-};
+use crate::model::{Cents, Currency, ListingKey, ListingRow, Micros, Observation, Seat, SectionState};
 
 /// The state of a listing, without its key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,15 +48,6 @@ impl Quote {
             currency: row.currency,
             available: row.available,
             observed_at: row.observed_at,
-        }
-    }
-
-    /// What the summaries count of this state.
-    pub fn price(&self) -> ListingPrice {
-        ListingPrice {
-            currency: self.currency,
-            price: self.price,
-            available: self.available,
         }
     }
 

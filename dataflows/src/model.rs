@@ -233,15 +233,6 @@ impl<V> Stamped<V> {
     }
 }
 
-/// What the summaries need of a listing's current state: the value of the
-/// listing in the differential collection of current listings (SPEC §3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct ListingPrice {
-    pub currency: Currency,
-    pub price: Cents,
-    pub available: bool,
-}
-
 /// The key of a row of `event_summary`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct EventCurrency {
