@@ -359,6 +359,39 @@ fn two_listings_share_a_summary_until_one_leaves_the_currency() {
     assert_matches_listings(&run, &[], Tables::default());
 }
 
+#[test]
+fn a_sold_listing_joining_a_section_rewrites_only_the_event_summary() {
+    let mut feed = Feed::default();
+    let run = run(vec![
+        vec![],
+        feed.epoch(&[obs("1", 1000, 1)]),
+        feed.epoch(&[obs("2", 900, 2).sold()]),
+    ]);
+    // Section A's state went (1, 1, 1000) -> (2, 1, 1000): its summary did not
+    // change, so nothing of it is written.
+    let at_2: Vec<&SinkRecord> = run
+        .records
+        .iter()
+        .filter(|(time, record)| {
+            *time == 2
+                && matches!(
+                    record,
+                    SinkRecord::EventSummary(_) | SinkRecord::SectionSummary(_)
+                )
+        })
+        .map(|(_, record)| record)
+        .collect();
+    assert_eq!(at_2.len(), 2, "{at_2:?}");
+    assert!(at_2
+        .iter()
+        .all(|record| matches!(record, SinkRecord::EventSummary(_))));
+    assert_eq!(
+        run.events_at(2)[&event("ev", Currency::USD)],
+        summary(2, 1, Some(1000))
+    );
+    assert_matches_listings(&run, &[], Tables::default());
+}
+
 /// Many listings of a few events, sections and currencies, with drops, sales and
 /// returns, stale and duplicate messages: a small deterministic generator.
 fn generated(count: usize, seed: u64) -> Vec<Obs> {
