@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! KafkaSource/FileSource ─► ingest ─┬─► EventProcessor ◄── RestoreAndRules
-//!                                   │        │      └─► current listings ─► summaries
+//!                                   │        │      └─► section states ───► summaries
 //!                                   │        │                                │
 //!                                   └────────┴─► PostgresSink (worker 0) ◄────┘ ─► probe
 //! ```
@@ -548,7 +548,7 @@ fn run_dataflow(setup: &Setup, shutdown: &Shutdown) -> anyhow::Result<WriterExit
             let (observations, source_records) = ingest(events, Arc::clone(&quarantine));
             let state = restore_source(scope, parts.checkpoint, settings.epoch_ms);
             let processed = process(observations.concat(state), processor_config.clone());
-            let summaries = summary_records(summarise(processed.listings));
+            let summaries = summary_records(summarise(processed.sections));
             let records = processed.records.concat(source_records).concat(summaries);
             postgres_sink(records, parts.writer).probe_with(&committed);
         });

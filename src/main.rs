@@ -9,9 +9,9 @@
 //!        │                   ▼                                │
 //!        │       per-event processor: dedup → listing state   │
 //!        │       → event state → drops / get-in / rules       │
-//!        │                   │  └─► current listings          │
+//!        │                   │  └─► section states            │
 //!        │                   │      (differential)            │
-//!        │                   │       └─► reduce by key:       │
+//!        │                   │       └─► reduce by event:     │
 //!        │                   │     event/section_summary      ▼
 //!        │       exchange to worker 0 ─► Postgres sink: rows + summaries + alerts
 //!        │                               + DLQ outbox + next offsets,

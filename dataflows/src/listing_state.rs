@@ -12,12 +12,16 @@
 //! A section's index is kept in two halves ([`SectionIndex`]) so that its lower
 //! median, which `deal` rules judge listings against (SPEC §2b), is as cheap as
 //! its lowest price, at no extra memory.
+//!
+//! With a count of all current listings (available or not) per section and
+//! currency, the indexes also give a section's [`SectionState`], what the
+//! summaries are computed from, in O(1) after each change.
 
 use std::collections::BTreeSet;
 
 use foldhash::HashMap;
 
-use crate::model::{Cents, Currency, ListingKey, ListingPrice, ListingRow, Micros, Observation, Seat};
+use crate::model::{Cents, Currency, ListingKey, ListingRow, Micros, Observation, Seat, SectionState};
 
 /// The state of a listing, without its key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,15 +48,6 @@ impl Quote {
             currency: row.currency,
             available: row.available,
             observed_at: row.observed_at,
-        }
-    }
-
-    /// What the summaries count of this state.
-    pub fn price(&self) -> ListingPrice {
-        ListingPrice {
-            currency: self.currency,
-            price: self.price,
-            available: self.available,
         }
     }
 
@@ -84,7 +79,8 @@ pub enum Applied {
 /// listing instead of a [`Seat`] of four `String`s, and compare integers.
 pub type SeatId = u32;
 
-type SectionId = u32;
+/// A section's number within its event, like [`SeatId`].
+pub type SectionId = u32;
 
 /// Available current listings of one scope, cheapest first. Ties on price are
 /// ordered by [`SeatId`] here; [`Listings::lowest`] resolves them by [`Seat`].
@@ -191,8 +187,12 @@ pub struct Listings {
     section_of: Vec<SectionId>,
     current: Vec<Option<Quote>>,
     sections: HashMap<String, SectionId>,
+    section_names: Vec<String>,
     by_currency: HashMap<Currency, PriceIndex>,
     by_section: HashMap<(SectionId, Currency), SectionIndex>,
+    /// Current listings per section and currency, available or not; keys
+    /// with none are dropped.
+    listed: HashMap<(SectionId, Currency), i64>,
 }
 
 impl Listings {
@@ -202,8 +202,15 @@ impl Listings {
             return *id;
         }
         let id = self.seats.len() as SeatId;
-        let next_section = self.sections.len() as SectionId;
-        let section = *self.sections.entry(seat.section.clone()).or_insert(next_section);
+        let section = match self.sections.get(&seat.section) {
+            Some(section) => *section,
+            None => {
+                let section = self.section_names.len() as SectionId;
+                self.sections.insert(seat.section.clone(), section);
+                self.section_names.push(seat.section.clone());
+                section
+            }
+        };
         self.ids.insert(seat.clone(), id);
         self.seats.push(seat.clone());
         self.section_of.push(section);
@@ -213,6 +220,27 @@ impl Listings {
 
     pub fn seat(&self, id: SeatId) -> &Seat {
         &self.seats[id as usize]
+    }
+
+    pub fn section_of(&self, id: SeatId) -> SectionId {
+        self.section_of[id as usize]
+    }
+
+    pub fn section_name(&self, section: SectionId) -> &str {
+        &self.section_names[section as usize]
+    }
+
+    /// The state of one section in one currency; `None` when it has no
+    /// current listing in that currency.
+    pub fn section_state(&self, section: SectionId, currency: Currency) -> Option<SectionState> {
+        let key = (section, currency);
+        let listings = *self.listed.get(&key)?;
+        let index = self.by_section.get(&key);
+        Some(SectionState {
+            listings,
+            available: index.map_or(0, |index| index.len() as i64),
+            low: index.and_then(|index| index.first()).map(|(price, _)| *price),
+        })
     }
 
     pub fn quote(&self, id: SeatId) -> Option<&Quote> {
@@ -316,7 +344,15 @@ impl Listings {
             if old.available {
                 self.unindex(id, section, old);
             }
+            let key = (section, old.currency);
+            if let Some(count) = self.listed.get_mut(&key) {
+                *count -= 1;
+                if *count <= 0 {
+                    self.listed.remove(&key);
+                }
+            }
         }
+        *self.listed.entry((section, quote.currency)).or_default() += 1;
         if quote.available {
             self.by_currency
                 .entry(quote.currency)
@@ -428,6 +464,43 @@ mod tests {
         listings.apply(&a, quote(90, EUR, false, 4));
         assert!(listings.by_currency.is_empty());
         assert!(listings.by_section.is_empty());
+    }
+
+    #[test]
+    fn section_state_counts_every_listing_of_its_currency() {
+        let mut listings = Listings::default();
+        let a1 = seat("A", "1");
+        let a2 = seat("A", "2");
+        listings.apply(&a1, quote(100, Currency::USD, true, 1));
+        listings.apply(&a2, quote(300, Currency::USD, true, 1));
+        let a = listings.section_of(listings.id(&a1).unwrap());
+        let state = |listings: i64, available: i64, low: Option<i64>| SectionState {
+            listings,
+            available,
+            low: low.map(Cents),
+        };
+        assert_eq!(
+            listings.section_state(a, Currency::USD),
+            Some(state(2, 2, Some(100)))
+        );
+        // Sold: still a listing.
+        listings.apply(&a1, quote(100, Currency::USD, false, 2));
+        assert_eq!(
+            listings.section_state(a, Currency::USD),
+            Some(state(2, 1, Some(300)))
+        );
+        // Another currency: it leaves USD's count for EUR's.
+        listings.apply(&a1, quote(90, EUR, false, 3));
+        assert_eq!(
+            listings.section_state(a, Currency::USD),
+            Some(state(1, 1, Some(300)))
+        );
+        assert_eq!(listings.section_state(a, EUR), Some(state(1, 0, None)));
+        listings.apply(&a2, quote(80, EUR, true, 4));
+        assert_eq!(listings.section_state(a, Currency::USD), None);
+        assert_eq!(listings.section_state(a, EUR), Some(state(2, 1, Some(80))));
+        assert!(!listings.listed.contains_key(&(a, Currency::USD)));
+        assert_eq!(listings.section_name(a), "A");
     }
 
     #[test]

@@ -233,15 +233,6 @@ impl<V> Stamped<V> {
     }
 }
 
-/// What the summaries need of a listing's current state: the value of the
-/// listing in the differential collection of current listings (SPEC §3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct ListingPrice {
-    pub currency: Currency,
-    pub price: Cents,
-    pub available: bool,
-}
-
 /// The key of a row of `event_summary`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct EventCurrency {
@@ -275,6 +266,20 @@ pub struct SectionSummary {
     pub available: i64,
     /// The lowest price among them.
     pub low_price: Option<Cents>,
+}
+
+/// What the summaries need of one section's current listings in one currency
+/// (a key with at least one listing): the value of a [`SectionCurrency`] in the
+/// differential collection the processor emits, from which both summaries
+/// follow (SPEC §3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SectionState {
+    /// The section's listings in this currency, available or not.
+    pub listings: i64,
+    /// How many of them are available.
+    pub available: i64,
+    /// The lowest price among the available ones.
+    pub low: Option<Cents>,
 }
 
 /// One update of a differential collection, as the sink receives it: `diff` > 0

@@ -12,10 +12,15 @@
 //! after it). [`Processor`] is that logic without
 //! timely, so it can be driven and tested directly.
 //!
-//! A second output carries each epoch's net change of the collection of current
-//! listings as differential updates (the old state of a listing retracted, its
-//! new state inserted; restored listings inserted at epoch 0): the input of the
-//! summaries (`summaries.rs`), which need no per-message order.
+//! A second output carries each epoch's net change of the collection of section
+//! states, one [`SectionState`] per (event, section, currency) with a current
+//! listing, as differential updates: at the end of an epoch, each section and
+//! currency the epoch's listings were in before or are in after is compared
+//! with the state last emitted for it (kept per event), and a changed one has
+//! its old state retracted and its new one inserted (none when it has no
+//! listing left). Restored listings take the same path at epoch 0. That is the
+//! input of the summaries (`summaries.rs`), which need no per-message order and,
+//! this way, no per-listing collection either.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -35,11 +40,11 @@ use crate::alert_id::alert_id;
 use crate::dedup::{classify, Verdict};
 use crate::drops;
 use crate::event_state;
-use crate::listing_state::{Applied, Listings, Quote, SeatId};
+use crate::listing_state::{Applied, Listings, Quote, SeatId, SectionId};
 use crate::model::{
     stable_hash, Alert, AlertKind, Carried, Cents, Counters, Currency, EventFields, EventRow, ListingKey,
-    ListingPrice, ListingRow, Micros, Observation, Position, ProcessorInput, Restore, Rule, RuleChange,
-    RuleKind, RuleMemory, SinkRecord,
+    ListingRow, Micros, Observation, Position, ProcessorInput, Restore, Rule, RuleChange, RuleKind,
+    RuleMemory, SectionCurrency, SectionState, SinkRecord,
 };
 use crate::rules::{covers, is_deal, Activation, ArmedRule, Outcome, RuleState, Rules};
 
@@ -57,39 +62,40 @@ impl Default for ProcessorConfig {
     }
 }
 
-/// A change of the collection of current listings: `+1` a state a listing has
+/// A change of the collection of section states: `+1` a state a section has
 /// now, `-1` one it no longer has.
-pub type ListingChange = ((ListingKey, ListingPrice), isize);
+pub type SectionChange = ((SectionCurrency, SectionState), isize);
 
 /// An epoch waiting for its frontier: one capability per output, and its records.
 type Pending = (Capability<u64>, Capability<u64>, Vec<ProcessorInput>);
 
-/// What [`process`] produces: the sink's records, and the collection of current
-/// listings (each listing with its [`ListingPrice`]).
+/// What [`process`] produces: the sink's records, and the collection of section
+/// states (each section and currency with a current listing, with its
+/// [`SectionState`]).
 pub struct Processed<'scope> {
     pub records: Stream<'scope, u64, Vec<SinkRecord>>,
-    pub listings: VecCollection<'scope, u64, (ListingKey, ListingPrice)>,
+    pub sections: VecCollection<'scope, u64, (SectionCurrency, SectionState)>,
 }
 
 /// The processor as a timely operator: exchanges by event, and emits each epoch's
-/// records and listing changes at that epoch once the input frontier has passed it.
+/// records and section changes at that epoch once the input frontier has passed it.
 pub fn process<'scope>(
     input: Stream<'scope, u64, Vec<ProcessorInput>>,
     config: ProcessorConfig,
 ) -> Processed<'scope> {
     let exchange = Exchange::new(|record: &ProcessorInput| stable_hash(record.event_id()));
-    // Two outputs from one operator: the listing changes come from the same state
+    // Two outputs from one operator: the section changes come from the same state
     // and the same pass over the epoch as the records.
     let mut builder = OperatorBuilder::new("EventProcessor".to_owned(), input.scope());
     let mut input = builder.new_input(input, exchange);
     let (records_output, records) = builder.new_output();
-    let (listings_output, listings) = builder.new_output();
+    let (sections_output, sections) = builder.new_output();
     let mut records_output =
         OutputBuilder::<_, CapacityContainerBuilder<Vec<SinkRecord>>>::from(records_output);
-    let mut listings_output = OutputBuilder::<
+    let mut sections_output = OutputBuilder::<
         _,
-        CapacityContainerBuilder<Vec<((ListingKey, ListingPrice), u64, isize)>>,
-    >::from(listings_output);
+        CapacityContainerBuilder<Vec<((SectionCurrency, SectionState), u64, isize)>>,
+    >::from(sections_output);
     builder.build(move |initial| {
         drop(initial);
         let mut processor = Processor::new(config);
@@ -97,18 +103,18 @@ pub fn process<'scope>(
         let mut stash: BTreeMap<u64, Pending> = BTreeMap::new();
         move |frontiers| {
             let mut records_handle = records_output.activate();
-            let mut listings_handle = listings_output.activate();
+            let mut sections_handle = sections_output.activate();
             input.for_each_stamp(|cap, data| {
-                let (Some(records_cap), Some(listings_cap)) = (
+                let (Some(records_cap), Some(sections_cap)) = (
                     cap.retain_least(records_handle.output_index()),
-                    cap.retain_least(listings_handle.output_index()),
+                    cap.retain_least(sections_handle.output_index()),
                 ) else {
                     return;
                 };
                 let time = *records_cap.time();
                 let (_, _, pending) = stash
                     .entry(time)
-                    .or_insert_with(|| (records_cap, listings_cap, Vec::new()));
+                    .or_insert_with(|| (records_cap, sections_cap, Vec::new()));
                 for batch in data {
                     pending.append(batch);
                 }
@@ -117,26 +123,26 @@ pub fn process<'scope>(
                 if frontiers[0].less_equal(entry.key()) {
                     break;
                 }
-                let (records_cap, listings_cap, pending) = entry.remove();
+                let (records_cap, sections_cap, pending) = entry.remove();
                 let time = *records_cap.time();
                 let EpochOutput {
                     mut records,
-                    listing_changes,
+                    section_changes,
                 } = processor.process_epoch(pending);
                 if !records.is_empty() {
                     records_handle.session(&records_cap).give_container(&mut records);
                 }
-                if !listing_changes.is_empty() {
-                    listings_handle
-                        .session(&listings_cap)
-                        .give_iterator(listing_changes.into_iter().map(|(data, diff)| (data, time, diff)));
+                if !section_changes.is_empty() {
+                    sections_handle
+                        .session(&sections_cap)
+                        .give_iterator(section_changes.into_iter().map(|(data, diff)| (data, time, diff)));
                 }
             }
         }
     });
     Processed {
         records,
-        listings: listings.as_collection(),
+        sections: sections.as_collection(),
     }
 }
 
@@ -149,10 +155,11 @@ pub struct EpochOutput {
     /// order within the epoch (see the sink's `Merged::absorb`): nothing here is written
     /// twice for one key in one epoch, and the sink orders what must be ordered.
     pub records: Vec<SinkRecord>,
-    /// The epoch's net change of the collection of current listings, in listing
-    /// order: a listing whose price, currency or availability changed retracts its
-    /// state before the epoch and inserts its state after it.
-    pub listing_changes: Vec<ListingChange>,
+    /// The epoch's net change of the collection of section states, in (event,
+    /// section, currency) order: a section and currency whose state changed
+    /// retracts the state emitted before and inserts its state after the epoch,
+    /// unless it has no listing left.
+    pub section_changes: Vec<SectionChange>,
 }
 
 /// Everything known about one event.
@@ -162,15 +169,18 @@ pub struct EventState {
     row: Option<EventRow>,
     listings: Listings,
     rules: Rules,
+    /// The state of each section and currency as last emitted on the section
+    /// output, so an epoch retracts exactly what the collection holds.
+    emitted: HashMap<(SectionId, Currency), SectionState>,
     /// What the epoch being applied changed of this event.
     epoch: EventEpoch,
 }
 
 /// The part of an epoch's work that belongs to one event: which listings it
-/// set (with their state before the epoch, the retraction their new state
-/// needs) and whether the events row changed. Kept in the event's state so the
-/// per-message work is a lookup by seat id, not a clone of a [`ListingKey`]
-/// into a map of the whole epoch.
+/// set (with their currency before the epoch: the section state they left
+/// may have changed too) and whether the events row changed. Kept in the
+/// event's state so the per-message work is a lookup by seat id, not a clone
+/// of a [`ListingKey`] into a map of the whole epoch.
 #[derive(Clone, Debug, Default)]
 struct EventEpoch {
     /// Listed in [`Epoch::events`].
@@ -186,15 +196,15 @@ struct EventEpoch {
 #[derive(Clone, Copy, Debug)]
 struct Touch {
     id: SeatId,
-    /// Its price before the epoch.
-    before: Option<ListingPrice>,
+    /// Its currency before the epoch; `None`: it had no state.
+    before: Option<Currency>,
     /// Observed (a `listings` row to write), not only restored.
     observed: bool,
 }
 
 impl EventEpoch {
     /// Records that the epoch set listing `id`, whose state before was `before`.
-    fn touch(&mut self, id: SeatId, before: Option<ListingPrice>, observed: bool) {
+    fn touch(&mut self, id: SeatId, before: Option<Currency>, observed: bool) {
         let index = id as usize;
         if self.slot.len() <= index {
             self.slot.resize(index + 1, 0);
@@ -278,10 +288,10 @@ impl Processor {
             Restore::Listing(row) => {
                 let state = self.events.entry(row.listing.event_id.clone()).or_default();
                 let id = state.listings.intern(&row.listing.seat);
-                let before = state.listings.quote(id).map(Quote::price);
+                let before = state.listings.quote(id).map(|quote| quote.currency);
                 state.listings.restore(&row.listing.seat, Quote::of_row(&row));
-                // Not a row to write (it is stored), but it enters the collection
-                // of current listings, so that later changes retract it.
+                // Not a row to write (it is stored), but its section's state
+                // enters the collection, so that later changes retract it.
                 state.epoch.touch(id, before, false);
                 epoch.list(&row.listing.event_id, &mut state.epoch);
             }
@@ -435,7 +445,7 @@ impl Processor {
         let applied = state.listings.apply_id(id, quote);
         // Newer than `previous`, as decided above.
         debug_assert_eq!(applied, Applied::Current { previous });
-        state.epoch.touch(id, previous.as_ref().map(Quote::price), true);
+        state.epoch.touch(id, previous.map(|quote| quote.currency), true);
         epoch.list(&listing.event_id, &mut state.epoch);
         let event_name = display_name(&state.row, &listing.event_id);
 
@@ -518,9 +528,11 @@ impl Processor {
         }
         // Listing order (event, then seat), the same on every run.
         events.sort_unstable();
-        let mut listing_changes = Vec::new();
+        let mut section_changes = Vec::new();
         let mut event_rows = Vec::new();
         let mut listing_rows = Vec::new();
+        // The sections and currencies an event's touched listings were or are in.
+        let mut sections: Vec<(SectionId, Currency)> = Vec::new();
         for event_id in events {
             let Some(state) = self.events.get_mut(&event_id) else {
                 continue;
@@ -539,29 +551,45 @@ impl Processor {
                 .sort_unstable_by(|a, b| listings.seat(a.id).cmp(listings.seat(b.id)));
             for touch in &work.touched {
                 let quote = listings.quote(touch.id).copied();
-                let listing = || ListingKey {
-                    event_id: event_id.clone(),
-                    seat: listings.seat(touch.id).clone(),
-                };
-                let after = quote.as_ref().map(Quote::price);
-                match (touch.before, after) {
-                    (before, after) if before == after => {}
-                    (Some(before), Some(after)) => {
-                        listing_changes.push(((listing(), before), -1));
-                        listing_changes.push(((listing(), after), 1));
-                    }
-                    (Some(before), None) => listing_changes.push(((listing(), before), -1)),
-                    (None, Some(after)) => listing_changes.push(((listing(), after), 1)),
-                    (None, None) => {}
-                }
+                let section = listings.section_of(touch.id);
+                sections.extend(touch.before.map(|currency| (section, currency)));
+                sections.extend(quote.map(|quote| (section, quote.currency)));
                 if let (true, Some(quote)) = (touch.observed, quote) {
                     listing_rows.push(SinkRecord::Listing(ListingRow {
-                        listing: listing(),
+                        listing: ListingKey {
+                            event_id: event_id.clone(),
+                            seat: listings.seat(touch.id).clone(),
+                        },
                         price: quote.price,
                         currency: quote.currency,
                         available: quote.available,
                         observed_at: quote.observed_at,
                     }));
+                }
+            }
+            sections.sort_unstable_by(|(a, a_currency), (b, b_currency)| {
+                (listings.section_name(*a), a_currency).cmp(&(listings.section_name(*b), b_currency))
+            });
+            sections.dedup();
+            for (section, currency) in sections.drain(..) {
+                let now = listings.section_state(section, currency);
+                let last = match now {
+                    Some(now) => state.emitted.insert((section, currency), now),
+                    None => state.emitted.remove(&(section, currency)),
+                };
+                if now == last {
+                    continue;
+                }
+                let key = || SectionCurrency {
+                    event_id: event_id.clone(),
+                    section: listings.section_name(section).to_owned(),
+                    currency,
+                };
+                if let Some(last) = last {
+                    section_changes.push(((key(), last), -1));
+                }
+                if let Some(now) = now {
+                    section_changes.push(((key(), now), 1));
                 }
             }
             // Keep the allocations for the next epoch.
@@ -577,7 +605,7 @@ impl Processor {
         }
         EpochOutput {
             records: out,
-            listing_changes,
+            section_changes,
         }
     }
 }
@@ -820,8 +848,25 @@ mod tests {
         let forward = Processor::new(ProcessorConfig::default()).process_epoch(records);
         let backward = Processor::new(ProcessorConfig::default()).process_epoch(reversed);
         assert_eq!(forward, backward);
-        // Listing 1 went 1000 → 700 within the epoch: one insertion, its net.
-        assert_eq!(forward.listing_changes.len(), 2);
+        // Section A's state after the epoch: one insertion, its net.
+        assert_eq!(
+            forward.section_changes,
+            [(
+                (
+                    SectionCurrency {
+                        event_id: "ev".into(),
+                        section: "A".into(),
+                        currency: Currency::USD,
+                    },
+                    SectionState {
+                        listings: 2,
+                        available: 2,
+                        low: Some(Cents(700)),
+                    }
+                ),
+                1
+            )]
+        );
         let counters = counters(&forward.records);
         assert_eq!(counters.processed, 4);
         assert_eq!(counters.listing_drop, 2);

@@ -1,36 +1,40 @@
 //! Summaries stage: `event_summary` and `section_summary` (SPEC §3), kept
-//! incrementally with differential dataflow from the collection of current
-//! listings that the processor emits (`processor.rs`).
+//! incrementally with differential dataflow from the collection of section
+//! states that the processor emits (`processor.rs`): per (event, section,
+//! currency) with a current listing, how many listings, how many available,
+//! and the lowest available price.
 //!
 //! ```text
-//! current listings ─┬─ by (event, currency) ──────────► reduce "EventSummary"
-//!  (ListingKey →    │                                       │
-//!   ListingPrice)   └─ by (event, section, currency) ─► reduce "SectionSummary"
-//!                                                           │
-//!                                    SummaryRecords ◄───────┘ (changes at epochs > 0)
+//! section states ───┬─ (available, low) ────────────────────────────► sections ─┐
+//!  (SectionCurrency │                                                           ├─► SummaryRecords
+//!   → SectionState) └─ by (event, currency) ─► reduce "EventSummary" ─► events ─┘   (epochs > 0)
 //! ```
 //!
-//! A summary says what holds at the end of an epoch, not what happened message by
-//! message, so a consolidating `reduce` is the right tool here (alerts, which are
-//! per message, stay in the processor). Each `reduce` arranges its input by key,
-//! which exchanges updates by the key's hash: every key is summarised on one
-//! worker, and the accumulated summaries are the same for any number of workers
-//! and processes. A key whose listings all went away has no input, so its
-//! summary is retracted and not replaced: the row goes.
+//! A section's summary is its state without the count of all listings: the
+//! processor already keeps one state per key, retracting the old one when it
+//! inserts the new, so no `reduce` is needed. An event's summary adds up its
+//! sections in a consolidating `reduce` (a summary says what holds at the end of
+//! an epoch, not what happened message by message; alerts, which are per
+//! message, stay in the processor). Every (event, ·) key is produced on the one
+//! worker that owns the event in the processor, and the `reduce` arranges by
+//! its key, which exchanges updates by the key's hash: every key is summarised
+//! on one worker, and the accumulated summaries are the same for any number of
+//! workers and processes. A key whose listings all went away has no state, so
+//! its summary is retracted and not replaced: the row goes.
 //!
-//! Prices stay [`Cents`]; counts are the collection's multiplicities.
+//! Prices stay [`Cents`](crate::model::Cents); counts are the sums of the sections' counts.
 
 use std::collections::BTreeMap;
 
 use differential_dataflow::collection::vec::Collection as VecCollection;
+use differential_dataflow::consolidation::consolidate_updates;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::{Concat, Operator};
 use timely::dataflow::Stream;
 
 use crate::model::{
-    Cents, Change, EventCurrency, EventSummary, ListingKey, ListingPrice, SectionCurrency, SectionSummary,
-    SinkRecord,
+    Change, EventCurrency, EventSummary, SectionCurrency, SectionState, SectionSummary, SinkRecord,
 };
 
 /// The two summaries, as differential collections of `(key, summary)`.
@@ -39,62 +43,49 @@ pub struct Summaries<'scope> {
     pub sections: VecCollection<'scope, u64, (SectionCurrency, SectionSummary)>,
 }
 
-/// The summaries of `listings`, the collection of current listings.
+/// The summaries of `sections`, the collection of section states.
 pub fn summarise<'scope>(
-    listings: VecCollection<'scope, u64, (ListingKey, ListingPrice)>,
+    sections: VecCollection<'scope, u64, (SectionCurrency, SectionState)>,
 ) -> Summaries<'scope> {
-    let events = listings
+    let events = sections
         .clone()
-        .map(|(listing, price)| {
+        .map(|(section, state)| {
             let key = EventCurrency {
-                event_id: listing.event_id,
-                currency: price.currency,
+                event_id: section.event_id,
+                currency: section.currency,
             };
-            (key, (price.price, price.available))
+            (key, state)
         })
-        .reduce_named("EventSummary", |_key, prices, output| {
-            output.push((event_summary(prices), 1))
+        .reduce_named("EventSummary", |_key, states, output| {
+            output.push((event_summary(states), 1))
         });
-    let sections = listings
-        .map(|(listing, price)| {
-            let key = SectionCurrency {
-                event_id: listing.event_id,
-                section: listing.seat.section,
-                currency: price.currency,
-            };
-            (key, (price.price, price.available))
-        })
-        .reduce_named("SectionSummary", |_key, prices, output| {
-            output.push((section_summary(prices), 1))
-        });
+    let sections = sections.map(|(section, state)| {
+        let summary = SectionSummary {
+            available: state.available,
+            low_price: state.low,
+        };
+        (section, summary)
+    });
     Summaries { events, sections }
 }
 
-/// `prices` holds each distinct `(price, available)` of one key with how many
-/// listings have it, sorted by price: the first available one is the lowest.
-fn event_summary(prices: &[(&(Cents, bool), isize)]) -> EventSummary {
+/// `states` holds each distinct state of one key's sections with how many
+/// sections have it.
+fn event_summary(states: &[(&SectionState, isize)]) -> EventSummary {
     let mut summary = EventSummary {
         listings: 0,
         available: 0,
         get_in_price: None,
     };
-    for &(&(price, available), count) in prices {
+    for &(state, count) in states {
         let count = count as i64;
-        summary.listings += count;
-        if available {
-            summary.available += count;
-            summary.get_in_price.get_or_insert(price);
+        summary.listings += state.listings * count;
+        summary.available += state.available * count;
+        if let Some(low) = state.low {
+            summary.get_in_price = Some(summary.get_in_price.map_or(low, |price| price.min(low)));
         }
     }
     summary
-}
-
-fn section_summary(prices: &[(&(Cents, bool), isize)]) -> SectionSummary {
-    let event = event_summary(prices);
-    SectionSummary {
-        available: event.available,
-        low_price: event.get_in_price,
-    }
 }
 
 /// The summaries' changes as sink records, at the epochs they happen in, except
@@ -121,7 +112,12 @@ pub fn summary_records<'scope>(summaries: Summaries<'scope>) -> Stream<'scope, u
 /// Turns the updates of `collection` into sink records at their own times: the
 /// sink commits a record with the epoch it is stamped with, and `reduce` may ship
 /// updates of several times under the stamp of the earliest.
-fn changes<'scope, K: Clone + 'static, V: Clone + 'static>(
+///
+/// What arrives together is consolidated first: two section states that differ
+/// only in their count of all listings are one section summary, retracted and
+/// inserted at one time, which is no change to write. (Pairs that arrived apart
+/// would be written as an upsert of the same row: still right.)
+fn changes<'scope, K: Ord + Clone + 'static, V: Ord + Clone + 'static>(
     collection: VecCollection<'scope, u64, (K, V)>,
     name: &str,
     record: fn(Change<K, V>) -> SinkRecord,
@@ -131,11 +127,14 @@ fn changes<'scope, K: Clone + 'static, V: Clone + 'static>(
         .unary::<CapacityContainerBuilder<Vec<SinkRecord>>, _, _, _>(Pipeline, name, move |_, _| {
             move |input, output| {
                 input.for_each_stamp(|capability, data| {
+                    let mut updates: Vec<_> = data
+                        .flat_map(|batch| batch.drain(..))
+                        .filter(|(_, time, _)| *time != 0)
+                        .collect();
+                    // Sorts by (key, value, time): the times come out in order.
+                    consolidate_updates(&mut updates);
                     let mut by_time: BTreeMap<u64, Vec<SinkRecord>> = BTreeMap::new();
-                    for ((key, value), time, diff) in data.flat_map(|batch| batch.drain(..)) {
-                        if time == 0 {
-                            continue;
-                        }
+                    for ((key, value), time, diff) in updates {
                         let diff = diff as i64;
                         by_time
                             .entry(time)
@@ -154,28 +153,41 @@ fn changes<'scope, K: Clone + 'static, V: Clone + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Cents;
 
     #[test]
-    fn counts_every_listing_and_prices_the_available_ones() {
-        let prices = [
-            (&(Cents(100), false), 2),
-            (&(Cents(150), true), 1),
-            (&(Cents(200), true), 3),
-        ];
-        let prices: Vec<(&(Cents, bool), isize)> = prices.to_vec();
+    fn adds_up_the_sections_and_takes_the_lowest_available_price() {
+        let sold_out = SectionState {
+            listings: 2,
+            available: 0,
+            low: None,
+        };
+        let cheap = SectionState {
+            listings: 1,
+            available: 1,
+            low: Some(Cents(150)),
+        };
+        let dear = SectionState {
+            listings: 3,
+            available: 2,
+            low: Some(Cents(200)),
+        };
+        // `dear` twice: two sections in the same state.
+        let states = [(&sold_out, 1), (&cheap, 1), (&dear, 2)];
         assert_eq!(
-            event_summary(&prices),
+            event_summary(&states),
             EventSummary {
-                listings: 6,
-                available: 4,
+                listings: 9,
+                available: 5,
                 get_in_price: Some(Cents(150)),
             }
         );
         assert_eq!(
-            section_summary(&prices[..1]),
-            SectionSummary {
+            event_summary(&states[..1]),
+            EventSummary {
+                listings: 2,
                 available: 0,
-                low_price: None,
+                get_in_price: None,
             }
         );
     }

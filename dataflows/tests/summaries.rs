@@ -1,15 +1,16 @@
-//! The summaries end to end: in-memory observations through the processor and the
-//! two `reduce`s, the summaries' changes captured, and what a sink would store
-//! compared with the same aggregates computed naively over the listings.
+//! The summaries end to end: in-memory observations through the processor, its
+//! section states and the event `reduce`, the summaries' changes captured, and
+//! what a sink would store compared with the same aggregates computed naively
+//! over the listings. And the processor's section states on their own.
 
 use std::collections::BTreeMap;
 use std::sync::{mpsc, Arc, Mutex};
 
 use conscope_dataflows::model::{
     Cents, Currency, EventCurrency, EventSummary, ListingKey, ListingRow, ProcessorInput, Restore,
-    SectionCurrency, SectionSummary, SinkRecord,
+    SectionCurrency, SectionState, SectionSummary, SinkRecord,
 };
-use conscope_dataflows::processor::{process, ProcessorConfig};
+use conscope_dataflows::processor::{process, Processor, ProcessorConfig};
 use conscope_dataflows::summaries::{summarise, summary_records};
 use timely::dataflow::operators::capture::{Event, Extract};
 use timely::dataflow::operators::{Capture, Concat};
@@ -43,7 +44,7 @@ fn run_on(workers: usize, epochs: Vec<Vec<ProcessorInput>>) -> Run {
         let mut input = InputHandleVec::<u64, ProcessorInput>::new();
         worker.dataflow::<u64, _, _>(|scope| {
             let processed = process(input.to_stream(scope), ProcessorConfig::default());
-            let summaries = summarise(processed.listings);
+            let summaries = summarise(processed.sections);
             summaries.events.inner.clone().capture_into(events_in);
             summaries.sections.inner.clone().capture_into(sections_in);
             processed
@@ -358,6 +359,39 @@ fn two_listings_share_a_summary_until_one_leaves_the_currency() {
     assert_matches_listings(&run, &[], Tables::default());
 }
 
+#[test]
+fn a_sold_listing_joining_a_section_rewrites_only_the_event_summary() {
+    let mut feed = Feed::default();
+    let run = run(vec![
+        vec![],
+        feed.epoch(&[obs("1", 1000, 1)]),
+        feed.epoch(&[obs("2", 900, 2).sold()]),
+    ]);
+    // Section A's state went (1, 1, 1000) -> (2, 1, 1000): its summary did not
+    // change, so nothing of it is written.
+    let at_2: Vec<&SinkRecord> = run
+        .records
+        .iter()
+        .filter(|(time, record)| {
+            *time == 2
+                && matches!(
+                    record,
+                    SinkRecord::EventSummary(_) | SinkRecord::SectionSummary(_)
+                )
+        })
+        .map(|(_, record)| record)
+        .collect();
+    assert_eq!(at_2.len(), 2, "{at_2:?}");
+    assert!(at_2
+        .iter()
+        .all(|record| matches!(record, SinkRecord::EventSummary(_))));
+    assert_eq!(
+        run.events_at(2)[&event("ev", Currency::USD)],
+        summary(2, 1, Some(1000))
+    );
+    assert_matches_listings(&run, &[], Tables::default());
+}
+
 /// Many listings of a few events, sections and currencies, with drops, sales and
 /// returns, stale and duplicate messages: a small deterministic generator.
 fn generated(count: usize, seed: u64) -> Vec<Obs> {
@@ -453,4 +487,74 @@ fn restore_then_continue_equals_an_uninterrupted_run() {
         second.store_summaries(&mut tables);
         assert_eq!(tables, expected, "split at {split}");
     }
+}
+
+/// The processor emits a section's state only when its (listings, available,
+/// low) changes, retracting exactly what it emitted before.
+#[test]
+fn section_states_change_only_when_a_section_does() {
+    let mut processor = Processor::new(ProcessorConfig::default());
+    let mut feed = Feed::default();
+    let mut epoch = |observations: &[Obs]| processor.process_epoch(feed.epoch(observations)).section_changes;
+    let state = |listings: i64, available: i64, low: Option<i64>| SectionState {
+        listings,
+        available,
+        low: low.map(Cents),
+    };
+    let a = section("ev", "A", Currency::USD);
+    let a_eur = section("ev", "A", EUR);
+    let b = section("ev", "B", Currency::USD);
+
+    assert_eq!(
+        epoch(&[obs("1", 1000, 1), obs("2", 1200, 1)]),
+        [((a.clone(), state(2, 2, Some(1000))), 1)]
+    );
+    // A price move of a listing that is not the section's lowest, and a new
+    // time only: the section is as it was.
+    assert_eq!(epoch(&[obs("2", 1100, 2)]), []);
+    assert_eq!(epoch(&[obs("1", 1000, 3)]), []);
+    // The lowest moves.
+    assert_eq!(
+        epoch(&[obs("1", 1050, 4)]),
+        [
+            ((a.clone(), state(2, 2, Some(1000))), -1),
+            ((a.clone(), state(2, 2, Some(1050))), 1)
+        ]
+    );
+    // Sold: still listed, no longer available.
+    assert_eq!(
+        epoch(&[obs("1", 1050, 5).sold()]),
+        [
+            ((a.clone(), state(2, 2, Some(1050))), -1),
+            ((a.clone(), state(2, 1, Some(1100))), 1)
+        ]
+    );
+    // Another section moves only its own state.
+    assert_eq!(
+        epoch(&[obs("3", 500, 6).section("B")]),
+        [((b.clone(), state(1, 1, Some(500))), 1)]
+    );
+    // A sold listing changing currency leaves one key for another.
+    assert_eq!(
+        epoch(&[obs("1", 900, 7).currency(EUR).sold()]),
+        [
+            ((a_eur.clone(), state(1, 0, None)), 1),
+            ((a.clone(), state(2, 1, Some(1100))), -1),
+            ((a.clone(), state(1, 1, Some(1100))), 1)
+        ]
+    );
+    // There and back within one epoch: nothing.
+    assert_eq!(
+        epoch(&[obs("1", 900, 8).sold(), obs("1", 900, 9).currency(EUR).sold()]),
+        []
+    );
+    // The key's last listing leaves: its state is retracted, nothing replaces it.
+    assert_eq!(
+        epoch(&[obs("1", 900, 10).sold()]),
+        [
+            ((a_eur, state(1, 0, None)), -1),
+            ((a.clone(), state(1, 1, Some(1100))), -1),
+            ((a, state(2, 1, Some(1100))), 1)
+        ]
+    );
 }
