@@ -18,8 +18,10 @@
 //! summaries are computed from, in O(1) after each change.
 
 use std::collections::BTreeSet;
+use std::hash::BuildHasher;
 
 use foldhash::HashMap;
+use hashbrown::HashTable;
 
 use crate::model::{Cents, Currency, ListingKey, ListingRow, Micros, Observation, Seat, SectionState};
 
@@ -182,7 +184,10 @@ impl<'a> Scope<'a> {
 /// current states, they follow the event's listings.
 #[derive(Clone, Debug, Default)]
 pub struct Listings {
-    ids: HashMap<Seat, SeatId>,
+    /// Each seat's id, found by hashing the seat with `hasher` and comparing
+    /// with `seats[id]`: the seat itself is stored once, in `seats`.
+    ids: HashTable<SeatId>,
+    hasher: foldhash::fast::RandomState,
     seats: Vec<Seat>,
     section_of: Vec<SectionId>,
     current: Vec<Option<Quote>>,
@@ -198,8 +203,9 @@ pub struct Listings {
 impl Listings {
     /// The id of `seat`, assigning the next one the first time.
     pub fn intern(&mut self, seat: &Seat) -> SeatId {
-        if let Some(id) = self.ids.get(seat) {
-            return *id;
+        let hash = self.hasher.hash_one(seat);
+        if let Some(id) = self.find(hash, seat) {
+            return id;
         }
         let id = self.seats.len() as SeatId;
         let section = match self.sections.get(&seat.section) {
@@ -211,11 +217,21 @@ impl Listings {
                 section
             }
         };
-        self.ids.insert(seat.clone(), id);
+        let (seats, hasher) = (&self.seats, &self.hasher);
+        // Rehashing hashes the seats already stored; the new one is pushed after.
+        self.ids
+            .insert_unique(hash, id, |id| hasher.hash_one(&seats[*id as usize]));
         self.seats.push(seat.clone());
         self.section_of.push(section);
         self.current.push(None);
         id
+    }
+
+    /// The id of `seat`, whose hash is `hash`, if it is interned.
+    fn find(&self, hash: u64, seat: &Seat) -> Option<SeatId> {
+        self.ids
+            .find(hash, |id| self.seats[*id as usize] == *seat)
+            .copied()
     }
 
     pub fn seat(&self, id: SeatId) -> &Seat {
@@ -248,7 +264,7 @@ impl Listings {
     }
 
     pub fn get(&self, seat: &Seat) -> Option<&Quote> {
-        self.ids.get(seat).and_then(|id| self.quote(*id))
+        self.id(seat).and_then(|id| self.quote(id))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -325,7 +341,7 @@ impl Listings {
 
     /// The id of an interned seat.
     pub fn id(&self, seat: &Seat) -> Option<SeatId> {
-        self.ids.get(seat).copied()
+        self.find(self.hasher.hash_one(seat), seat)
     }
 
     fn index(&self, section: Option<&str>, currency: Currency) -> Option<Scope<'_>> {
