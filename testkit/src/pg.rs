@@ -81,13 +81,35 @@ impl OpenTransaction {
 }
 
 pub fn execute(url: &str, sql: &str) {
+    try_execute(url, sql).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Runs `sql`, retrying while PostgreSQL answers "tuple concurrently updated":
+/// a GRANT, REVOKE or ALTER on `price_history` updates its catalog row without
+/// a lock that waits, so it loses that race against the job attaching a month's
+/// partition (which updates the same row), as an operator's would; the operator
+/// runs it again, and so do the tests.
+pub fn try_execute(url: &str, sql: &str) -> Result<(), String> {
     runtime().block_on(async {
-        let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("postgres");
-        tokio::spawn(connection);
-        client
-            .batch_execute(sql)
+        let (client, connection) = tokio_postgres::connect(url, NoTls)
             .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            .map_err(|e| format!("connect for {sql}: {e}"))?;
+        tokio::spawn(connection);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match client.batch_execute(sql).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    let message = e.as_db_error().map(|db| db.message().to_owned());
+                    if attempts < 50 && message.as_deref() == Some("tuple concurrently updated") {
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                    return Err(format!("{sql}: {}", message.unwrap_or_else(|| e.to_string())));
+                }
+            }
+        }
     })
 }
 

@@ -19,8 +19,8 @@ use crate::services::{OwnBroker, Process, ThrowawayPostgres};
 use conscope_testkit::compare::{compare, Diff, Outputs};
 use conscope_testkit::{
     assert_summaries_match_listings, brokers, commit_no, conscope, high_watermarks, high_watermarks_at,
-    hosts_file, pg_base, produce_generated, produce_generated_at, require_broker, runtime, unique, Job,
-    JobRole, SMALL_TRANSACTIONS,
+    hosts_file, pg_base, produce_generated, produce_generated_at, require_broker, runtime, try_execute,
+    unique, Job, JobRole, SMALL_TRANSACTIONS,
 };
 
 /// How big a suite is.
@@ -705,7 +705,7 @@ impl Suite {
         let url = owner.job.database_url.clone();
         let mut revokes = 0;
         let result = self.survive(&target, "revoke", outcome, |run| {
-            sql(
+            try_execute(
                 &url,
                 &format!("REVOKE INSERT ON price_history FROM {}", role.name),
             )?;
@@ -730,7 +730,7 @@ impl Suite {
                 "INSERT revoked for {:?}: commit_no {blocked_at:?} -> {still:?}, {quarantined:?} quarantined",
                 self.size.lock
             ));
-            sql(&url, &format!("GRANT INSERT ON price_history TO {}", role.name))?;
+            try_execute(&url, &format!("GRANT INSERT ON price_history TO {}", role.name))?;
             if blocked_at != still {
                 return Err(format!(
                     "commits landed without INSERT on price_history: commit_no {blocked_at:?} -> {still:?}"
@@ -805,19 +805,6 @@ fn progress(line: &str) {
 }
 
 /// Runs `statement` (as the database's owner).
-fn sql(url: &str, statement: &str) -> Result<(), String> {
-    runtime().block_on(async {
-        let (client, connection) = tokio_postgres::connect(url, NoTls)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        tokio::spawn(connection);
-        client
-            .batch_execute(statement)
-            .await
-            .map_err(|e| format!("{statement}: {e}"))
-    })
-}
-
 fn count(url: &str, sql: &str) -> Option<i64> {
     runtime().block_on(async {
         let (client, connection) = tokio_postgres::connect(url, NoTls).await.ok()?;
