@@ -5,13 +5,16 @@
 //!
 //! Each seat is interned once per event ([`SeatId`]): the states and indexes are
 //! addressed by id, so a message hashes its seat once and the indexes compare
-//! integers, not four strings. Ties on price resolve to the smallest [`Seat`]
+//! integers, not four strings. The seat itself is kept as one allocation
+//! ([`StoredSeat`]) whose section is the section's id: at a million listings
+//! a [`Seat`]'s four `String`s would be most of the job's memory. Ties on price resolve to the smallest [`Seat`]
 //! (`section, row, seat, source`), which is what SPEC §2 asks of a rule that
 //! fires on being added.
 //!
-//! A section's index is kept in two halves ([`SectionIndex`]) so that its lower
-//! median, which `deal` rules judge listings against (SPEC §2b), is as cheap as
-//! its lowest price, at no extra memory.
+//! A section's index ([`SectionIndex`]) gives its lower median, which `deal`
+//! rules judge listings against (SPEC §2b), as cheaply as its lowest price: a
+//! sorted vector for the usual handful of listings, two ordered halves for a
+//! large section.
 //!
 //! With a count of all current listings (available or not) per section and
 //! currency, the indexes also give a section's [`SectionState`], what the
@@ -76,6 +79,73 @@ pub enum Applied {
     Current { previous: Option<Quote> },
 }
 
+/// A seat as [`Listings`] keeps it: row, seat and source in one string, the
+/// section as its [`SectionId`] (kept beside it). 24 bytes and one allocation
+/// of their length, where a [`Seat`] is 96 bytes and four allocations.
+#[derive(Clone, Debug)]
+struct StoredSeat {
+    text: Box<str>,
+    row_len: u32,
+    seat_len: u32,
+}
+
+impl StoredSeat {
+    fn of(seat: &Seat) -> StoredSeat {
+        let mut text = String::with_capacity(seat.row.len() + seat.seat.len() + seat.source.len());
+        text.push_str(&seat.row);
+        text.push_str(&seat.seat);
+        text.push_str(&seat.source);
+        StoredSeat {
+            text: text.into_boxed_str(),
+            // A field's length is bounded by the parser's 64 KiB message
+            // limit, or by PostgreSQL's 1 GB field limit when restored.
+            row_len: seat.row.len() as u32,
+            seat_len: seat.seat.len() as u32,
+        }
+    }
+
+    fn with_section<'a>(&'a self, section: &'a str) -> SeatRef<'a> {
+        let (row, rest) = self.text.split_at(self.row_len as usize);
+        let (seat, source) = rest.split_at(self.seat_len as usize);
+        SeatRef {
+            section,
+            row,
+            seat,
+            source,
+        }
+    }
+}
+
+/// A borrowed [`Seat`]: the same fields, in the same order, so it compares
+/// (and hashes) as the [`Seat`] it was made from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SeatRef<'a> {
+    pub section: &'a str,
+    pub row: &'a str,
+    pub seat: &'a str,
+    pub source: &'a str,
+}
+
+impl<'a> SeatRef<'a> {
+    pub fn of(seat: &'a Seat) -> SeatRef<'a> {
+        SeatRef {
+            section: &seat.section,
+            row: &seat.row,
+            seat: &seat.seat,
+            source: &seat.source,
+        }
+    }
+
+    pub fn to_seat(self) -> Seat {
+        Seat {
+            section: self.section.to_owned(),
+            row: self.row.to_owned(),
+            seat: self.seat.to_owned(),
+            source: self.source.to_owned(),
+        }
+    }
+}
+
 /// A listing's number within its event. Each seat is interned once, so the
 /// price indexes and the processor's per-epoch bookkeeping hold four bytes per
 /// listing instead of a [`Seat`] of four `String`s, and compare integers.
@@ -88,64 +158,150 @@ pub type SectionId = u32;
 /// ordered by [`SeatId`] here; [`Listings::lowest`] resolves them by [`Seat`].
 type PriceIndex = BTreeSet<(Cents, SeatId)>;
 
-/// The available current listings of one section and currency, split in two
-/// ordered halves: `lower` holds the ⌈n/2⌉ cheapest, so its last entry is the
-/// lower median and its first the lowest price. Inserting or removing is
-/// O(log n) and moves at most one entry between the halves.
-#[derive(Clone, Debug, Default)]
-pub struct SectionIndex {
-    lower: PriceIndex,
-    upper: PriceIndex,
+/// The available current listings of one section and currency. Most sections
+/// hold a handful of listings: those are one sorted vector (16 bytes a
+/// listing; a B-tree's node is ~200 bytes however few it holds, which made
+/// these indexes the largest part of the job's memory at a million listings).
+/// A section past [`SectionIndex::LARGE`] listings is split in two ordered
+/// halves instead, so that inserting and removing stay O(log n): `lower` holds
+/// the ⌈n/2⌉ cheapest, so its last entry is the lower median and its first the
+/// lowest price. Either way the lower median is as cheap as the lowest price.
+#[derive(Clone, Debug)]
+pub enum SectionIndex {
+    Small(Vec<(Cents, SeatId)>),
+    Halves { lower: PriceIndex, upper: PriceIndex },
+}
+
+impl Default for SectionIndex {
+    fn default() -> Self {
+        SectionIndex::Small(Vec::new())
+    }
 }
 
 impl SectionIndex {
+    /// Above this many listings a section's index is two B-trees; below
+    /// [`SectionIndex::SMALL`] it is a vector again. Apart, so that a section
+    /// going back and forth across one size does not convert every time.
+    const LARGE: usize = 256;
+    const SMALL: usize = 128;
+
     fn insert(&mut self, entry: (Cents, SeatId)) {
-        if self.lower.last().is_none_or(|last| entry <= *last) {
-            self.lower.insert(entry);
-        } else {
-            self.upper.insert(entry);
+        match self {
+            SectionIndex::Small(entries) => {
+                if let Err(at) = entries.binary_search(&entry) {
+                    entries.insert(at, entry);
+                }
+                if entries.len() > Self::LARGE {
+                    // The ⌈n/2⌉ cheapest stay in `lower`.
+                    let upper: PriceIndex = entries.drain(entries.len().div_ceil(2)..).collect();
+                    let lower: PriceIndex = entries.drain(..).collect();
+                    *self = SectionIndex::Halves { lower, upper };
+                }
+            }
+            SectionIndex::Halves { lower, upper } => {
+                if lower.last().is_none_or(|last| entry <= *last) {
+                    lower.insert(entry);
+                } else {
+                    upper.insert(entry);
+                }
+                rebalance(lower, upper);
+            }
         }
-        self.rebalance();
     }
 
     fn remove(&mut self, entry: &(Cents, SeatId)) {
-        if !self.lower.remove(entry) {
-            self.upper.remove(entry);
-        }
-        self.rebalance();
-    }
-
-    fn rebalance(&mut self) {
-        if self.lower.len() > self.upper.len() + 1 {
-            if let Some(last) = self.lower.pop_last() {
-                self.upper.insert(last);
+        match self {
+            SectionIndex::Small(entries) => {
+                if let Ok(at) = entries.binary_search(entry) {
+                    entries.remove(at);
+                }
+                if entries.capacity() > 2 * entries.len() + 4 {
+                    entries.shrink_to(entries.len() + entries.len() / 2);
+                }
             }
-        } else if self.upper.len() > self.lower.len() {
-            if let Some(first) = self.upper.pop_first() {
-                self.lower.insert(first);
+            SectionIndex::Halves { lower, upper } => {
+                if !lower.remove(entry) {
+                    upper.remove(entry);
+                }
+                rebalance(lower, upper);
+                if lower.len() + upper.len() < Self::SMALL {
+                    let entries = std::mem::take(lower)
+                        .into_iter()
+                        .chain(std::mem::take(upper))
+                        .collect();
+                    *self = SectionIndex::Small(entries);
+                }
             }
         }
     }
 
     pub fn len(&self) -> usize {
-        self.lower.len() + self.upper.len()
+        match self {
+            SectionIndex::Small(entries) => entries.len(),
+            SectionIndex::Halves { lower, upper } => lower.len() + upper.len(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.lower.is_empty()
+        self.len() == 0
     }
 
     fn first(&self) -> Option<&(Cents, SeatId)> {
-        self.lower.first()
+        match self {
+            SectionIndex::Small(entries) => entries.first(),
+            SectionIndex::Halves { lower, .. } => lower.first(),
+        }
     }
 
     /// The lower median: the ⌈n/2⌉-th cheapest price.
     pub fn lower_median(&self) -> Option<Cents> {
-        self.lower.last().map(|(price, _)| *price)
+        match self {
+            SectionIndex::Small(entries) => entries
+                .len()
+                .checked_sub(1)
+                .and_then(|last| entries.get(last / 2))
+                .map(|(price, _)| *price),
+            SectionIndex::Halves { lower, .. } => lower.last().map(|(price, _)| *price),
+        }
     }
 
-    fn iter(&self) -> impl Iterator<Item = &(Cents, SeatId)> {
-        self.lower.iter().chain(self.upper.iter())
+    fn iter(&self) -> Box<dyn Iterator<Item = &(Cents, SeatId)> + '_> {
+        match self {
+            SectionIndex::Small(entries) => Box::new(entries.iter()),
+            SectionIndex::Halves { lower, upper } => Box::new(lower.iter().chain(upper.iter())),
+        }
+    }
+
+    /// The seats listed at `price`.
+    fn at(&self, price: Cents) -> Box<dyn Iterator<Item = SeatId> + '_> {
+        let range = (price, SeatId::MIN)..=(price, SeatId::MAX);
+        match self {
+            SectionIndex::Small(entries) => {
+                let from = entries.partition_point(|entry| *entry < *range.start());
+                let to = entries.partition_point(|entry| *entry <= *range.end());
+                Box::new(entries[from..to].iter().map(|(_, id)| *id))
+            }
+            SectionIndex::Halves { lower, upper } => Box::new(
+                lower
+                    .range(range.clone())
+                    .chain(upper.range(range))
+                    .map(|(_, id)| *id),
+            ),
+        }
+    }
+}
+
+/// Keeps `lower` at ⌈n/2⌉ entries: after one insert or remove, at most one
+/// entry moves between the halves.
+fn rebalance(lower: &mut PriceIndex, upper: &mut PriceIndex) {
+    if lower.len() > upper.len() + 1 {
+        if let Some(last) = lower.pop_last() {
+            upper.insert(last);
+        }
+    } else if upper.len() > lower.len() {
+        if let Some(first) = upper.pop_first() {
+            lower.insert(first);
+        }
     }
 }
 
@@ -169,13 +325,7 @@ impl<'a> Scope<'a> {
         let range = (price, SeatId::MIN)..=(price, SeatId::MAX);
         match self {
             Scope::Event(index) => Box::new(index.range(range).map(|(_, id)| *id)),
-            Scope::Section(index) => Box::new(
-                index
-                    .lower
-                    .range(range.clone())
-                    .chain(index.upper.range(range))
-                    .map(|(_, id)| *id),
-            ),
+            Scope::Section(index) => index.at(price),
         }
     }
 }
@@ -184,11 +334,12 @@ impl<'a> Scope<'a> {
 /// current states, they follow the event's listings.
 #[derive(Clone, Debug, Default)]
 pub struct Listings {
-    /// Each seat's id, found by hashing the seat with `hasher` and comparing
-    /// with `seats[id]`: the seat itself is stored once, in `seats`.
+    /// Each seat's id, found by hashing the seat (as a [`SeatRef`]) with
+    /// `hasher` and comparing with `seats[id]`: the seat itself is stored
+    /// once, in `seats`.
     ids: HashTable<SeatId>,
     hasher: foldhash::fast::RandomState,
-    seats: Vec<Seat>,
+    seats: Vec<StoredSeat>,
     section_of: Vec<SectionId>,
     current: Vec<Option<Quote>>,
     sections: HashMap<String, SectionId>,
@@ -203,7 +354,7 @@ pub struct Listings {
 impl Listings {
     /// The id of `seat`, assigning the next one the first time.
     pub fn intern(&mut self, seat: &Seat) -> SeatId {
-        let hash = self.hasher.hash_one(seat);
+        let hash = self.hasher.hash_one(SeatRef::of(seat));
         if let Some(id) = self.find(hash, seat) {
             return id;
         }
@@ -217,11 +368,14 @@ impl Listings {
                 section
             }
         };
-        let (seats, hasher) = (&self.seats, &self.hasher);
+        let (seats, section_of, names, hasher) =
+            (&self.seats, &self.section_of, &self.section_names, &self.hasher);
         // Rehashing hashes the seats already stored; the new one is pushed after.
-        self.ids
-            .insert_unique(hash, id, |id| hasher.hash_one(&seats[*id as usize]));
-        self.seats.push(seat.clone());
+        self.ids.insert_unique(hash, id, |id| {
+            let id = *id as usize;
+            hasher.hash_one(seats[id].with_section(&names[section_of[id] as usize]))
+        });
+        self.seats.push(StoredSeat::of(seat));
         self.section_of.push(section);
         self.current.push(None);
         id
@@ -229,13 +383,13 @@ impl Listings {
 
     /// The id of `seat`, whose hash is `hash`, if it is interned.
     fn find(&self, hash: u64, seat: &Seat) -> Option<SeatId> {
-        self.ids
-            .find(hash, |id| self.seats[*id as usize] == *seat)
-            .copied()
+        let wanted = SeatRef::of(seat);
+        self.ids.find(hash, |id| self.seat(*id) == wanted).copied()
     }
 
-    pub fn seat(&self, id: SeatId) -> &Seat {
-        &self.seats[id as usize]
+    pub fn seat(&self, id: SeatId) -> SeatRef<'_> {
+        let section = &self.section_names[self.section_of[id as usize] as usize];
+        self.seats[id as usize].with_section(section)
     }
 
     pub fn section_of(&self, id: SeatId) -> SectionId {
@@ -305,7 +459,7 @@ impl Listings {
 
     /// The lowest available current price of a scope (`section: None` = the whole
     /// event), with the smallest seat holding it.
-    pub fn lowest(&self, section: Option<&str>, currency: Currency) -> Option<(Cents, &Seat)> {
+    pub fn lowest(&self, section: Option<&str>, currency: Currency) -> Option<(Cents, SeatRef<'_>)> {
         let index = self.index(section, currency)?;
         let (price, _) = *index.first()?;
         index
@@ -341,7 +495,7 @@ impl Listings {
 
     /// The id of an interned seat.
     pub fn id(&self, seat: &Seat) -> Option<SeatId> {
-        self.find(self.hasher.hash_one(seat), seat)
+        self.find(self.hasher.hash_one(SeatRef::of(seat)), seat)
     }
 
     fn index(&self, section: Option<&str>, currency: Currency) -> Option<Scope<'_>> {
@@ -463,7 +617,7 @@ mod tests {
         listings.apply(&seat("A", "2"), quote(100, Currency::USD, true, 3));
         assert_eq!(
             listings.lowest(None, Currency::USD),
-            Some((Cents(100), &seat("A", "2")))
+            Some((Cents(100), SeatRef::of(&seat("A", "2"))))
         );
     }
 
@@ -530,26 +684,49 @@ mod tests {
 
     #[test]
     fn section_index_keeps_the_lower_median() {
-        let mut index = SectionIndex::default();
-        let mut shadow: Vec<(Cents, SeatId)> = Vec::new();
-        // A fixed pseudo-random sequence of inserts and removals.
-        let mut x: u64 = 7;
-        for step in 0..2000u32 {
-            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-            let id = (x >> 33) as SeatId % 40;
-            let price = Cents(((x >> 13) % 50) as i64);
-            if let Some(at) = shadow.iter().position(|(_, seat)| *seat == id) {
-                let entry = shadow.remove(at);
-                index.remove(&entry);
-            } else {
-                shadow.push((price, id));
-                index.insert((price, id));
+        // A small section, and one that grows past `LARGE` (two halves) and
+        // shrinks below `SMALL` (a vector again), twice.
+        for (seats, steps) in [(40, 2_000), (1_000, 12_000)] {
+            let mut index = SectionIndex::default();
+            let mut shadow: Vec<(Cents, SeatId)> = Vec::new();
+            let (mut halves, mut small_again) = (false, false);
+            // A fixed pseudo-random sequence of inserts and removals.
+            let mut x: u64 = 7;
+            for step in 0..steps {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let id = (x >> 33) as SeatId % seats;
+                let price = Cents(((x >> 13) % 50) as i64);
+                let shrinking = (step / 3_000) % 2 == 1;
+                if shrinking && !shadow.is_empty() {
+                    let entry = shadow.remove((x >> 40) as usize % shadow.len());
+                    index.remove(&entry);
+                } else if let Some(at) = shadow.iter().position(|(_, seat)| *seat == id) {
+                    let entry = shadow.remove(at);
+                    index.remove(&entry);
+                } else {
+                    shadow.push((price, id));
+                    index.insert((price, id));
+                }
+                shadow.sort();
+                match index {
+                    SectionIndex::Halves { .. } => halves = true,
+                    SectionIndex::Small(_) if halves => small_again = true,
+                    SectionIndex::Small(_) => {}
+                }
+                assert_eq!(index.len(), shadow.len(), "step {step}");
+                let median = (!shadow.is_empty()).then(|| shadow[(shadow.len() - 1) / 2].0);
+                assert_eq!(index.lower_median(), median, "step {step}");
+                assert_eq!(index.first(), shadow.first(), "step {step}");
+                assert!(index.iter().eq(shadow.iter()), "step {step}");
+                let at: Vec<SeatId> = index.at(price).collect();
+                let want: Vec<SeatId> = shadow
+                    .iter()
+                    .filter(|(p, _)| *p == price)
+                    .map(|(_, id)| *id)
+                    .collect();
+                assert_eq!(at, want, "step {step}");
             }
-            shadow.sort();
-            assert_eq!(index.len(), shadow.len(), "step {step}");
-            let median = (!shadow.is_empty()).then(|| shadow[(shadow.len() - 1) / 2].0);
-            assert_eq!(index.lower_median(), median, "step {step}");
-            assert_eq!(index.first(), shadow.first(), "step {step}");
+            assert_eq!((halves, small_again), (seats > 256, seats > 256), "{seats} seats");
         }
     }
 }

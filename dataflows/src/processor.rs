@@ -306,7 +306,7 @@ impl Processor {
         let lowest = state
             .listings
             .lowest(rule.section.as_deref(), rule.currency)
-            .map(|(price, seat)| (price, seat.clone()));
+            .map(|(price, seat)| (price, seat.to_seat()));
         let is_restored = restored.is_some();
         let mut rule_state = match restored {
             Some(memory) => from_memory(&mut state.listings, memory),
@@ -548,7 +548,7 @@ impl Processor {
             }
             let listings = &state.listings;
             work.touched
-                .sort_unstable_by(|a, b| listings.seat(a.id).cmp(listings.seat(b.id)));
+                .sort_unstable_by(|a, b| listings.seat(a.id).cmp(&listings.seat(b.id)));
             for touch in &work.touched {
                 let quote = listings.quote(touch.id).copied();
                 let section = listings.section_of(touch.id);
@@ -558,7 +558,7 @@ impl Processor {
                     listing_rows.push(SinkRecord::Listing(ListingRow {
                         listing: ListingKey {
                             event_id: event_id.clone(),
-                            seat: listings.seat(touch.id).clone(),
+                            seat: listings.seat(touch.id).to_seat(),
                         },
                         price: quote.price,
                         currency: quote.currency,
@@ -689,7 +689,7 @@ fn fresh_state(rule: &Rule, listings: &Listings, lowest: Option<Cents>) -> RuleS
         }
         RuleKind::Deal { deal_pct } => {
             for (id, price) in listings.available(rule.section.as_deref(), rule.currency) {
-                let section = &listings.seat(id).section;
+                let section = listings.seat(id).section;
                 let deal = listings.section(section, rule.currency).is_some_and(|index| {
                     index
                         .lower_median()
@@ -712,7 +712,11 @@ fn has_memory(rule: &Rule) -> bool {
 
 /// A rule's state as persisted: seats by name, not by this process's ids.
 fn to_memory(state: &RuleState, listings: &Listings) -> RuleMemory {
-    let mut deals: Vec<_> = state.deals.iter().map(|id| listings.seat(*id).clone()).collect();
+    let mut deals: Vec<_> = state
+        .deals
+        .iter()
+        .map(|id| listings.seat(*id).to_seat())
+        .collect();
     deals.sort_unstable();
     RuleMemory {
         below: state.below,
