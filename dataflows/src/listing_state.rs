@@ -6,10 +6,10 @@
 //! Each seat is interned once per event ([`SeatId`]): the states and indexes are
 //! addressed by id, so a message hashes its seat once and the indexes compare
 //! integers, not four strings. The seat itself is kept as one allocation
-//! ([`StoredSeat`]) whose section is the section's id: at a million listings
-//! a [`Seat`]'s four `String`s would be most of the job's memory. Ties on price resolve to the smallest [`Seat`]
-//! (`section, row, seat, source`), which is what SPEC §2 asks of a rule that
-//! fires on being added.
+//! ([`StoredSeat`]) beside its section's id: at a million listings a
+//! [`Seat`]'s four `String`s would be most of the job's memory. Ties on price
+//! resolve to the smallest [`Seat`] (`section, row, seat, source`), which is
+//! what SPEC §2 asks of a rule that fires on being added.
 //!
 //! A section's index ([`SectionIndex`]) gives its lower median, which `deal`
 //! rules judge listings against (SPEC §2b), as cheaply as its lowest price: a
@@ -114,6 +114,19 @@ impl StoredSeat {
             source,
         }
     }
+}
+
+/// Seat `id` from the [`Listings`] fields that hold it; a function of the
+/// fields, not of `Listings`, so that rehashing can call it while the id table
+/// is borrowed mutably.
+fn seat_at<'a>(
+    seats: &'a [StoredSeat],
+    section_of: &[SectionId],
+    names: &'a [String],
+    id: SeatId,
+) -> SeatRef<'a> {
+    let id = id as usize;
+    seats[id].with_section(&names[section_of[id] as usize])
 }
 
 /// A borrowed [`Seat`]: the same fields, in the same order, so it compares
@@ -372,8 +385,7 @@ impl Listings {
             (&self.seats, &self.section_of, &self.section_names, &self.hasher);
         // Rehashing hashes the seats already stored; the new one is pushed after.
         self.ids.insert_unique(hash, id, |id| {
-            let id = *id as usize;
-            hasher.hash_one(seats[id].with_section(&names[section_of[id] as usize]))
+            hasher.hash_one(seat_at(seats, section_of, names, *id))
         });
         self.seats.push(StoredSeat::of(seat));
         self.section_of.push(section);
@@ -388,8 +400,7 @@ impl Listings {
     }
 
     pub fn seat(&self, id: SeatId) -> SeatRef<'_> {
-        let section = &self.section_names[self.section_of[id as usize] as usize];
-        self.seats[id as usize].with_section(section)
+        seat_at(&self.seats, &self.section_of, &self.section_names, id)
     }
 
     pub fn section_of(&self, id: SeatId) -> SectionId {

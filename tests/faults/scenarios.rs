@@ -804,7 +804,6 @@ fn progress(line: &str) {
     );
 }
 
-/// Runs `statement` (as the database's owner).
 fn count(url: &str, sql: &str) -> Option<i64> {
     runtime().block_on(async {
         let (client, connection) = tokio_postgres::connect(url, NoTls).await.ok()?;
