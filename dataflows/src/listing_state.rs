@@ -694,6 +694,36 @@ mod tests {
     }
 
     #[test]
+    fn seats_whose_fields_join_to_the_same_text_stay_apart() {
+        let fields = [
+            ("ab", "c", "s"),
+            ("a", "bc", "s"),
+            ("", "abc", "s"),
+            ("abc", "", "s"),
+            ("", "", "abcs"),
+            ("é", "\u{0}", "😀"),
+            ("\u{0}", "é", "😀"),
+        ];
+        let seats: Vec<Seat> = fields
+            .iter()
+            .map(|(row, name, source)| Seat {
+                section: "A".into(),
+                row: (*row).into(),
+                seat: (*name).into(),
+                source: (*source).into(),
+            })
+            .collect();
+        let mut listings = Listings::default();
+        let ids: Vec<SeatId> = seats.iter().map(|seat| listings.intern(seat)).collect();
+        assert_eq!(ids, (0..seats.len() as SeatId).collect::<Vec<_>>());
+        for (seat, id) in seats.iter().zip(&ids) {
+            assert_eq!(listings.intern(seat), *id);
+            assert_eq!(listings.seat(*id), SeatRef::of(seat));
+            assert_eq!(listings.seat(*id).to_seat(), *seat);
+        }
+    }
+
+    #[test]
     fn section_index_keeps_the_lower_median() {
         // A small section, and one that grows past `LARGE` (two halves) and
         // shrinks below `SMALL` (a vector again), twice.
