@@ -112,9 +112,13 @@ postgres_trust() {
 # history's index pages, and writing a full-page image after every checkpoint;
 # with these, 33.5. A job's own server wants the same: shared buffers that hold
 # `listings`, its primary key and the current month's history index.
+# max_prepared_transactions lets the writer commit a large batch on more than
+# one connection (`--writer-connections`, src/sink/parts.rs): one prepared
+# part per connection but the first.
 PG_TUNING="# conscope dev stack: written by scripts/stack-up.sh
 shared_buffers = '1GB'
-max_wal_size = '4GB'"
+max_wal_size = '4GB'
+max_prepared_transactions = 8"
 
 # Writes the settings to the cluster's conf.d; true (0) when they changed.
 postgres_tune() {

@@ -1,7 +1,9 @@
 //! Fault points for crash tests: `CONSCOPE_FAIL_POINT=NAME` (optionally
 //! `CONSCOPE_FAIL_AFTER=N`, default 1) makes the process abort, like `kill -9`,
-//! the N-th time it reaches the named point. Points: `mid_copy`, `before_commit`,
-//! `after_commit`, `before_publish`, `mid_publish`.
+//! the N-th time it reaches the named point. Points: `mid_copy`,
+//! `after_prepare` (a split commit's parts prepared, `sink::parts`),
+//! `before_commit`, `before_commit_prepared` (its main transaction committed,
+//! its parts not yet), `after_commit`, `before_publish`, `mid_publish`.
 //!
 //! Reads only its two environment variables, once.
 

@@ -116,6 +116,15 @@ pub struct RunArgs {
     // is in flight anyway.
     #[arg(long, env = "CONSCOPE_MAX_IN_FLIGHT", default_value_t = 25_000)]
     max_in_flight: usize,
+    /// PostgreSQL connections the writer commits a large batch on (default: as
+    /// many as --workers). More than one needs max_prepared_transactions at
+    /// least one less in PostgreSQL; without it the writer uses one.
+    #[arg(long, env = "CONSCOPE_WRITER_CONNECTIONS")]
+    writer_connections: Option<usize>,
+    /// History and listing rows a commit needs before the writer splits it
+    /// over its connections.
+    #[arg(long, env = "CONSCOPE_WRITER_SPLIT_ROWS", default_value_t = 4_096)]
+    writer_split_rows: usize,
     /// Records merged into one transaction at most when the writer falls behind.
     #[arg(long, env = "CONSCOPE_MAX_COMMIT_RECORDS", default_value_t = 500_000)]
     max_commit_records: usize,
@@ -253,6 +262,9 @@ pub fn run(mut args: RunArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         .block_on(client.query_one("SELECT job_id::text FROM job_progress WHERE id = 1", &[]))
         .context("cannot read job_progress")?
         .get(0);
+    if leader {
+        runtime.block_on(crate::sink::parts::resolve_at_start(&client, &job_id))?;
+    }
     drop(client);
 
     let input_partitions = match &args.input_file {
@@ -307,7 +319,7 @@ pub fn run(mut args: RunArgs, shutdown: Shutdown) -> anyhow::Result<()> {
             producer,
             kafka: args.kafka.clone(),
             database_url: args.db.database_url.clone(),
-            job_id,
+            job_id: job_id.clone(),
             lease: lease.clone(),
         };
         let (publisher_control, publisher_metrics) = (Arc::clone(&control), Arc::clone(&metrics));
@@ -328,6 +340,9 @@ pub fn run(mut args: RunArgs, shutdown: Shutdown) -> anyhow::Result<()> {
                 partitions: dlq_partitions,
             },
             max_records_per_commit: args.max_commit_records,
+            job_id: job_id.clone(),
+            connections: args.writer_connections.unwrap_or(args.workers).max(1),
+            split_min_rows: args.writer_split_rows,
             monitor: match &args.input_file {
                 Some(_) => None,
                 None => Some((args.kafka.clone(), args.group_id.clone())),

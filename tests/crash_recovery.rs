@@ -1,7 +1,9 @@
 //! SPEC §4: `kill -9` at any moment, then a restart, ends with exactly the tables
 //! of an uninterrupted run, and every alert on the alerts topic exactly once.
 //! Crashes come from outside (SIGKILL) and from fault points at the dangerous
-//! moments: mid-COPY, before and after COMMIT, before and during publishing.
+//! moments: mid-COPY, with the parts of a split commit prepared, before and
+//! after COMMIT, between the COMMIT and the parts' (`sink::parts`), before and
+//! during publishing.
 //! Rules of every kind (SPEC §2b) are active, so their state (arming, windows,
 //! cooldowns, deals) must come back exactly after each crash.
 
@@ -52,7 +54,9 @@ fn crashes_at_any_moment_end_with_the_tables_of_an_uninterrupted_run() {
     // 2. An abort at each fault point, each with new input to work on.
     let fault_points = [
         ("mid_copy", "3"),
+        ("after_prepare", "2"),
         ("before_commit", "2"),
+        ("before_commit_prepared", "3"),
         ("after_commit", "3"),
         ("before_publish", "1"),
         ("mid_publish", "1"),
@@ -61,18 +65,7 @@ fn crashes_at_any_moment_end_with_the_tables_of_an_uninterrupted_run() {
         produce_generated(&input, 4, STEP_INPUT, 5 + step, &[]);
         let mut args = vec!["--exit-at-end"];
         args.extend(slow());
-        let output = crashed
-            .command(&args)
-            .env("CONSCOPE_FAIL_POINT", point)
-            .env("CONSCOPE_FAIL_AFTER", after)
-            .output()
-            .expect("run");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            !output.status.success() && stderr.contains(&format!("fail point {point} reached")),
-            "{point}: the fault point did not fire (exit {:?}): {stderr}",
-            output.status
-        );
+        crashed.crash_at(&args, point, after);
     }
 
     // 3. A clean restart finishes the work; an uninterrupted run of the same

@@ -1,6 +1,7 @@
 //! SPEC §2 Determinism: the same topic gives the same tables and the same alerts
-//! for 1 worker, 4 workers with other batch sizes and epochs, and a cluster of two
-//! processes of two workers each, with rules of every kind (SPEC §2b) active;
+//! for 1 worker, 4 workers with other batch sizes and epochs (and every commit
+//! split over 4 writer connections), and a cluster of two processes of two
+//! workers each (asking for more writer connections than PostgreSQL allows), with rules of every kind (SPEC §2b) active;
 //! the summaries equal the aggregates over `listings` after each.
 
 use std::process::Stdio;
@@ -45,7 +46,17 @@ fn same_tables_and_alerts_for_any_workers_batches_and_processes() {
 
     let four = Job::new("det_w4", &input);
     add_rules_of_every_kind(&four, &events);
-    four.run_to_end(&["-w", "4", "--epoch-ms", "7", "--max-batch", "97"]);
+    // Four writer connections, every commit split over them (`sink::parts`).
+    four.run_to_end(&[
+        "-w",
+        "4",
+        "--epoch-ms",
+        "7",
+        "--max-batch",
+        "97",
+        "--writer-split-rows",
+        "1",
+    ]);
     assert_summaries_match_listings(&four.database_url);
     assert_rows_have_their_events(&four.database_url);
     assert!(dump(&four.database_url) == reference, "-w 4 differs from -w 1");
@@ -69,6 +80,10 @@ fn same_tables_and_alerts_for_any_workers_batches_and_processes() {
                     &hosts_path,
                     "--epoch-ms",
                     "23",
+                    // More than the dev stack's max_prepared_transactions
+                    // allows: the writer must fall back to one connection.
+                    "--writer-connections",
+                    "10",
                 ])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -76,13 +91,17 @@ fn same_tables_and_alerts_for_any_workers_batches_and_processes() {
                 .expect("spawn process")
         })
         .collect();
-    for child in processes {
+    for (process, child) in processes.into_iter().enumerate() {
         let output = child.wait_with_output().expect("process output");
-        assert!(
-            output.status.success(),
-            "cluster process failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "cluster process failed: {stderr}");
+        if process == 0 {
+            assert!(
+                stderr.contains("needs max_prepared_transactions >= 9")
+                    && stderr.contains("writing on one connection"),
+                "the writer did not say it falls back to one connection: {stderr}"
+            );
+        }
     }
     assert_summaries_match_listings(&cluster.database_url);
     assert_rows_have_their_events(&cluster.database_url);

@@ -15,8 +15,10 @@ use conscope_testkit::*;
 /// Rounds of terminations: more than the run would last without them.
 const ROUNDS: usize = 12;
 
-/// Small transactions, so the terminations find commits in flight.
-const SLOW: [&str; 8] = [
+/// Small transactions, so the terminations find commits in flight, each split
+/// over the writer's connections (as many as `-w`): terminations also land
+/// between a commit's prepared parts and its main transaction.
+const SLOW: [&str; 10] = [
     "--epoch-ms",
     "10",
     "--max-batch",
@@ -25,6 +27,8 @@ const SLOW: [&str; 8] = [
     "1000",
     "--max-commit-records",
     "300",
+    "--writer-split-rows",
+    "1",
 ];
 
 /// Terminates every other session of `url`'s database every `every`, from the

@@ -19,6 +19,12 @@ pub struct WriterConfig {
     pub dlq: OutboxTarget,
     /// Upper bound of records merged into one transaction.
     pub max_records_per_commit: usize,
+    /// `job_progress.job_id`: names the job's prepared parts (`parts`).
+    pub job_id: String,
+    /// PostgreSQL connections a commit may use (`parts`); 1: one transaction.
+    pub connections: usize,
+    /// History and listing rows a commit needs before it is split over them.
+    pub split_min_rows: usize,
     /// Where to report committed offsets for monitoring tools (Kafka client
     /// settings and consumer group); `None` for file input.
     pub monitor: Option<(KafkaArgs, String)>,

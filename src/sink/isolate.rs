@@ -36,7 +36,7 @@
 //! probe refused; any other failure ends the search, for the writer to wait
 //! and start it again on a new connection.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use conscope_dataflows::model::{Alert, EventField, EventRow, ListingRow, Micros, Position, Seat};
 use tokio_postgres::{Client, Transaction};
@@ -307,9 +307,15 @@ async fn probe(
         .map_err(WriteError::at("SAVEPOINT failed"))?;
     let written = match clear_incoming(transaction).await {
         // Every month asked for: a probe's creations are rolled back with it.
-        Ok(()) => write_rows(transaction, config, &subset, &KnownMonths::default())
-            .await
-            .map(|_written| ()),
+        Ok(()) => write_rows(
+            transaction,
+            config,
+            &subset,
+            &KnownMonths::default(),
+            &HashSet::new(),
+        )
+        .await
+        .map(|_written| ()),
         Err(error) => Err(error),
     };
     let undo = "ROLLBACK TO SAVEPOINT probe; RELEASE SAVEPOINT probe";

@@ -1,9 +1,12 @@
 //! Sinks: everything the job writes.
 //!
 //! - `writer`: the writer, one transaction per batch of epochs (rows,
-//!   alerts, outbox, offsets); retries, the job lease check.
+//!   alerts, outbox, offsets), with prepared parts beside it on other
+//!   connections when the batch is large; retries, the job lease check.
 //! - `config`: what the writer is told (database, topics, lease).
 //! - `merge`: the epochs of one transaction folded per key.
+//! - `parts`: a large commit split over several connections (two-phase
+//!   commit), and what resolves the parts a crash left prepared.
 //! - `tables`: each table's SQL, the `COPY` helpers.
 //! - `write_error`: which PostgreSQL failures are transient, refusals of data,
 //!   refusals of the database (the writer waits), fencing.
@@ -30,6 +33,7 @@ pub mod encode;
 mod isolate;
 mod merge;
 mod monitor;
+pub mod parts;
 pub mod publisher;
 pub mod quarantine;
 pub mod recovery;

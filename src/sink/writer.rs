@@ -13,6 +13,11 @@
 //! When the writer falls behind, queued epochs are merged into one transaction
 //! (later states win), which keeps throughput up under load. Each transaction
 //! first checks that this process still holds the job lease (`lease`).
+//! With more than one connection (`--writer-connections`), a large commit's
+//! history and listing rows are written beside the main transaction in
+//! prepared parts that commit after it (`parts`: the split, the protocol, and
+//! the resolution of parts a failure left prepared, done before any later
+//! write).
 //!
 //! # Retries
 //! Every SQL call classifies its failure where it is made (`write_error`).
@@ -40,20 +45,25 @@
 //! job at once.
 //!
 //! Owns the loop and the transaction around each batch: `BEGIN`, the lease
-//! check, the bookkeeping and the rows (`tables`), `COMMIT`; and what happens
-//! when one fails. Imports `config`, `merge`, `tables`, `isolate`,
-//! `quarantine`, `monitor` and the publisher's wake-up; only the sink operator
-//! (`mod.rs`) and the job import it.
+//! check, the bookkeeping and the rows (`tables`), `COMMIT`; the connections
+//! and the order of a split commit's steps; and what happens when one fails.
+//! Imports `config`, `merge`, `tables`, `parts`, `isolate`, `quarantine`,
+//! `monitor` and the publisher's wake-up; only the sink operator (`mod.rs`)
+//! and the job import it.
 
+use std::collections::HashSet;
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use anyhow::Context;
+use futures_util::future::join_all;
 use tokio_postgres::{Client, Transaction};
 
 use super::config::WriterConfig;
 use super::merge::{EpochBatch, Merged};
 use super::monitor::GroupMonitor;
+use super::parts::{check_prepared, commit_parts, lock_parts, prepare_part, Balance, Gid, JobTag, Split};
 use super::publisher::PublisherControl;
 use super::tables::{
     advance_commit_no, lost_commit_landed, prepare, read_commit_no, read_progress, store_offsets, write_rows,
@@ -171,7 +181,17 @@ pub fn run_writer(
 struct Writer {
     config: WriterConfig,
     client: Client,
+    /// The other connections (`parts`); empty with one connection.
+    others: Vec<Client>,
     commit_no: i64,
+    /// Commit attempts so far: names the prepared parts of each apart.
+    attempts: u32,
+    /// Parts may be left prepared (a failed attempt, a commit whose parts
+    /// were not all committed): resolve them before anything else.
+    unresolved: bool,
+    /// Names this job's parts.
+    job: JobTag,
+    balance: Balance,
     errors: crate::metrics::RateLimited,
     metrics: Arc<Metrics>,
     months: KnownMonths,
@@ -180,10 +200,19 @@ struct Writer {
 impl Writer {
     async fn connect(config: WriterConfig, metrics: Arc<Metrics>) -> anyhow::Result<Writer> {
         let client = crate::db::connect_with_retry(&config.database_url, Duration::from_secs(60)).await?;
+        let job = JobTag::of(&config.job_id)
+            .with_context(|| format!("job_progress.job_id is not a UUID: {:?}", config.job_id))?;
         let mut writer = Writer {
             config,
             client,
+            others: Vec::new(),
             commit_no: 0,
+            attempts: 0,
+            // The job resolved them before it read its state; once more in
+            // case an instance it took over from left any since.
+            unresolved: true,
+            job,
+            balance: Balance::default(),
             errors: crate::metrics::RateLimited::new(Duration::from_secs(10)),
             metrics,
             months: KnownMonths::default(),
@@ -196,8 +225,18 @@ impl Writer {
             writer.wait(&error, &mut delay).await?;
             writer.reconnect(&mut delay).await?;
         }
+        let others = writer.other_connections().await;
+        for _ in 0..others {
+            let client =
+                crate::db::connect_with_retry(&writer.config.database_url, Duration::from_secs(60)).await?;
+            writer.others.push(client);
+        }
         loop {
-            match read_commit_no(&writer.client).await {
+            let read = match writer.resolve_parts().await {
+                Ok(()) => read_commit_no(&writer.client).await,
+                Err(error) => Err(error),
+            };
+            match read {
                 Ok(commit_no) => {
                     writer.commit_no = commit_no;
                     return Ok(writer);
@@ -253,7 +292,10 @@ impl Writer {
             let attempt = match crate::db::connect(&self.config.database_url).await {
                 Ok(client) => {
                     self.client = client;
-                    prepare(&self.client).await
+                    match prepare(&self.client).await {
+                        Ok(()) => self.reconnect_others().await,
+                        Err(error) => Err(error),
+                    }
                 }
                 Err(error) => Err(WriteError::Transient {
                     context: "reconnect",
@@ -266,6 +308,59 @@ impl Writer {
                 Err(error) => return Err(error),
             }
         }
+    }
+
+    /// New other connections, as many as there were.
+    async fn reconnect_others(&mut self) -> Result<(), WriteError> {
+        for other in &mut self.others {
+            *other = crate::db::connect(&self.config.database_url)
+                .await
+                .map_err(|error| WriteError::Transient {
+                    context: "reconnect",
+                    detail: format!("{error:#}"),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// How many other connections to open: `--writer-connections` less one,
+    /// or none when PostgreSQL cannot prepare that many transactions
+    /// (`max_prepared_transactions`, 0 by default): the job then writes on one
+    /// connection and says how to give it more.
+    async fn other_connections(&self) -> usize {
+        let wanted = self.config.connections.saturating_sub(1);
+        if wanted == 0 {
+            return 0;
+        }
+        let allowed = self
+            .client
+            .query_one("SELECT current_setting('max_prepared_transactions')::int", &[])
+            .await
+            .map(|row| row.get::<_, i32>(0))
+            .unwrap_or(0);
+        if allowed < wanted as i32 {
+            tracing::warn!(
+                "--writer-connections {} needs max_prepared_transactions >= {wanted} in PostgreSQL (it is {allowed}): \
+                 writing on one connection",
+                self.config.connections
+            );
+            return 0;
+        }
+        tracing::info!(
+            connections = wanted + 1,
+            "the writer commits large batches on several connections"
+        );
+        wanted
+    }
+
+    /// Ends the parts an earlier attempt or another instance left prepared,
+    /// if any may be; they hold row locks every later write would wait for.
+    async fn resolve_parts(&mut self) -> Result<(), WriteError> {
+        if self.unresolved {
+            super::parts::resolve(&self.client, &self.job).await?;
+            self.unresolved = false;
+        }
+        Ok(())
     }
 
     /// A commit landed: a blocked writer is going again.
@@ -284,17 +379,20 @@ impl Writer {
             // Set by the attempt before its COMMIT: what a commit that landed
             // unacknowledged wrote.
             let mut written = None;
-            let attempt = write(
-                &mut self.client,
-                &self.config,
-                merged,
-                self.commit_no,
-                &self.months,
-                &mut written,
-            )
-            .await;
+            let attempt = match self.resolve_parts().await {
+                Ok(()) => self.write(merged, &mut written).await,
+                Err(error) => Err(error),
+            };
             let error = match attempt {
                 Ok(()) => {
+                    // Landed; its parts must be committed before anything else.
+                    while let Err(error) = self.resolve_parts().await {
+                        if !error.is_retried() {
+                            return Err(error);
+                        }
+                        self.wait(&error, &mut delay).await?;
+                        self.reconnect(&mut delay).await?;
+                    }
                     self.commit_no += 1;
                     self.metrics.commit_done();
                     self.resumed();
@@ -316,6 +414,13 @@ impl Writer {
                 let run_id = self.config.lease.run_id();
                 if lost_commit_landed((stored, committed_by.as_deref()), self.commit_no, run_id)? {
                     tracing::info!("the interrupted commit had landed");
+                    while let Err(error) = self.resolve_parts().await {
+                        if !error.is_retried() {
+                            return Err(error);
+                        }
+                        self.wait(&error, &mut delay).await?;
+                        self.reconnect(&mut delay).await?;
+                    }
                     self.commit_no = stored;
                     self.metrics.commit_done();
                     self.resumed();
@@ -346,6 +451,12 @@ impl Writer {
         );
         let mut delay = Duration::from_millis(100);
         loop {
+            // Parts left prepared would hold the rows the probes write.
+            if let Err(error) = self.resolve_parts().await {
+                self.wait(&error, &mut delay).await?;
+                self.reconnect(&mut delay).await?;
+                continue;
+            }
             let attempt = match super::isolate::offenders(&mut self.client, &self.config, merged).await {
                 Ok(offenders) if offenders.is_empty() => return Ok(false),
                 Ok(offenders) => {
@@ -371,6 +482,95 @@ impl Writer {
 /// cannot take: an operator's fix is picked up within it.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
+impl Writer {
+    /// One attempt at committing `merged`: on one connection, or split over
+    /// all of them (`parts`) when it is large enough.
+    async fn write(&mut self, merged: &Merged, written: &mut Option<Written>) -> Result<(), WriteError> {
+        self.attempts = self.attempts.wrapping_add(1);
+        let split = Split::of(
+            merged,
+            self.others.len(),
+            self.balance.keep,
+            self.config.split_min_rows,
+            &self.months,
+        );
+        let Some(split) = split else {
+            return write(
+                &mut self.client,
+                &self.config,
+                merged,
+                self.commit_no,
+                &self.months,
+                written,
+            )
+            .await;
+        };
+        // From here until it is resolved, a part may be prepared.
+        self.unresolved = true;
+        let run_id = self.config.lease.run_id();
+        let gids: Vec<Gid> = (1..=split.parts.len())
+            .map(|part| Gid {
+                job: self.job.clone(),
+                run: run_id.to_owned(),
+                commit: self.commit_no + 1,
+                attempt: self.attempts,
+                part,
+            })
+            .collect();
+        let (config, months, commit_no, job) = (&self.config, &self.months, self.commit_no, &self.job);
+        let (client, others) = (&mut self.client, &mut self.others);
+        let started = Instant::now();
+        let main = async {
+            let transaction = client
+                .transaction()
+                .await
+                .map_err(WriteError::at("BEGIN failed"))?;
+            check_lease(&transaction, &config.lease).await?;
+            lock_parts(&transaction, job).await?;
+            advance_commit_no(&transaction, commit_no, run_id).await?;
+            let rows = write_rows(&transaction, config, merged, months, &split.moved).await?;
+            store_offsets(&transaction, &config.input_name, &merged.offsets).await?;
+            Ok::<_, WriteError>((transaction, rows, started.elapsed()))
+        };
+        let parts = join_all(others.iter_mut().zip(&split.parts).zip(&gids).map(
+            |((client, part), gid)| async move {
+                prepare_part(client, part, gid)
+                    .await
+                    .map(|pruned| (pruned, started.elapsed()))
+            },
+        ));
+        let (main, parts) = tokio::join!(main, parts);
+        let (transaction, mut rows, main_took) = main?;
+        let mut parts_took = Duration::ZERO;
+        for part in parts {
+            let (pruned, took) = part?;
+            rows.history.pruned_new += pruned;
+            parts_took = parts_took.max(took);
+        }
+        self.balance.learn(main_took, parts_took);
+        fail_point("after_prepare");
+        check_prepared(&transaction, &gids).await?;
+        *written = Some(rows);
+        fail_point("before_commit");
+        transaction
+            .commit()
+            .await
+            .map_err(WriteError::at("COMMIT failed"))?;
+        fail_point("before_commit_prepared");
+        // Landed: a failure here is one to retry whatever it says, and the
+        // retry's resolution commits the parts.
+        commit_parts(&self.client, &gids)
+            .await
+            .map_err(|error| WriteError::Transient {
+                context: "COMMIT PREPARED",
+                detail: error.to_string(),
+            })?;
+        self.unresolved = false;
+        Ok(())
+    }
+}
+
+/// One attempt on the main connection alone.
 async fn write(
     client: &mut Client,
     config: &WriterConfig,
@@ -386,7 +586,7 @@ async fn write(
     check_lease(&transaction, &config.lease).await?;
     advance_commit_no(&transaction, commit_no, config.lease.run_id()).await?;
 
-    *written = Some(write_rows(&transaction, config, merged, months).await?);
+    *written = Some(write_rows(&transaction, config, merged, months, &HashSet::new()).await?);
 
     store_offsets(&transaction, &config.input_name, &merged.offsets).await?;
     fail_point("before_commit");

@@ -76,6 +76,24 @@ impl Job {
     }
 
     /// Runs `conscope run --exit-at-end` to completion and checks it succeeded.
+    /// Runs with `args` and fault point `point` armed for its `after`-th time
+    /// (`src/fail.rs`); panics unless it fired.
+    pub fn crash_at(&self, args: &[&str], point: &str, after: &str) -> Output {
+        let output = self
+            .command(args)
+            .env("CONSCOPE_FAIL_POINT", point)
+            .env("CONSCOPE_FAIL_AFTER", after)
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success() && stderr.contains(&format!("fail point {point} reached")),
+            "{point}: the fault point did not fire (exit {:?}): {stderr}",
+            output.status
+        );
+        output
+    }
+
     pub fn run_to_end(&self, extra: &[&str]) -> Output {
         let mut args = vec!["--exit-at-end"];
         args.extend_from_slice(extra);
@@ -230,8 +248,10 @@ pub fn produce_generated_at(
 /// `conscope run` flags for small transactions, so a run commits often and is
 /// still mid-run when a fault hits: against a fast broker the writer otherwise
 /// merges a run's epochs into a couple of commits and a fault point late in the
-/// commit is never reached.
-pub const SMALL_TRANSACTIONS: [&str; 8] = [
+/// commit is never reached. Each commit with rows to hand over is split over
+/// the writer's connections (as many as `-w`), so the faults also hit commits
+/// with prepared parts.
+pub const SMALL_TRANSACTIONS: [&str; 10] = [
     "--epoch-ms",
     "10",
     "--max-batch",
@@ -240,6 +260,8 @@ pub const SMALL_TRANSACTIONS: [&str; 8] = [
     "500",
     "--max-commit-records",
     "200",
+    "--writer-split-rows",
+    "1",
 ];
 
 /// Kills the child when dropped, so a failing test never leaves a job running.

@@ -41,7 +41,7 @@ pub struct Size {
     pub own_broker_port: u16,
 }
 
-const SLOW: [&str; 8] = SMALL_TRANSACTIONS;
+const SLOW: [&str; 10] = SMALL_TRANSACTIONS;
 
 const WORKERS: [&str; 2] = ["-w", "2"];
 
@@ -368,7 +368,9 @@ impl Suite {
         let target = self.target("points", &pg_base(), &brokers());
         let points = [
             ("mid_copy", "3"),
+            ("after_prepare", "2"),
             ("before_commit", "2"),
+            ("before_commit_prepared", "3"),
             ("after_commit", "3"),
             ("before_publish", "1"),
             ("mid_publish", "1"),

@@ -83,7 +83,7 @@ impl ThrowawayPostgres {
         );
         let cluster = ThrowawayPostgres { port, dir, bin };
         let options = format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={}",
+            "-p {port} -c listen_addresses=127.0.0.1 -c max_prepared_transactions=8 -c unix_socket_directories={}",
             cluster.dir.path().display()
         );
         run(

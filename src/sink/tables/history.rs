@@ -23,14 +23,18 @@ use crate::sink::merge::{HistoryWritten, Merged, OlderRow};
 use crate::sink::write_error::WriteError;
 
 /// Copies the batch's history rows, then inserts its older rows, but those
-/// observed before the pruned boundary; makes their months' partitions exist
-/// first (`months`: those known to).
+/// observed before the pruned boundary and the new rows of the events in
+/// `moved` (another connection writes those); makes their months' partitions
+/// exist first (`months`: those known to).
 pub(super) async fn write_history(
     transaction: &Transaction<'_>,
     merged: &Merged,
     months: &KnownMonths,
+    moved: &HashSet<&str>,
 ) -> Result<Written, WriteError> {
-    if merged.history.is_empty() && merged.maybe_stale.is_empty() {
+    let own = |row: &&ListingRow| !moved.contains(row.listing.event_id.as_str());
+    let owned = merged.history.iter().map(|new| &new.row).filter(own).count();
+    if owned == 0 && merged.maybe_stale.is_empty() {
         return Ok(Written::default());
     }
     // Before anything touches price_history: see `retention`.
@@ -40,6 +44,7 @@ pub(super) async fn write_history(
         .history
         .iter()
         .map(|new| &new.row)
+        .filter(own)
         .filter(|row| kept(row))
         .collect();
     let older: Cow<'_, [OlderRow]> = if merged.maybe_stale.iter().all(|older| kept(&older.row)) {
@@ -64,15 +69,7 @@ pub(super) async fn write_history(
     )
     .await?;
     if !history.is_empty() {
-        copy_listing_rows(
-            transaction,
-            "cannot copy into price_history",
-            "COPY price_history (event_id, section, \"row\", seat, source, price, currency, available, observed_at)
-             FROM STDIN BINARY",
-            false,
-            history.iter().copied(),
-        )
-        .await?;
+        copy_history_rows(transaction, history.iter().copied()).await?;
         fail_point("mid_copy");
     }
     let stale = if older.is_empty() {
@@ -83,11 +80,27 @@ pub(super) async fn write_history(
     Ok(Written {
         history: HistoryWritten {
             stale,
-            pruned_new: (merged.history.len() - history.len()) as u64,
+            pruned_new: (owned - history.len()) as u64,
             pruned_older: (merged.maybe_stale.len() - older.len()) as u64,
         },
         months: ensured,
     })
+}
+
+/// `COPY`s new rows into `price_history`.
+pub(super) async fn copy_history_rows<'a>(
+    transaction: &Transaction<'_>,
+    rows: impl IntoIterator<Item = &'a ListingRow>,
+) -> Result<(), WriteError> {
+    copy_listing_rows(
+        transaction,
+        "cannot copy into price_history",
+        "COPY price_history (event_id, section, \"row\", seat, source, price, currency, available, observed_at)
+         FROM STDIN BINARY",
+        false,
+        rows,
+    )
+    .await
 }
 
 /// Inserts the rows of observations older than their listing's current state,

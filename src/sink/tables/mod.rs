@@ -22,6 +22,7 @@
 //! - `events`, `history`, `listings`, `summaries`, `alerts`, `outbox`,
 //!   `rule_state`: one table's SQL each, called in that order by [`write_rows`].
 //! - `offsets`: `job_progress` and `kafka_offsets`, the writer's bookkeeping.
+//! - `part`: what the writer's other connections write (`sink::parts`).
 //! - `retention`: `history_retention` and the month partitions of
 //!   `price_history`, as `history` needs them.
 //!
@@ -36,9 +37,12 @@ mod history;
 mod listings;
 mod offsets;
 mod outbox;
+mod part;
 mod retention;
 mod rule_state;
 mod summaries;
+
+use std::collections::HashSet;
 
 use tokio_postgres::{Client, Transaction};
 
@@ -53,6 +57,7 @@ pub(super) use offsets::{
     advance_commit_no, lost_commit_landed, read_commit_no, read_progress, store_offsets,
 };
 use outbox::{push_dead_letters, write_outbox};
+pub(super) use part::write_part;
 pub(super) use retention::KnownMonths;
 use retention::Month;
 use rule_state::write_rule_states;
@@ -119,17 +124,20 @@ pub(super) struct Written {
 /// Every row derived from the messages of `merged`: events, history, listings,
 /// summaries, alerts, the outbox, rule states. Without the bookkeeping
 /// (progress, offsets), so `isolate` can write parts of a batch. `months`:
-/// the month partitions of `price_history` known to exist.
+/// the month partitions of `price_history` known to exist. The new history
+/// rows and the listing rows of the events in `moved` are left out: the
+/// writer's other connections write them (`sink::parts`).
 pub(super) async fn write_rows(
     transaction: &Transaction<'_>,
     config: &WriterConfig,
     merged: &Merged,
     months: &KnownMonths,
+    moved: &HashSet<&str>,
 ) -> Result<Written, WriteError> {
     // Events first: history, listings and alerts reference them.
     write_events(transaction, merged).await?;
-    let written = write_history(transaction, merged, months).await?;
-    write_listings(transaction, merged).await?;
+    let written = write_history(transaction, merged, months, moved).await?;
+    write_listings(transaction, merged, moved).await?;
 
     // With the listings they summarise, in the same transaction.
     write_summaries(transaction, merged).await?;

@@ -60,6 +60,11 @@ impl KnownMonths {
         self.0.extend(months.iter().copied());
     }
 
+    /// Whether the month of `observed_at` is known to exist.
+    pub(crate) fn knows(&self, observed_at: Micros) -> bool {
+        self.0.contains(&month_of(observed_at))
+    }
+
     /// Forgets everything; whether it knew anything.
     pub(crate) fn forget(&mut self) -> bool {
         let knew = !self.0.is_empty();
