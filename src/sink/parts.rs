@@ -304,6 +304,23 @@ pub(super) async fn commit_parts(client: &Client, gids: &[Gid]) -> Result<(), Wr
     Ok(())
 }
 
+/// Before their main transaction committed: rolls back `prepared`, each on
+/// its own connection (`others[k]` prepared part `k + 1`); whether all went.
+pub(super) async fn abandon(others: &[Client], prepared: &[&Gid]) -> bool {
+    let mut all = true;
+    for gid in prepared {
+        let rolled_back = match others.get(gid.part.wrapping_sub(1)) {
+            Some(client) => client
+                .batch_execute(&format!("ROLLBACK PREPARED '{}'", gid.text()))
+                .await
+                .is_ok(),
+            None => false,
+        };
+        all &= rolled_back;
+    }
+    all
+}
+
 /// What [`resolve`] did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct Resolved {

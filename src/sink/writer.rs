@@ -63,7 +63,9 @@ use tokio_postgres::{Client, Transaction};
 use super::config::WriterConfig;
 use super::merge::{EpochBatch, Merged};
 use super::monitor::GroupMonitor;
-use super::parts::{check_prepared, commit_parts, lock_parts, prepare_part, Balance, Gid, JobTag, Split};
+use super::parts::{
+    abandon, check_prepared, commit_parts, lock_parts, prepare_part, Balance, Gid, JobTag, Split,
+};
 use super::publisher::PublisherControl;
 use super::tables::{
     advance_commit_no, lost_commit_landed, prepare, read_commit_no, read_progress, store_offsets, write_rows,
@@ -518,44 +520,74 @@ impl Writer {
             })
             .collect();
         let (config, months, commit_no, job) = (&self.config, &self.months, self.commit_no, &self.job);
-        let (client, others) = (&mut self.client, &mut self.others);
-        let started = Instant::now();
-        let main = async {
-            let transaction = client
-                .transaction()
-                .await
-                .map_err(WriteError::at("BEGIN failed"))?;
-            check_lease(&transaction, &config.lease).await?;
-            lock_parts(&transaction, job).await?;
-            advance_commit_no(&transaction, commit_no, run_id).await?;
-            let rows = write_rows(&transaction, config, merged, months, &split.moved).await?;
-            store_offsets(&transaction, &config.input_name, &merged.offsets).await?;
-            Ok::<_, WriteError>((transaction, rows, started.elapsed()))
-        };
-        let parts = join_all(others.iter_mut().zip(&split.parts).zip(&gids).map(
-            |((client, part), gid)| async move {
-                prepare_part(client, part, gid)
+        // The main connection is borrowed by the transaction until COMMIT.
+        {
+            let (client, others) = (&mut self.client, &mut self.others);
+            let started = Instant::now();
+            let main = async {
+                let transaction = client
+                    .transaction()
                     .await
-                    .map(|pruned| (pruned, started.elapsed()))
-            },
-        ));
-        let (main, parts) = tokio::join!(main, parts);
-        let (transaction, mut rows, main_took) = main?;
-        let mut parts_took = Duration::ZERO;
-        for part in parts {
-            let (pruned, took) = part?;
+                    .map_err(WriteError::at("BEGIN failed"))?;
+                check_lease(&transaction, &config.lease).await?;
+                lock_parts(&transaction, job).await?;
+                advance_commit_no(&transaction, commit_no, run_id).await?;
+                let rows = write_rows(&transaction, config, merged, months, &split.moved).await?;
+                store_offsets(&transaction, &config.input_name, &merged.offsets).await?;
+                Ok::<_, WriteError>((transaction, rows, started.elapsed()))
+            };
+            let parts = join_all(others.iter_mut().zip(&split.parts).zip(&gids).map(
+                |((client, part), gid)| async move {
+                    prepare_part(client, part, gid)
+                        .await
+                        .map(|pruned| (pruned, started.elapsed()))
+                },
+            ));
+            let (main, parts) = tokio::join!(main, parts);
+            let mut prepared = Vec::new();
+            let mut failure = None;
+            let (mut pruned, mut parts_took) = (0, Duration::ZERO);
+            for (part, gid) in parts.into_iter().zip(&gids) {
+                match part {
+                    Ok((part_pruned, took)) => {
+                        prepared.push(gid);
+                        pruned += part_pruned;
+                        parts_took = parts_took.max(took);
+                    }
+                    Err(error) => failure = failure.or(Some(error)),
+                }
+            }
+            let ready = match (main, failure) {
+                (Ok((transaction, rows, main_took)), None) => {
+                    self.balance.learn(main_took, parts_took);
+                    fail_point("after_prepare");
+                    match check_prepared(&transaction, &gids).await {
+                        Ok(()) => Ok((transaction, rows)),
+                        Err(error) => Err(error),
+                    }
+                }
+                (Err(error), _) | (Ok(_), Some(error)) => Err(error),
+            };
+            let (transaction, mut rows) = match ready {
+                Ok(ready) => ready,
+                Err(error) => {
+                    // The main transaction is rolled back (dropped): so are the
+                    // parts, at once, so their row locks go; what fails to is
+                    // left to the next attempt's resolution.
+                    if abandon(&self.others, &prepared).await {
+                        self.unresolved = false;
+                    }
+                    return Err(error);
+                }
+            };
             rows.history.pruned_new += pruned;
-            parts_took = parts_took.max(took);
+            *written = Some(rows);
+            fail_point("before_commit");
+            transaction
+                .commit()
+                .await
+                .map_err(WriteError::at("COMMIT failed"))?;
         }
-        self.balance.learn(main_took, parts_took);
-        fail_point("after_prepare");
-        check_prepared(&transaction, &gids).await?;
-        *written = Some(rows);
-        fail_point("before_commit");
-        transaction
-            .commit()
-            .await
-            .map_err(WriteError::at("COMMIT failed"))?;
         fail_point("before_commit_prepared");
         // Landed: a failure here is one to retry whatever it says, and the
         // retry's resolution commits the parts.
