@@ -2,7 +2,9 @@
 //!
 //! Touches the database named by `--database-url`: creates it when missing (local
 //! dev stacks), applies `migrations/*.sql` in order, once each, recorded in
-//! `schema_migrations`. Secrets in the URL are never logged.
+//! `schema_migrations`, never while parts of a split commit are left prepared
+//! (`sink::parts::migrate`, which the job and `conscope migrate` call, ends
+//! them first). Secrets in the URL are never logged.
 //!
 //! Also the decoders of the rows the job reads back (`events`, `listings`,
 //! prices and currencies of `alert_rules`) and the stored input offsets
@@ -20,7 +22,7 @@ use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use tokio_postgres::{Client, NoTls, Row};
 
-use crate::config::{redact_url, DbArgs};
+use crate::config::redact_url;
 
 /// The migrations, in order. Embedded so the binary alone can set up a database.
 const MIGRATIONS: &[(&str, &str)] = &[
@@ -166,14 +168,20 @@ pub async fn migrate(url: &str) -> anyhow::Result<()> {
         )
         .await
         .context("cannot prepare schema_migrations")?;
+    let mut pending = Vec::new();
     for (name, sql) in MIGRATIONS {
         let done = client
             .query_opt("SELECT 1 FROM schema_migrations WHERE name = $1", &[name])
             .await?
             .is_some();
-        if done {
-            continue;
+        if !done {
+            pending.push((name, sql));
         }
+    }
+    if !pending.is_empty() {
+        refuse_with_prepared_parts(&client).await?;
+    }
+    for (name, sql) in pending {
         let transaction = client.transaction().await?;
         transaction
             .batch_execute(sql)
@@ -189,11 +197,26 @@ pub async fn migrate(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `conscope migrate`.
-pub fn migrate_blocking(db: &DbArgs) -> anyhow::Result<()> {
-    let runtime = crate::runtime::current_thread()?;
-    runtime.block_on(migrate(&db.database_url))?;
-    println!("migrations applied to {}", redact_url(&db.database_url));
+/// A migration may fill a new table from `listings` or alter a table: with
+/// parts of a split commit still prepared (`sink::parts`) it would miss their
+/// rows, or wait for their locks forever. `conscope run` and `conscope
+/// migrate` end them before they migrate; any other command refuses.
+async fn refuse_with_prepared_parts(client: &Client) -> anyhow::Result<()> {
+    let parts: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database() AND starts_with(gid, 'conscope-')",
+            &[],
+        )
+        .await
+        .context("cannot read pg_prepared_xacts")?
+        .get(0);
+    if parts > 0 {
+        anyhow::bail!(
+            "{parts} prepared part(s) of an interrupted conscope commit are pending in this database, and a \
+             migration must not run before they are ended: `conscope run` or `conscope migrate` ends them \
+             (committed or rolled back, as their commit decided), then migrates"
+        );
+    }
     Ok(())
 }
 

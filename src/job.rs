@@ -242,7 +242,7 @@ pub fn run(mut args: RunArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let leader = args.process == 0;
     let runtime = crate::runtime::current_thread()?;
     runtime.block_on(crate::db::with_patience(STARTUP_PATIENCE, || {
-        crate::db::migrate(&args.db.database_url)
+        crate::sink::parts::migrate(&args.db.database_url)
     }))?;
     // Before anything is restored or published: one live instance per process.
     let lease = Lease::acquire(&args.db.database_url, args.process, |error| {

@@ -139,7 +139,7 @@ fn main() -> std::process::ExitCode {
         Command::Quarantine(args) => quarantine::run(args),
         Command::Dashboard(args) => dashboard::run(args),
         Command::History(args) => history::run(args),
-        Command::Migrate { db } => db::migrate_blocking(&db),
+        Command::Migrate { db } => sink::parts::migrate_command(&db),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -2,8 +2,10 @@
 //! crash cuts in two: its parts prepared and its main transaction not
 //! committed (they must be rolled back), or its main transaction committed and
 //! its parts not (they must be committed). The parts are seen left prepared in
-//! PostgreSQL after the crash; the restart ends them before it reads its
-//! state, and ends with the tables and alerts of a run on one connection.
+//! PostgreSQL after the crash; `conscope migrate` or the restart ends them
+//! before a migration reads `listings` (the summaries' is made to run again),
+//! another command refuses to migrate meanwhile, and the job ends with the
+//! tables and alerts of a run on one connection.
 
 use conscope_testkit::*;
 
@@ -46,19 +48,52 @@ fn a_crash_between_a_split_commits_parts_and_its_main_transaction_is_resolved_at
         let left = crash_at(&job, point, "3");
         assert!(left >= 1, "{point}: no part left prepared");
 
-        let mut args = vec!["--exit-at-end"];
-        args.extend(split());
-        let output = job
-            .command(&args)
-            .env("CONSCOPE_LOG", "info")
+        // The database is made to predate the summaries, whose migration
+        // fills them from `listings`: it must see the parts' listings when
+        // they were committed, and none of them when they were not.
+        execute(
+            &job.database_url,
+            "DROP TABLE event_summary, section_summary;
+             DELETE FROM schema_migrations WHERE name = '0005_summaries'",
+        );
+        // Another command that migrates refuses while parts are prepared.
+        let refused = conscope()
+            .args(["rules", "list", "--database-url", &job.database_url])
             .output()
-            .expect("run");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(output.status.success(), "{point}: the restart failed: {stderr}");
+            .expect("conscope rules list");
+        let refusal = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            !refused.status.success()
+                && refusal.contains("prepared part(s) of an interrupted conscope commit"),
+            "{point}: a migration ran with parts prepared: {refusal}"
+        );
+        // `conscope migrate` after the first crash, `conscope run` itself
+        // after the second: each ends the parts before it migrates.
+        let output = match point {
+            "after_prepare" => conscope()
+                .args(["migrate", "--database-url", &job.database_url])
+                .env("CONSCOPE_LOG", "info")
+                .output()
+                .expect("conscope migrate"),
+            _ => {
+                let mut args = vec!["--exit-at-end"];
+                args.extend(split());
+                job.command(&args)
+                    .env("CONSCOPE_LOG", "info")
+                    .output()
+                    .expect("run")
+            }
+        };
+        let (stderr, ok) = (String::from_utf8_lossy(&output.stderr), output.status.success());
+        assert!(ok, "{point}: the restart failed: {stderr}");
         assert!(
             stderr.contains("resolved the prepared parts of an interrupted commit"),
             "{point}: the restart did not say it resolved the parts: {stderr}"
         );
+        assert_summaries_match_listings(&job.database_url);
+        if point == "after_prepare" {
+            job.run_to_end(&split());
+        }
         let resolved = stderr
             .lines()
             .find(|line| line.contains("resolved the prepared parts"))

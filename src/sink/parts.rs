@@ -365,6 +365,38 @@ pub(super) async fn resolve(client: &Client, job: &JobTag) -> Result<Resolved, W
     Ok(resolved)
 }
 
+/// Migrations may fill a new table from `listings`, or alter a table a
+/// prepared part holds locks on: the parts a crash left prepared are ended
+/// first, then the migrations are applied (`db::migrate`, which refuses while
+/// any is left). For the job and `conscope migrate`.
+pub async fn migrate(url: &str) -> anyhow::Result<()> {
+    if let Err(error) = resolve_before_migrating(url).await {
+        // A database not made yet, or older than the parts: nothing to end.
+        tracing::debug!("no prepared parts ended before migrating: {error:#}");
+    }
+    crate::db::migrate(url).await
+}
+
+/// `conscope migrate`.
+pub fn migrate_command(db: &crate::config::DbArgs) -> anyhow::Result<()> {
+    let runtime = crate::runtime::current_thread()?;
+    runtime.block_on(migrate(&db.database_url))?;
+    println!(
+        "migrations applied to {}",
+        crate::config::redact_url(&db.database_url)
+    );
+    Ok(())
+}
+
+async fn resolve_before_migrating(url: &str) -> anyhow::Result<()> {
+    let client = crate::db::connect(url).await?;
+    let job_id: String = client
+        .query_one("SELECT job_id::text FROM job_progress WHERE id = 1", &[])
+        .await?
+        .get(0);
+    resolve_at_start(&client, &job_id).await
+}
+
 /// At the job's start, before it reads its state (offsets, listings): the
 /// parts of a commit that landed belong to that state. Waits out a main
 /// transaction of an instance this one took over from, still open on a
