@@ -43,7 +43,7 @@ use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 
 use anyhow::Context;
 use conscope_dataflows::model::ListingRow;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 
 use super::merge::Merged;
 use super::tables::{read_progress, write_part, KnownMonths};
@@ -182,6 +182,14 @@ impl Balance {
     }
 }
 
+/// The statements of two-phase commit.
+#[derive(Clone, Copy)]
+enum TwoPhase {
+    Prepare,
+    Commit,
+    Rollback,
+}
+
 /// A prepared part's name. Built only from these fields, so it can stand in
 /// the SQL text `PREPARE TRANSACTION` needs (it takes no parameter).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -199,6 +207,19 @@ impl Gid {
             "conscope-{}-{}-{}-{}-{}",
             self.job.0, self.run, self.commit, self.attempt, self.part
         )
+    }
+
+    /// Runs `PREPARE TRANSACTION`, `COMMIT PREPARED` or `ROLLBACK PREPARED`
+    /// (`command`) for this part: the one place their SQL text is made.
+    async fn run(&self, client: &impl GenericClient, command: TwoPhase) -> Result<(), tokio_postgres::Error> {
+        let command = match command {
+            TwoPhase::Prepare => "PREPARE TRANSACTION",
+            TwoPhase::Commit => "COMMIT PREPARED",
+            TwoPhase::Rollback => "ROLLBACK PREPARED",
+        };
+        client
+            .batch_execute(&format!("{command} '{}'", self.text()))
+            .await
     }
 
     /// A name of [`Gid::text`]'s form, or `None` (a prepared transaction that
@@ -228,8 +249,7 @@ pub(super) async fn prepare_part(client: &mut Client, part: &Part<'_>, gid: &Gid
         .await
         .map_err(WriteError::at("BEGIN failed"))?;
     let pruned = write_part(&transaction, &part.history, &part.listings).await?;
-    transaction
-        .batch_execute(&format!("PREPARE TRANSACTION '{}'", gid.text()))
+    gid.run(&transaction, TwoPhase::Prepare)
         .await
         .map_err(WriteError::at("cannot prepare a part of the commit"))?;
     // The session has no transaction any more. Dropped, the wrapper would
@@ -296,8 +316,7 @@ pub(super) async fn check_prepared(
 /// Commits `gids`, after their main transaction committed.
 pub(super) async fn commit_parts(client: &Client, gids: &[Gid]) -> Result<(), WriteError> {
     for gid in gids {
-        client
-            .batch_execute(&format!("COMMIT PREPARED '{}'", gid.text()))
+        gid.run(client, TwoPhase::Commit)
             .await
             .map_err(WriteError::at("cannot commit a prepared part"))?;
     }
@@ -310,10 +329,7 @@ pub(super) async fn abandon(others: &[Client], prepared: &[&Gid]) -> bool {
     let mut all = true;
     for gid in prepared {
         let rolled_back = match others.get(gid.part.wrapping_sub(1)) {
-            Some(client) => client
-                .batch_execute(&format!("ROLLBACK PREPARED '{}'", gid.text()))
-                .await
-                .is_ok(),
+            Some(client) => gid.run(client, TwoPhase::Rollback).await.is_ok(),
             None => false,
         };
         all &= rolled_back;
@@ -440,12 +456,11 @@ async fn end_parts(client: &Client, job: &JobTag) -> Result<Resolved, WriteError
     let (stored, committed_by) = read_progress(client).await?;
     for gid in gids {
         let landed = gid.commit == stored && committed_by.as_deref() == Some(gid.run.as_str());
-        let statement = match landed {
-            true => "COMMIT PREPARED",
-            false => "ROLLBACK PREPARED",
+        let command = match landed {
+            true => TwoPhase::Commit,
+            false => TwoPhase::Rollback,
         };
-        client
-            .batch_execute(&format!("{statement} '{}'", gid.text()))
+        gid.run(client, command)
             .await
             .map_err(WriteError::at("cannot end a prepared part"))?;
         match landed {

@@ -365,6 +365,19 @@ impl Writer {
         Ok(())
     }
 
+    /// After a commit landed: its parts must be committed before anything
+    /// else, waiting out what is worth retrying.
+    async fn resolve_parts_patiently(&mut self, delay: &mut Duration) -> Result<(), WriteError> {
+        while let Err(error) = self.resolve_parts().await {
+            if !error.is_retried() {
+                return Err(error);
+            }
+            self.wait(&error, delay).await?;
+            self.reconnect(delay).await?;
+        }
+        Ok(())
+    }
+
     /// A commit landed: a blocked writer is going again.
     fn resumed(&mut self) {
         if self.metrics.writer_unblocked() {
@@ -387,14 +400,7 @@ impl Writer {
             };
             let error = match attempt {
                 Ok(()) => {
-                    // Landed; its parts must be committed before anything else.
-                    while let Err(error) = self.resolve_parts().await {
-                        if !error.is_retried() {
-                            return Err(error);
-                        }
-                        self.wait(&error, &mut delay).await?;
-                        self.reconnect(&mut delay).await?;
-                    }
+                    self.resolve_parts_patiently(&mut delay).await?;
                     self.commit_no += 1;
                     self.metrics.commit_done();
                     self.resumed();
@@ -416,13 +422,7 @@ impl Writer {
                 let run_id = self.config.lease.run_id();
                 if lost_commit_landed((stored, committed_by.as_deref()), self.commit_no, run_id)? {
                     tracing::info!("the interrupted commit had landed");
-                    while let Err(error) = self.resolve_parts().await {
-                        if !error.is_retried() {
-                            return Err(error);
-                        }
-                        self.wait(&error, &mut delay).await?;
-                        self.reconnect(&mut delay).await?;
-                    }
+                    self.resolve_parts_patiently(&mut delay).await?;
                     self.commit_no = stored;
                     self.metrics.commit_done();
                     self.resumed();
