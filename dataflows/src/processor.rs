@@ -263,7 +263,13 @@ impl Processor {
         rule_changes.sort_by(rule_change_order);
         observations.sort_by(observation_order);
 
-        let mut epoch = Epoch::default();
+        // Sized for what an epoch of observations usually yields (a history row
+        // and a listing row each, an alert in some): grown by doubling, these
+        // records (a few hundred bytes each) were copied again and again.
+        let mut epoch = Epoch {
+            out: Vec::with_capacity(observations.len() * 9 / 4),
+            ..Epoch::default()
+        };
         for restore in restores {
             self.restore(restore, &mut epoch);
         }
@@ -529,8 +535,6 @@ impl Processor {
         // Listing order (event, then seat), the same on every run.
         events.sort_unstable();
         let mut section_changes = Vec::new();
-        let mut event_rows = Vec::new();
-        let mut listing_rows = Vec::new();
         // The sections and currencies an event's touched listings were or are in.
         let mut sections: Vec<(SectionId, Currency)> = Vec::new();
         for event_id in events {
@@ -543,7 +547,7 @@ impl Processor {
             }
             if work.row_changed {
                 if let Some(row) = &state.row {
-                    event_rows.push(SinkRecord::Event(row.clone()));
+                    out.push(SinkRecord::Event(row.clone()));
                 }
             }
             let listings = &state.listings;
@@ -555,7 +559,7 @@ impl Processor {
                 sections.extend(touch.before.map(|currency| (section, currency)));
                 sections.extend(quote.map(|quote| (section, quote.currency)));
                 if let (true, Some(quote)) = (touch.observed, quote) {
-                    listing_rows.push(SinkRecord::Listing(ListingRow {
+                    out.push(SinkRecord::Listing(ListingRow {
                         listing: ListingKey {
                             event_id: event_id.clone(),
                             seat: listings.seat(touch.id).to_seat(),
@@ -598,8 +602,6 @@ impl Processor {
             work.row_changed = false;
             state.epoch = work;
         }
-        out.append(&mut event_rows);
-        out.append(&mut listing_rows);
         if !counters.is_empty() {
             out.push(SinkRecord::Counters(counters));
         }

@@ -8,7 +8,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use conscope_dataflows::model::{Alert, Micros, Rejected};
-use serde_json::json;
+use serde::Serialize;
 
 use crate::kafka::partition_for_key;
 
@@ -37,24 +37,47 @@ pub fn rfc3339(micros: Micros) -> String {
 }
 
 /// The alert as SPEC §3 prints it: prices as decimal strings, times RFC 3339.
+///
+/// Serialised from a struct, not through a `serde_json::Value` (a map built and
+/// dropped per alert); the fields stand in the order a `Value` prints them
+/// (sorted), so the bytes on the topic are the same as before.
 pub fn alert_json(alert: &Alert) -> Vec<u8> {
-    let value = json!({
-        "alert_id": alert.alert_id,
-        "kind": alert.kind.as_str(),
-        "event_id": alert.listing.event_id,
-        "event_name": alert.event_name,
-        "section": alert.listing.seat.section,
-        "row": alert.listing.seat.row,
-        "seat": alert.listing.seat.seat,
-        "source": alert.listing.seat.source,
-        "rule_id": alert.rule_id,
-        "max_price": alert.max_price.map(|price| price.to_string()),
-        "old_price": alert.old_price.map(|price| price.to_string()),
-        "new_price": alert.new_price.to_string(),
-        "currency": alert.currency.as_str(),
-        "observed_at": rfc3339(alert.observed_at),
-    });
-    value.to_string().into_bytes()
+    let wire = AlertWire {
+        alert_id: &alert.alert_id,
+        currency: alert.currency.as_str(),
+        event_id: &alert.listing.event_id,
+        event_name: &alert.event_name,
+        kind: alert.kind.as_str(),
+        max_price: alert.max_price.map(|price| price.to_string()),
+        new_price: alert.new_price.to_string(),
+        observed_at: rfc3339(alert.observed_at),
+        old_price: alert.old_price.map(|price| price.to_string()),
+        row: &alert.listing.seat.row,
+        rule_id: alert.rule_id,
+        seat: &alert.listing.seat.seat,
+        section: &alert.listing.seat.section,
+        source: &alert.listing.seat.source,
+    };
+    // Serialising borrowed strings and plain values cannot fail.
+    serde_json::to_vec(&wire).unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct AlertWire<'a> {
+    alert_id: &'a str,
+    currency: &'a str,
+    event_id: &'a str,
+    event_name: &'a str,
+    kind: &'a str,
+    max_price: Option<String>,
+    new_price: String,
+    observed_at: String,
+    old_price: Option<String>,
+    row: &'a str,
+    rule_id: Option<i64>,
+    seat: &'a str,
+    section: &'a str,
+    source: &'a str,
 }
 
 /// Header pairs, flattened `[name, value, name, value, …]` as the outbox stores them.
@@ -99,9 +122,8 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn alert_json_has_spec_fields_with_decimal_strings() {
-        let alert = Alert {
+    fn sample_alert() -> Alert {
+        Alert {
             alert_id: "abc".into(),
             kind: AlertKind::ListingDrop,
             listing: ListingKey {
@@ -120,7 +142,12 @@ mod tests {
             currency: Currency::USD,
             observed_at: 1_767_225_600_000_000,
             event_name: "Lakers vs Celtics".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn alert_json_has_spec_fields_with_decimal_strings() {
+        let alert = sample_alert();
         let value: serde_json::Value = serde_json::from_slice(&alert_json(&alert)).unwrap();
         assert_eq!(value["kind"], "listing_drop");
         assert_eq!(value["old_price"], "250.00");
@@ -128,6 +155,36 @@ mod tests {
         assert_eq!(value["observed_at"], "2026-01-01T00:00:00Z");
         assert_eq!(value["rule_id"], serde_json::Value::Null);
         assert_eq!(value["row"], "A");
+    }
+
+    /// The bytes are those a `serde_json::Value` of the same fields prints
+    /// (keys sorted), which is what the topic carried before: consumers that
+    /// compare or hash payloads see no change.
+    #[test]
+    fn alert_json_bytes_are_those_of_a_sorted_map() {
+        let mut alert = sample_alert();
+        for (rule_id, max_price) in [(None, None), (Some(42), Some(Cents(-5)))] {
+            alert.rule_id = rule_id;
+            alert.max_price = max_price;
+            alert.event_name = "quote \" \\ \u{1} é".into();
+            let as_map = serde_json::json!({
+                "alert_id": alert.alert_id,
+                "kind": alert.kind.as_str(),
+                "event_id": alert.listing.event_id,
+                "event_name": alert.event_name,
+                "section": alert.listing.seat.section,
+                "row": alert.listing.seat.row,
+                "seat": alert.listing.seat.seat,
+                "source": alert.listing.seat.source,
+                "rule_id": alert.rule_id,
+                "max_price": alert.max_price.map(|price| price.to_string()),
+                "old_price": alert.old_price.map(|price| price.to_string()),
+                "new_price": alert.new_price.to_string(),
+                "currency": alert.currency.as_str(),
+                "observed_at": rfc3339(alert.observed_at),
+            });
+            assert_eq!(String::from_utf8(alert_json(&alert)).unwrap(), as_map.to_string());
+        }
     }
 
     fn rejected(payload: Vec<u8>) -> Rejected {

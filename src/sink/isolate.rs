@@ -343,9 +343,7 @@ fn subset(units: &[Unit<'_>]) -> Merged {
             Unit::Message { new, listing, alerts } => {
                 merged.history.push((*new).clone());
                 if let Some(listing) = listing {
-                    merged
-                        .listings
-                        .insert(listing.listing.clone(), (*listing).clone());
+                    merged.listings.insert((*listing).clone());
                 }
                 merged.alerts.extend(alerts.iter().map(|alert| (*alert).clone()));
             }
@@ -392,8 +390,8 @@ mod tests {
         for (offset, seat, observed_at) in [(3, "1", 10), (1, "2", 20), (2, "1", 30)] {
             merged.history.push(new_row(offset, seat, observed_at, &[]));
         }
-        merged.listings.insert(row("1", 30).listing, row("1", 30));
-        merged.listings.insert(row("2", 20).listing, row("2", 20));
+        merged.listings.insert(row("1", 30));
+        merged.listings.insert(row("2", 20));
         merged
     }
 

@@ -145,7 +145,7 @@ pub fn postgres_sink<'scope>(
             drop(initial);
             let channels =
                 writer.map(|start| start(scope.worker().sync_activator_for(info.address.to_vec())));
-            let mut stash: BTreeMap<u64, (Capability<u64>, Vec<SinkRecord>)> = BTreeMap::new();
+            let mut stash: BTreeMap<u64, (Capability<u64>, Vec<Vec<SinkRecord>>)> = BTreeMap::new();
             let mut awaiting_commit: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
             move |(input, frontier), output| {
                 input.for_each_stamp(|capability, batches| {
@@ -155,8 +155,11 @@ pub fn postgres_sink<'scope>(
                     let entry = stash
                         .entry(*capability.time())
                         .or_insert_with(|| (capability, Vec::new()));
+                    // Taken whole, not copied into one buffer (see `EpochBatch`).
                     for batch in batches {
-                        entry.1.append(batch);
+                        if !batch.is_empty() {
+                            entry.1.push(std::mem::take(batch));
+                        }
                     }
                 });
                 let Some((batches, committed)) = channels.as_ref() else {
@@ -166,8 +169,14 @@ pub fn postgres_sink<'scope>(
                     if frontier.less_equal(entry.key()) {
                         break;
                     }
-                    let (time, (capability, records)) = entry.remove_entry();
-                    if batches.send(EpochBatch { epoch: time, records }).is_err() {
+                    let (time, (capability, containers)) = entry.remove_entry();
+                    if batches
+                        .send(EpochBatch {
+                            epoch: time,
+                            containers,
+                        })
+                        .is_err()
+                    {
                         tracing::error!("the Postgres writer stopped");
                         return;
                     }

@@ -146,7 +146,7 @@ mod tests {
     fn epoch(epoch: u64, alerts: Vec<Alert>) -> EpochBatch {
         EpochBatch {
             epoch,
-            records: alerts.into_iter().map(SinkRecord::Alert).collect(),
+            containers: vec![alerts.into_iter().map(SinkRecord::Alert).collect()],
         }
     }
 
