@@ -110,11 +110,12 @@ pub struct RunArgs {
     #[arg(long, env = "CONSCOPE_MAX_BATCH", default_value_t = 5_000)]
     max_batch: usize,
     /// Messages per worker read but not yet committed at most (bounds memory).
-    // 25 000: 1M messages from Kafka at -w 2 peaked at 309 MB with 50 000 and
-    // at 214 MB with 25 000, at the same rate once librdkafka's fetch queue no
-    // longer backs off for a second (source/kafka.rs); the writer merges what
-    // is in flight anyway.
-    #[arg(long, env = "CONSCOPE_MAX_IN_FLIGHT", default_value_t = 25_000)]
+    // 20 000: 1M messages of the 100k-listing world from Kafka at -w 2 peaked
+    // at 300-341 MiB with 25 000 (librdkafka's queue at 16 MiB), at 317 MiB with
+    // 25 000 and at 269-275 MiB with 15 000 or 20 000 (queue at 4 MiB,
+    // source/kafka.rs), at about the same rate: the writer merges what is in
+    // flight anyway. (50 000 peaked at 309 MB on the small world.)
+    #[arg(long, env = "CONSCOPE_MAX_IN_FLIGHT", default_value_t = 20_000)]
     max_in_flight: usize,
     /// PostgreSQL connections the writer commits a large batch on (default: as
     /// many as --workers). More than one needs max_prepared_transactions at
