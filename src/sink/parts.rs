@@ -266,11 +266,26 @@ pub(super) async fn lock_parts(
     transaction: &tokio_postgres::Transaction<'_>,
     job: &JobTag,
 ) -> Result<(), WriteError> {
-    let locked: bool = transaction
-        .query_one(
-            "SELECT pg_try_advisory_xact_lock($1, $2)",
-            &[&PARTS_LOCK_CLASS, &job.lock_key()],
-        )
+    try_parts_lock(
+        transaction,
+        "SELECT pg_try_advisory_xact_lock($1, $2)",
+        job,
+        "prepared parts of a commit are being resolved on another connection",
+    )
+    .await
+}
+
+/// Tries the parts lock of `job` with `sql` (the transaction's or the
+/// session's advisory lock): `Transient`, saying `held_elsewhere`, while
+/// another session holds it.
+async fn try_parts_lock(
+    client: &impl GenericClient,
+    sql: &str,
+    job: &JobTag,
+    held_elsewhere: &str,
+) -> Result<(), WriteError> {
+    let locked: bool = client
+        .query_one(sql, &[&PARTS_LOCK_CLASS, &job.lock_key()])
         .await
         .map_err(WriteError::at("cannot take the parts lock"))?
         .get(0);
@@ -279,7 +294,7 @@ pub(super) async fn lock_parts(
     } else {
         Err(WriteError::Transient {
             context: "parts lock",
-            detail: "prepared parts of a commit are being resolved on another connection".to_owned(),
+            detail: held_elsewhere.to_owned(),
         })
     }
 }
@@ -347,20 +362,13 @@ pub(super) struct Resolved {
 /// Ends every part of `job` left prepared: commits those of the commit
 /// `job_progress` holds when their run made it, rolls back the others.
 pub(super) async fn resolve(client: &Client, job: &JobTag) -> Result<Resolved, WriteError> {
-    let locked: bool = client
-        .query_one(
-            "SELECT pg_try_advisory_lock($1, $2)",
-            &[&PARTS_LOCK_CLASS, &job.lock_key()],
-        )
-        .await
-        .map_err(WriteError::at("cannot take the parts lock"))?
-        .get(0);
-    if !locked {
-        return Err(WriteError::Transient {
-            context: "parts lock",
-            detail: "a commit with prepared parts is open on another connection".to_owned(),
-        });
-    }
+    try_parts_lock(
+        client,
+        "SELECT pg_try_advisory_lock($1, $2)",
+        job,
+        "a commit with prepared parts is open on another connection",
+    )
+    .await?;
     let resolved = end_parts(client, job).await;
     let unlocked = client
         .execute(
