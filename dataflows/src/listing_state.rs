@@ -57,11 +57,16 @@ impl Quote {
     }
 
     pub fn row(&self, event_id: &str, seat: &Seat) -> ListingRow {
+        self.row_of(ListingKey {
+            event_id: event_id.to_owned(),
+            seat: seat.clone(),
+        })
+    }
+
+    /// The row of `listing` in this state, taking the key as it is.
+    pub fn row_of(&self, listing: ListingKey) -> ListingRow {
         ListingRow {
-            listing: ListingKey {
-                event_id: event_id.to_owned(),
-                seat: seat.clone(),
-            },
+            listing,
             price: self.price,
             currency: self.currency,
             available: self.available,

@@ -391,27 +391,28 @@ impl Processor {
                 return;
             }
             Verdict::Older => {
-                // Stale or a duplicate: the writer tells, counts it, and
-                // applies a stale one's event fields.
-                epoch.out.push(SinkRecord::MaybeStale {
-                    row: Quote::of(&observation).row(&listing.event_id, seat),
-                    position,
-                    fields: EventFields::of(&observation),
-                });
                 if state.row.as_mut().is_some_and(|row| event_state::widen(row, at)) {
                     state.epoch.row_changed = true;
                     epoch.list(&listing.event_id, &mut state.epoch);
                 }
+                // Stale or a duplicate: the writer tells, counts it, and
+                // applies a stale one's event fields.
+                let fields = EventFields::of(&observation);
+                epoch.out.push(SinkRecord::MaybeStale {
+                    row: Quote::of(&observation).row_of(observation.listing),
+                    position,
+                    fields,
+                });
                 return;
             }
         }
         let quote = Quote::of(&observation);
         epoch.counters.prices_stored += 1;
-        epoch.out.push(SinkRecord::History {
-            row: quote.row(&listing.event_id, seat),
-            position,
-            carried: Carried::of(&observation),
-        });
+        // The history row takes the message's own key, moved in at the end
+        // (the alerts below still read it) and put back in this place, so the
+        // records keep the order they had when it was copied here.
+        let history_at = epoch.out.len();
+        let carried = Carried::of(&observation);
 
         let event_changed = match &mut state.row {
             Some(row) => event_state::apply(row, &observation, position),
@@ -505,6 +506,12 @@ impl Processor {
                 event_name,
             ));
         }
+        epoch.out.push(SinkRecord::History {
+            row: quote.row_of(observation.listing),
+            position,
+            carried,
+        });
+        epoch.out[history_at..].rotate_right(1);
     }
 
     fn finish(&mut self, epoch: Epoch) -> EpochOutput {
