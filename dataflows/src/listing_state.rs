@@ -56,14 +56,7 @@ impl Quote {
         }
     }
 
-    pub fn row(&self, event_id: &str, seat: &Seat) -> ListingRow {
-        self.row_of(ListingKey {
-            event_id: event_id.to_owned(),
-            seat: seat.clone(),
-        })
-    }
-
-    /// The row of `listing` in this state, taking the key as it is.
+    /// The row of `listing` in this state.
     pub fn row_of(&self, listing: ListingKey) -> ListingRow {
         ListingRow {
             listing,

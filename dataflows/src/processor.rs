@@ -43,8 +43,8 @@ use crate::event_state;
 use crate::listing_state::{Applied, Listings, Quote, SeatId, SectionId};
 use crate::model::{
     stable_hash, Alert, AlertKind, Carried, Cents, Counters, Currency, EventFields, EventRow, ListingKey,
-    ListingRow, Micros, Observation, Position, ProcessorInput, Restore, Rule, RuleChange, RuleKind,
-    RuleMemory, SectionCurrency, SectionState, SinkRecord,
+    Micros, Observation, Position, ProcessorInput, Restore, Rule, RuleChange, RuleKind, RuleMemory,
+    SectionCurrency, SectionState, SinkRecord,
 };
 use crate::rules::{covers, is_deal, Activation, ArmedRule, Outcome, RuleState, Rules};
 
@@ -566,16 +566,10 @@ impl Processor {
                 sections.extend(touch.before.map(|currency| (section, currency)));
                 sections.extend(quote.map(|quote| (section, quote.currency)));
                 if let (true, Some(quote)) = (touch.observed, quote) {
-                    out.push(SinkRecord::Listing(ListingRow {
-                        listing: ListingKey {
-                            event_id: event_id.clone(),
-                            seat: listings.seat(touch.id).to_seat(),
-                        },
-                        price: quote.price,
-                        currency: quote.currency,
-                        available: quote.available,
-                        observed_at: quote.observed_at,
-                    }));
+                    out.push(SinkRecord::Listing(quote.row_of(ListingKey {
+                        event_id: event_id.clone(),
+                        seat: listings.seat(touch.id).to_seat(),
+                    })));
                 }
             }
             sections.sort_unstable_by(|(a, a_currency), (b, b_currency)| {
