@@ -16,6 +16,19 @@ fn produce(args: &[&str]) -> (Vec<u8>, String) {
     (output.stdout, stderr)
 }
 
+/// `conscope produce` to `topic`, created with three partitions.
+fn produce_to<'a>(brokers: &'a str, topic: &'a str) -> [&'a str; 7] {
+    [
+        "produce",
+        "--brokers",
+        brokers,
+        "--topic",
+        topic,
+        "--partitions",
+        "3",
+    ]
+}
+
 #[test]
 fn same_flags_give_identical_output() {
     let (first, summary) = produce(&["--count", "2000", "--seed", "7"]);
@@ -121,15 +134,7 @@ fn kafka_round_trip() {
     let flags = ["--count", "3000", "--seed", "9", "--duplicate-rate", "0.05"];
 
     let output = Command::new(env!("CARGO_BIN_EXE_conscope"))
-        .args([
-            "produce",
-            "--brokers",
-            &brokers,
-            "--topic",
-            &topic,
-            "--partitions",
-            "3",
-        ])
+        .args(produce_to(&brokers, &topic))
         .args(flags)
         .env("CONSCOPE_LOG", "warn")
         .output()
@@ -207,4 +212,69 @@ fn kafka_round_trip() {
         }
     }
     assert!(by_partition.len() > 1, "everything on one partition");
+}
+
+/// Against the real broker: `--rate` paces what reaches Kafka, and the wait
+/// for the next token sleeps. rdkafka's `poll(timeout)` polls without blocking,
+/// in a loop, for the part of a timeout under a millisecond, so a producer
+/// that waited in it spun on the clock: 1.2-1.3 CPU-s for these 3 s, against
+/// 0.2-0.3 sleeping.
+#[test]
+fn kafka_rate_paces_and_sleeps() {
+    use std::time::{Duration, Instant};
+
+    conscope_testkit::require_broker();
+    let brokers = conscope_testkit::brokers();
+    let topic = conscope_testkit::unique("produce_rate");
+    let (count, rate) = (3000, 1000.0);
+    let started = Instant::now();
+    // bash's `times` gives the CPU of the one child it waited for.
+    let output = Command::new("bash")
+        .args(["-c", r#""$0" "$@"; status=$?; times >&2; exit $status"#])
+        .arg(env!("CARGO_BIN_EXE_conscope"))
+        .args(produce_to(&brokers, &topic))
+        .args(["--count", &count.to_string(), "--rate", &rate.to_string()])
+        .env("CONSCOPE_LOG", "warn")
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run bash: {error}"));
+    let wall = started.elapsed();
+    let summary = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "produce failed: {summary} {stderr}");
+    assert!(
+        summary.contains(&format!("{count} delivered, 0 failed")),
+        "{summary}"
+    );
+
+    let ideal = Duration::from_secs_f64((count - 1) as f64 / rate);
+    assert!(
+        wall >= ideal,
+        "{count} messages in {wall:?}: faster than {rate}/s"
+    );
+    assert!(
+        wall <= ideal * 3,
+        "{count} messages took {wall:?} (ideal {ideal:?})"
+    );
+
+    let children = stderr.lines().last().unwrap_or_default();
+    let cpu: f64 = children
+        .split_whitespace()
+        .map(|time| {
+            let (minutes, seconds) = time
+                .trim_end_matches('s')
+                .split_once('m')
+                .unwrap_or_else(|| panic!("not a time from `times`: {children:?}"));
+            minutes
+                .parse::<f64>()
+                .unwrap_or_else(|error| panic!("{children:?}: {error}"))
+                * 60.0
+                + seconds
+                    .parse::<f64>()
+                    .unwrap_or_else(|error| panic!("{children:?}: {error}"))
+        })
+        .sum();
+    assert!(
+        cpu < wall.as_secs_f64() * 0.2,
+        "{cpu:.2} CPU-s for {wall:?} of paced producing: the wait spins"
+    );
 }

@@ -461,9 +461,14 @@ fn produce_to_kafka(args: &ProduceArgs, config: &GeneratorConfig, stop: &Shutdow
         if stop.is_triggered() {
             break;
         }
-        while let Some(delay) = pacer.delay() {
-            // Serve delivery reports while waiting for the next token.
-            producer.poll(delay.min(Duration::from_millis(100)));
+        if let Some(delay) = pacer.delay() {
+            // Serve the delivery reports that are in, then sleep. Not
+            // `poll(delay)`: rdkafka hands librdkafka whole milliseconds and
+            // loops on a non-blocking poll for the rest of a deadline, so a
+            // paced producer spun on the clock (`clock_gettime` was 28 % of its
+            // samples at --rate 20000, 23 CPU-s per 1M messages).
+            producer.poll(Duration::ZERO);
+            sleep_unless_stopped(delay, stop);
             if stop.is_triggered() {
                 break 'messages;
             }
