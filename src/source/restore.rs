@@ -21,7 +21,7 @@
 //! Touches: reads `events`, `listings` (decoded by `crate::db`). Writes nothing.
 
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use conscope_dataflows::model::{ProcessorInput, Restore, RuleChange};
@@ -32,8 +32,8 @@ use timely::scheduling::SyncActivator;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
 
-use super::current_epoch;
 use super::rules::{spawn_rule_poller, RuleFeed};
+use super::{current_epoch, until_next_epoch};
 use crate::db::{event_row, listing_row};
 
 /// Records per batch handed to the dataflow.
@@ -215,7 +215,7 @@ pub fn restore_source<'scope>(
             }
             drop(session);
             // Keep the epoch moving so this source never holds back the others.
-            activator.activate_after(Duration::from_millis(epoch_ms.max(1)));
+            activator.activate_after(until_next_epoch(epoch_ms));
         }
     })
 }
