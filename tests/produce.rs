@@ -126,11 +126,7 @@ fn kafka_round_trip() {
 
     conscope_testkit::require_broker();
     let brokers = conscope_testkit::brokers();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let topic = format!("produce-test-{}-{nanos}", std::process::id());
+    let topic = conscope_testkit::unique("produce_test");
     let flags = ["--count", "3000", "--seed", "9", "--duplicate-rate", "0.05"];
 
     let output = Command::new(env!("CARGO_BIN_EXE_conscope"))

@@ -41,10 +41,7 @@ pub struct SourceSettings {
 
 /// The epoch of now: every process agrees on it without coordination.
 pub fn current_epoch(epoch_ms: u64) -> u64 {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as u64)
-        .unwrap_or(0);
+    let now_ms = wall_clock().as_millis() as u64;
     // Epoch 0 is reserved for state restored at start.
     (now_ms / epoch_ms.max(1)).max(1)
 }
@@ -56,11 +53,14 @@ pub fn current_epoch(epoch_ms: u64) -> u64 {
 /// latency, 50 on average).
 pub fn until_next_epoch(epoch_ms: u64) -> Duration {
     let length = u128::from(epoch_ms.max(1)) * 1_000_000;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_nanos())
-        .unwrap_or(0);
+    let now = wall_clock().as_nanos();
     Duration::from_nanos(u64::try_from(length - now % length).unwrap_or(u64::MAX))
+}
+
+/// Time since the Unix epoch: the clock epochs are counted on (zero if the
+/// system clock is set before 1970).
+fn wall_clock() -> Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
 }
 
 /// Messages a source emitted that are not committed yet, per epoch: what lets a
